@@ -1,0 +1,3 @@
+from raydetect.cli import run
+
+run()

@@ -1,0 +1,278 @@
+"""Frozen configuration dataclasses, validated once at the boundary (CLI or API entry point).
+
+Every stage takes one of these; ``validate()`` raises :class:`RaydetectError` with a message
+that names the bad option, so nothing downstream re-checks user input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from raydetect.errors import RaydetectError
+
+AttackMethod = Literal["bim", "fgsm", "pgd", "paper_bim"]
+AttackMode = Literal["untargeted", "random", "second"]
+Explainer = Literal["ig", "layer_ig", "gradient_shap", "ig_smoothgrad", "saliency"]
+Baseline = Literal["black", "blur", "noise", "train", "pair"]
+Integration = Literal["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"]
+DescriptorName = Literal[
+    "signed_quantiles",
+    "abs_quantiles",
+    "channel_quantiles",
+    "stats",
+    "concentration",
+    "logits",
+    "baseline_logits",
+]
+DetectorKind = Literal["lr", "rf", "xgboost"]
+
+ATTACK_METHODS: tuple[str, ...] = get_args(AttackMethod)
+ATTACK_MODES: tuple[str, ...] = get_args(AttackMode)
+EXPLAINERS: tuple[str, ...] = get_args(Explainer)
+BASELINES: tuple[str, ...] = get_args(Baseline)
+INTEGRATIONS: tuple[str, ...] = get_args(Integration)
+DESCRIPTORS: tuple[str, ...] = get_args(DescriptorName)
+DETECTORS: tuple[str, ...] = get_args(DetectorKind)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise RaydetectError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise RaydetectError(f"{name} must be {bound}; got {value!r}")
+
+
+def parse_eps(text: str) -> float:
+    """Parse an epsilon written as a float (``0.1``) or a fraction of 255 (``4/255``)."""
+    text = text.strip()
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError) as exc:
+        raise RaydetectError(f"cannot read eps {text!r}: write it as 0.03 or 8/255") from exc
+
+
+def format_eps(eps: float) -> str:
+    """Show eps as k/255 when it is one, since that is how the literature writes it."""
+    k = eps * 255
+    if abs(k - round(k)) < 1e-6 and round(k) > 0:
+        return f"{round(k)}/255"
+    return f"{eps:g}"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which classifier to load and where.
+
+    ``weights`` is a local file (state dict); ``random_weights`` builds the architecture with
+    random initialisation, for plumbing tests only. ``device`` is ``auto``, ``cpu`` or ``cuda[:N]``.
+    """
+
+    name: str = "efficientnet_lite0"
+    weights: str | None = None
+    random_weights: bool = False
+    device: str = "auto"
+
+    def validate(self) -> ModelConfig:
+        from raydetect.models import known_model
+
+        if not known_model(self.name):
+            from raydetect.models import list_models
+
+            raise RaydetectError(
+                f"unknown model {self.name!r}; choose one of {', '.join(list_models())} "
+                "or any torchvision classification model name"
+            )
+        if self.weights is not None and self.random_weights:
+            raise RaydetectError("give either --weights or --random-weights, not both")
+        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
+            raise RaydetectError(f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
+        return self
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """One attack setting.
+
+    ``bim`` is Kurakin et al.'s iterative method: x_{i+1} = clip_{x,eps}(x_i + alpha*sign(grad)).
+    ``paper_bim`` is what the paper's code really ran: every "iteration" restarts from the clean
+    image, so the result is one eps-sized signed-gradient step. ``alpha`` defaults to
+    2.5 * eps / steps, enough to reach the eps-ball's surface from any start.
+    """
+
+    method: AttackMethod = "bim"
+    mode: AttackMode = "untargeted"
+    eps: float = 4 / 255
+    alpha: float | None = None
+    steps: int = 10
+    seed: int = 0
+
+    @property
+    def step_size(self) -> float:
+        if self.method in ("fgsm", "paper_bim"):
+            return self.eps
+        return self.alpha if self.alpha is not None else 2.5 * self.eps / self.steps
+
+    @property
+    def effective_steps(self) -> int:
+        return 1 if self.method in ("fgsm", "paper_bim") else self.steps
+
+    @property
+    def name(self) -> str:
+        """Short, stable label used in tables and Parquet rows, e.g. ``bim-untargeted-4/255``."""
+        return f"{self.method}-{self.mode}-{format_eps(self.eps)}"
+
+    def validate(self) -> AttackConfig:
+        _choice("attack method", self.method, ATTACK_METHODS)
+        _choice("attack mode", self.mode, ATTACK_MODES)
+        _positive("eps", self.eps)
+        if self.eps > 1:
+            raise RaydetectError(f"eps is an L-inf bound on [0,1] pixels and must be <= 1; got {self.eps}")
+        if self.alpha is not None:
+            _positive("alpha", self.alpha)
+        if self.steps < 1:
+            raise RaydetectError(f"steps must be >= 1; got {self.steps}")
+        return self
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """How each prediction is explained.
+
+    ``explainer``: ``ig`` (input Integrated Gradients), ``layer_ig`` (IG at ``layer``),
+    ``gradient_shap`` (expected gradients over ``baseline`` draws), ``ig_smoothgrad``
+    (IG under a noise tunnel), ``saliency`` (plain gradient x input; one pass).
+    ``baseline``: ``black``, ``blur`` (Gaussian blur of the input, sigma ``blur_sigma`` pixels),
+    ``noise`` (uniform noise), ``train`` (clean training images, gradient_shap only) or ``pair``
+    (the image's clean/adversarial twin: the paper's flawed protocol, replication only).
+    The target is always the model's own predicted class, as an auditor has no label.
+    """
+
+    explainer: Explainer = "ig"
+    n_steps: int = 16
+    integration: Integration = "gausslegendre"
+    baseline: Baseline = "black"
+    blur_sigma: float = 4.0
+    layer: str | None = None
+    internal_batch_size: int | None = None
+    samples: int = 8
+    noise_std: float = 0.1
+    seed: int = 0
+
+    @property
+    def passes_per_image(self) -> int:
+        """Gradient passes one explanation costs (excluding the prediction itself)."""
+        if self.explainer == "saliency":
+            return 1
+        if self.explainer == "gradient_shap":
+            return self.samples
+        if self.explainer == "ig_smoothgrad":
+            return self.n_steps * self.samples
+        return self.n_steps
+
+    def validate(self) -> AttributionConfig:
+        _choice("explainer", self.explainer, EXPLAINERS)
+        _choice("baseline", self.baseline, BASELINES)
+        _choice("integration method", self.integration, INTEGRATIONS)
+        if self.n_steps < 1:
+            raise RaydetectError(f"IG steps must be >= 1; got {self.n_steps}")
+        if self.samples < 1:
+            raise RaydetectError(f"samples must be >= 1; got {self.samples}")
+        _positive("blur sigma", self.blur_sigma)
+        _positive("noise std", self.noise_std, allow_zero=True)
+        if self.explainer == "layer_ig" and not self.layer:
+            raise RaydetectError("explainer layer_ig needs --layer (early, middle, late or a module path)")
+        if self.internal_batch_size is not None and self.internal_batch_size < 1:
+            raise RaydetectError("internal batch size must be >= 1")
+        if self.baseline == "train" and self.explainer != "gradient_shap":
+            raise RaydetectError("baseline 'train' draws from clean images and only fits gradient_shap")
+        return self
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """How an attribution map becomes a fixed-length vector.
+
+    Quantile descriptors resample the sorted attribution values (the paper's descriptor) to
+    ``quantiles`` points, so the length does not depend on the image size.
+    """
+
+    descriptors: tuple[DescriptorName, ...] = ("signed_quantiles", "abs_quantiles", "stats", "concentration")
+    quantiles: int = 64
+
+    def validate(self) -> FeatureConfig:
+        if not self.descriptors:
+            raise RaydetectError("at least one descriptor is needed")
+        for d in self.descriptors:
+            _choice("descriptor", d, DESCRIPTORS)
+        if len(set(self.descriptors)) != len(self.descriptors):
+            raise RaydetectError("descriptors must not repeat")
+        if not 2 <= self.quantiles <= 4096:
+            raise RaydetectError(f"quantiles must be between 2 and 4096; got {self.quantiles}")
+        return self
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Which detector to fit and how to pick its threshold."""
+
+    kind: DetectorKind = "lr"
+    target_fpr: float = 0.05
+    val_fraction: float = 0.2
+    test_fraction: float = 0.3
+    seed: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> DetectorConfig:
+        _choice("detector", self.kind, DETECTORS)
+        if not 0 < self.target_fpr < 1:
+            raise RaydetectError(f"target FPR must be in (0, 1); got {self.target_fpr}")
+        for name, frac in (("validation fraction", self.val_fraction), ("test fraction", self.test_fraction)):
+            if not 0 < frac < 1:
+                raise RaydetectError(f"{name} must be in (0, 1); got {frac}")
+        return self
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    """How a Ray job uses the cluster. ``None`` means: pick from what the cluster has."""
+
+    batch_size: int = 16
+    num_actors: int | None = None
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float | None = None
+
+    def validate(self) -> ResourceConfig:
+        if self.batch_size < 1:
+            raise RaydetectError(f"batch size must be >= 1; got {self.batch_size}")
+        if self.num_actors is not None and self.num_actors < 1:
+            raise RaydetectError(f"actors must be >= 1; got {self.num_actors}")
+        _positive("GPUs per actor", self.gpus_per_actor, allow_zero=True)
+        if self.cpus_per_actor is not None:
+            _positive("CPUs per actor", self.cpus_per_actor)
+        return self
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a config dataclass from :func:`to_dict` output, ignoring unknown keys."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key in names:
+            kwargs[key] = tuple(value) if isinstance(value, list) else value
+    return cls(**kwargs)
