@@ -140,12 +140,15 @@ class Explainer:
         elif cfg.explainer == "gradient_shap":
             if cfg.baseline != "train":
                 base = base if len(base) > 1 else base.expand(2, *base.shape[1:])
-            # GradientShap samples baselines and path points from torch's global RNG; pin it.
-            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-                torch.manual_seed(cfg.seed + int(keys[0]) if n else cfg.seed)
+            # captum draws baselines and path points from numpy's global RNG; pin it, then restore.
+            state = np.random.get_state()
+            np.random.seed((cfg.seed * 1_000_003 + (int(keys[0]) if n else 0)) % 2**32)
+            try:
                 attr, delta = self.method.attribute(
                     x, baselines=base, n_samples=cfg.samples, stdevs=0.0, target=t, return_convergence_delta=True
                 )
+            finally:
+                np.random.set_state(state)
             delta = delta.view(n, cfg.samples).mean(1)
         else:
             attr = self.method.attribute(x, target=t, abs=False) * x  # gradient x input

@@ -135,9 +135,18 @@ def decode_png(data: bytes) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-def quantize(images: np.ndarray) -> np.ndarray:
-    """Round [0,1] images to the 8-bit grid, as saving to PNG does."""
-    return (np.clip(np.rint(images * 255.0), 0, 255) / 255.0).astype(np.float32)
+def quantize(images: np.ndarray, clean: np.ndarray | None = None, eps: float | None = None) -> np.ndarray:
+    """Round [0,1] images to the 8-bit grid, as saving to PNG does.
+
+    With ``clean`` and ``eps``, levels that rounding pushed outside the eps-ball are moved to the
+    nearest grid level inside it, so the saved image still honours the attack's budget.
+    """
+    q = np.clip(np.rint(images * 255.0), 0, 255)
+    if clean is not None and eps is not None:
+        hi = np.floor((clean + eps) * 255.0 + 1e-4)
+        lo = np.ceil((clean - eps) * 255.0 - 1e-4)
+        q = np.clip(np.minimum(np.maximum(q, lo), hi), 0, 255)
+    return (q / 255.0).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------

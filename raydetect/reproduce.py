@@ -168,7 +168,7 @@ def reproduce_local(
         res = run_attack(model, x, y, cfg, batch_size, progress)
         adv = res.adversarial
         if protocol == "corrected":
-            adv = torch.from_numpy(quantize(adv.numpy()))
+            adv = torch.from_numpy(quantize(adv.numpy(), x.numpy(), cfg.eps))
             with torch.no_grad():
                 adv_pred = torch.cat([model(adv[sl].to(model.device)).argmax(1).cpu() for sl in batches(len(adv), batch_size)])
             success = (adv_pred == res.targets) if cfg.mode != "untargeted" else (adv_pred != res.labels)

@@ -1,0 +1,49 @@
+"""Shared fixtures. Unit tests use digits_cnn (trained once per session into a temp cache)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("RAYDETECT_SHARED", ROOT.parent / "shared")) / "data"
+IMAGENET_SAMPLE = SHARED / "imagenet-sample"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep the digits_cnn cache inside the test session, not the user's home."""
+    if "RAYDETECT_CACHE" not in os.environ:
+        os.environ["RAYDETECT_CACHE"] = str(tmp_path_factory.mktemp("raydetect-cache"))
+
+
+@pytest.fixture(scope="session")
+def digits_model():
+    from raydetect.config import ModelConfig
+    from raydetect.models import load_model
+
+    return load_model(ModelConfig(name="digits_cnn", device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def digits_test():
+    from raydetect.data import load_digits_images
+
+    return load_digits_images("test")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def imagenet_sample_or_skip() -> Path:
+    if not IMAGENET_SAMPLE.is_dir():
+        pytest.skip(f"shared ImageNet sample not found at {IMAGENET_SAMPLE}")
+    return IMAGENET_SAMPLE

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from raydetect.data import (
+    ImageError,
+    decode_image,
+    decode_png,
+    digits_split,
+    encode_png,
+    imagenet_classes,
+    imagenet_label,
+    quantize,
+)
+from raydetect.models import Preprocess
+
+PRE = Preprocess(resize=40, crop=32)
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _photo(mode: str = "RGB", size: tuple[int, int] = (64, 48)) -> Image.Image:
+    arr = (np.random.default_rng(0).random((size[1], size[0], 3)) * 255).astype(np.uint8)
+    return Image.fromarray(arr, "RGB").convert(mode)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("RGBA", "PNG"), ("P", "PNG"), ("LA", "PNG"), ("RGB", "BMP"), ("RGB", "WEBP")],
+)
+def test_modes_are_converted_to_model_input(mode: str, fmt: str) -> None:
+    x = decode_image(_encode(_photo(mode), fmt), PRE)
+    assert x.shape == (3, 32, 32) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped() -> None:
+    arr = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    x = decode_image(_encode(Image.fromarray(arr), "PNG"), PRE)
+    assert x.shape == (3, 32, 32)
+    assert 0.2 < x.mean() < 0.8  # clipping at 255 would make it nearly all white
+
+
+def test_transparent_pixels_show_on_white() -> None:
+    img = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    x = decode_image(_encode(img, "PNG"), PRE)
+    assert np.allclose(x, 1.0)
+
+
+def test_grey_model_gets_one_channel() -> None:
+    x = decode_image(_encode(_photo(), "PNG"), Preprocess(resize=8, crop=8, channels=1))
+    assert x.shape == (1, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"hello, I am a text file", "not an image"),
+        (_encode(_photo(), "JPEG")[:300], "truncated"),
+        (_encode(_photo(size=(3, 3)), "PNG"), "too small"),
+    ],
+)
+def test_bad_inputs_raise_with_a_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(ImageError, match=reason):
+        decode_image(data, PRE)
+
+
+def test_png_round_trip_is_lossless_on_the_8bit_grid(rng) -> None:
+    x = quantize(rng.random((3, 16, 16)).astype(np.float32))
+    assert np.array_equal(decode_png(encode_png(x)), x)
+    g = quantize(rng.random((1, 8, 8)).astype(np.float32))
+    assert np.array_equal(decode_png(encode_png(g)), g)
+
+
+def test_class_table_and_labels() -> None:
+    classes = imagenet_classes()
+    assert len(classes) == 1000 and classes[0].wnid == "n01440764" and classes[0].index == 0
+    assert [c.wnid for c in classes] == sorted(c.wnid for c in classes)
+    assert imagenet_label("/data/n01440764/x.JPEG") == 0
+    assert imagenet_label("/data/unlabelled/x.JPEG") == -1
+
+
+def test_digits_split_is_fixed_and_in_range() -> None:
+    (a, ya), (b, yb) = digits_split()
+    (a2, _), _ = digits_split()
+    assert np.array_equal(a, a2)
+    assert a.shape[1:] == (1, 8, 8) and 0 <= a.min() and a.max() <= 1
+    assert len(a) + len(b) == 1797
+
+
+def test_quantizing_an_adversarial_keeps_it_in_the_eps_ball(rng) -> None:
+    clean = rng.random((2, 3, 16, 16)).astype(np.float32)  # off the 8-bit grid, like digits
+    eps = 4 / 255
+    adv = np.clip(clean + eps * np.sign(rng.normal(size=clean.shape)), 0, 1).astype(np.float32)
+    q = quantize(adv, clean, eps)
+    assert np.abs(q - clean).max() <= eps + 1e-6
+    assert np.allclose(q * 255, np.rint(q * 255), atol=1e-4)
+    assert np.abs(quantize(adv) - clean).max() > eps  # plain rounding would leave the ball
