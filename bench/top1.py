@@ -38,7 +38,10 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     args = ap.parse_args()
     acc, ips, n = top1(args.model, args.data)
-    print(f"{args.model}: top-1 {100 * acc:.1f}% on {n} images of {args.data.name} ({ips:.1f} img/s forward, torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    print(
+        f"{args.model}: top-1 {100 * acc:.1f}% on {n} images of {args.data.name} "
+        f"({ips:.1f} img/s forward, torch {torch.__version__}, {torch.get_num_threads()} threads)"
+    )
 
 
 if __name__ == "__main__":

@@ -63,25 +63,43 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debu
 
 # Shared option types -------------------------------------------------------------------------
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="efficientnet_lite0 (default, embedded weights), digits_cnn, inception_v3 or any torchvision model.")]
-WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="State-dict file for the model (offline weights for torchvision models).")]
-RandomWeightsOpt = Annotated[bool, typer.Option("--random-weights", help="Random weights: plumbing tests only, results are meaningless.")]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model", "-m", help="efficientnet_lite0 (default, embedded weights), digits_cnn, inception_v3 or any torchvision model."
+    ),
+]
+WeightsOpt = Annotated[
+    Path | None, typer.Option("--weights", help="State-dict file for the model (offline weights for torchvision models).")
+]
+RandomWeightsOpt = Annotated[
+    bool, typer.Option("--random-weights", help="Random weights: plumbing tests only, results are meaningless.")
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
-EpsOpt = Annotated[list[str] | None, typer.Option("--eps", help="L-inf budget on [0,1] pixels, e.g. 4/255 or 0.1; repeat for several.")]
+EpsOpt = Annotated[
+    list[str] | None, typer.Option("--eps", help="L-inf budget on [0,1] pixels, e.g. 4/255 or 0.1; repeat for several.")
+]
 StepsOpt = Annotated[int, typer.Option("--steps", help="BIM iterations.")]
-ModesOpt = Annotated[list[str] | None, typer.Option("--mode", help=f"Attack modes ({', '.join(ATTACK_MODES)}); repeat for several. Default: all three.")]
+ModesOpt = Annotated[
+    list[str] | None,
+    typer.Option("--mode", help=f"Attack modes ({', '.join(ATTACK_MODES)}); repeat for several. Default: all three."),
+]
 ExplainerOpt = Annotated[str, typer.Option("--explainer", help="ig, layer_ig, gradient_shap, ig_smoothgrad or saliency.")]
 IGStepsOpt = Annotated[int, typer.Option("--ig-steps", help="Integrated Gradients steps (gradient passes per explanation).")]
 BaselineOpt = Annotated[str, typer.Option("--baseline", help="IG baseline: black, blur or noise (train for gradient_shap).")]
 LayerOpt = Annotated[str | None, typer.Option("--layer", help="For layer_ig: early, middle, late or a module path.")]
 QuantilesOpt = Annotated[int, typer.Option("--quantiles", help="Points the sorted attributions are resampled to.")]
-DescriptorsOpt = Annotated[list[str] | None, typer.Option("--descriptor", help="Descriptor parts; repeat for several. Default: the study's best set.")]
+DescriptorsOpt = Annotated[
+    list[str] | None, typer.Option("--descriptor", help="Descriptor parts; repeat for several. Default: the study's best set.")
+]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per batch.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for targets, splits and detectors.")]
 
 
 def model_config(model: str, weights: Path | None, random_weights: bool, device: str) -> ModelConfig:
-    return ModelConfig(name=model, weights=str(weights) if weights else None, random_weights=random_weights, device=device).validate()
+    return ModelConfig(
+        name=model, weights=str(weights) if weights else None, random_weights=random_weights, device=device
+    ).validate()
 
 
 def attribution_config(explainer: str, ig_steps: int, baseline: str, layer: str | None) -> AttributionConfig:
@@ -101,13 +119,20 @@ def parse_eps_list(values: list[str] | None, default: list[float]) -> list[float
 @app.command()
 @handle_errors
 def reproduce(
-    data: Annotated[str, typer.Option("--data", "-d", help="ImageNet-style folder (<wnid>/<file>), or 'digits' for sklearn's digits.")] = "digits",
+    data: Annotated[
+        str, typer.Option("--data", "-d", help="ImageNet-style folder (<wnid>/<file>), or 'digits' for sklearn's digits.")
+    ] = "digits",
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for report.md and results.json.")] = Path("runs/reproduce"),
     model: ModelOpt = "digits_cnn",
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
     device: DeviceOpt = "auto",
-    protocol: Annotated[str, typer.Option("--protocol", help="corrected, paper, or both (the paper's setting as a replication row beside the corrected one).")] = "both",
+    protocol: Annotated[
+        str,
+        typer.Option(
+            "--protocol", help="corrected, paper, or both (the paper's setting as a replication row beside the corrected one)."
+        ),
+    ] = "both",
     eps: EpsOpt = None,
     steps: StepsOpt = 10,
     explainer: ExplainerOpt = "ig",
@@ -116,7 +141,10 @@ def reproduce(
     layer: LayerOpt = None,
     quantiles: QuantilesOpt = 64,
     descriptor: DescriptorsOpt = None,
-    detector: Annotated[list[str] | None, typer.Option("--detector", help="lr, rf, xgboost; repeat for several. Default: lr and rf, as the paper.")] = None,
+    detector: Annotated[
+        list[str] | None,
+        typer.Option("--detector", help="lr, rf, xgboost; repeat for several. Default: lr and rf, as the paper."),
+    ] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Use at most this many images.")] = None,
     batch_size: BatchOpt = 16,
     seed: SeedOpt = 0,

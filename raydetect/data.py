@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -199,7 +200,9 @@ def load_image_folder(root: str | os.PathLike[str], pre: Preprocess, limit: int 
     return LocalImages(np.stack(images), np.asarray(labels, dtype=np.int64), ids, errors)
 
 
-def digits_split(test_fraction: float = 0.2, seed: int = 0) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def digits_split(
+    test_fraction: float = 0.2, seed: int = 0
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """sklearn's 1,797 real 8x8 digits as (N, 1, 8, 8) float32 in [0,1], split once and for all."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -223,3 +226,283 @@ def load_digits_images(split: str = "test", limit: int | None = None) -> LocalIm
 def batches(n: int, size: int) -> Iterator[slice]:
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
+
+
+# --------------------------------------------------------------------------------------------
+# Ray Data readers: one schema for every source
+#
+# Rows: id (str, stable across runs: the resume key), path (str), label (int64, -1 if unknown),
+# image (float32 (C, H, W) in [0,1]; zeros on error rows), status ("ok" | "error"), error (str).
+
+SOURCE_KINDS = ("auto", "imagenet", "folder", "parquet", "digits")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where inputs come from. ``uri`` is a local path or any pyarrow filesystem URI (s3://, gs://)."""
+
+    uri: str
+    kind: str = "auto"
+    image_column: str = "image"
+    id_column: str = "id"
+    label_column: str = "label"
+    limit: int | None = None
+
+    def validate(self) -> Source:
+        if self.kind not in SOURCE_KINDS:
+            raise RaydetectError(f"source kind must be one of {', '.join(SOURCE_KINDS)}; got {self.kind!r}")
+        if self.limit is not None and self.limit < 1:
+            raise RaydetectError(f"limit must be >= 1; got {self.limit}")
+        return self
+
+
+def open_filesystem(uri: str) -> tuple[Any, str]:
+    """(pyarrow FileSystem, path inside it) for a local path or a URI such as s3://bucket/prefix."""
+    import pyarrow.fs as pafs
+
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for unknown schemes or credentials
+        raise RaydetectError(f"cannot open {uri}: {exc}") from exc
+
+
+def _is_parquet(name: str) -> bool:
+    return name.lower().endswith((".parquet", ".pq"))
+
+
+def _list_files(fs: Any, root: str) -> list[str]:
+    import pyarrow.fs as pafs
+
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise RaydetectError(f"input path does not exist: {root}")
+    if info.type == pafs.FileType.File:
+        return [root]
+    selector = pafs.FileSelector(root, recursive=True)
+    files = [f.path for f in fs.get_file_info(selector) if f.type == pafs.FileType.File]
+    # Hidden files and in-progress writes are not inputs.
+    return sorted(f for f in files if not Path(f).name.startswith((".", "_")) and not f.endswith(".tmp"))
+
+
+def detect_kind(source: Source, files: list[str]) -> str:
+    if source.kind != "auto":
+        return source.kind
+    if source.uri == "digits":
+        return "digits"
+    if files and all(_is_parquet(f) for f in files):
+        return "parquet"
+    labelled = sum(1 for f in files if Path(f).parent.name in wnid_to_index())
+    return "imagenet" if files and labelled == len(files) else "folder"
+
+
+def plan_inputs(source: Source) -> tuple[str, list[dict[str, Any]]]:
+    """List the work items of a source in the driver (cheap: names and metadata only).
+
+    Folders give one item per file (every file, image extension or not: a stray file becomes an
+    error row rather than silently vanishing); Parquet gives one item per row group.
+    """
+    source.validate()
+    if source.kind == "digits" or (source.kind == "auto" and source.uri == "digits"):
+        (_, _), (x_te, _) = digits_split()
+        n = len(x_te) if source.limit is None else min(source.limit, len(x_te))
+        return "digits", [{"item": f"digits-test-{i}", "path": "sklearn:digits/test", "index": i} for i in range(n)]
+    fs, root = open_filesystem(source.uri)
+    files = _list_files(fs, root)
+    kind = detect_kind(source, files)
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        items: list[dict[str, Any]] = []
+        for f in (f for f in files if _is_parquet(f)):
+            try:
+                meta = pq.ParquetFile(fs.open_input_file(f)).metadata
+                offset = 0
+                for g in range(meta.num_row_groups):
+                    items.append({"item": f"{f}#rg{g}", "path": f, "index": g, "offset": offset})
+                    offset += meta.row_group(g).num_rows
+            except Exception as exc:  # unreadable footer: one error row for the whole file
+                items.append({"item": f, "path": f, "index": -1, "offset": 0, "error": f"unreadable Parquet file: {exc}"})
+        return kind, items
+    rel_base = root if fs.get_file_info(root).type.name == "Directory" else str(Path(root).parent)
+    items = [{"item": _relative_id(f, rel_base), "path": _display_path(source.uri, f, fs), "index": 0} for f in files]
+    if source.limit is not None:
+        items = items[: source.limit]
+    return kind, items
+
+
+def _relative_id(path: str, base: str) -> str:
+    rel = path[len(base) :].lstrip("/") if path.startswith(base) else path
+    return rel or Path(path).name
+
+
+def _display_path(uri: str, path: str, fs: Any) -> str:
+    """The path as the user would write it (keeps the s3:// scheme)."""
+    if "://" in uri:
+        scheme = uri.split("://", 1)[0]
+        return f"{scheme}://{path}"
+    return path
+
+
+class ReadImages:
+    """Ray Data stage: work items -> decoded image rows (one per image, errors included)."""
+
+    def __init__(
+        self,
+        uri: str,
+        kind: str,
+        pre: Preprocess,
+        image_column: str = "image",
+        id_column: str = "id",
+        label_column: str = "label",
+    ) -> None:
+        self.uri = uri
+        self.kind = kind
+        self.pre = pre
+        self.image_column = image_column
+        self.id_column = id_column
+        self.label_column = label_column
+        self._fs: Any = None
+        self._digits: np.ndarray | None = None
+
+    @property
+    def fs(self) -> Any:
+        if self._fs is None:
+            self._fs = open_filesystem(self.uri)[0] if self.uri != "digits" else None
+        return self._fs
+
+    def _empty(self) -> np.ndarray:
+        return np.zeros((self.pre.channels, self.pre.crop, self.pre.crop), np.float32)
+
+    def _file_rows(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        path = item["path"]
+        label = imagenet_label(path) if self.kind == "imagenet" else -1
+        row = {"id": item["item"], "path": path, "label": label}
+        try:
+            fs_path = path.split("://", 1)[1] if "://" in path else path
+            with self.fs.open_input_stream(fs_path) as f:
+                data = f.read()
+            return [{**row, "image": decode_image(data, self.pre), "status": "ok", "error": ""}]
+        except ImageError as exc:
+            return [{**row, "image": self._empty(), "status": "error", "error": str(exc)}]
+        except OSError as exc:
+            return [{**row, "image": self._empty(), "status": "error", "error": f"cannot read file: {exc}"}]
+
+    def _parquet_rows(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        import pyarrow.parquet as pq
+
+        if item.get("error"):
+            return [
+                {
+                    "id": item["item"],
+                    "path": item["path"],
+                    "label": -1,
+                    "image": self._empty(),
+                    "status": "error",
+                    "error": item["error"],
+                }
+            ]
+        try:
+            pf = pq.ParquetFile(self.fs.open_input_file(item["path"]))
+            names = set(pf.schema_arrow.names)
+            if self.image_column not in names:
+                raise ValueError(f"no column {self.image_column!r} (columns: {', '.join(sorted(names))}); set --image-column")
+            cols = [c for c in (self.image_column, self.id_column, self.label_column) if c in names]
+            table = pf.read_row_group(item["index"], columns=cols)
+        except Exception as exc:
+            return [
+                {
+                    "id": item["item"],
+                    "path": item["path"],
+                    "label": -1,
+                    "image": self._empty(),
+                    "status": "error",
+                    "error": f"unreadable row group: {exc}",
+                }
+            ]
+        data = table.column(self.image_column).to_pylist()
+        ids = table.column(self.id_column).to_pylist() if self.id_column in cols else None
+        labels = table.column(self.label_column).to_pylist() if self.label_column in cols else None
+        rows = []
+        for i, blob in enumerate(data):
+            rid = str(ids[i]) if ids is not None else f"{item['path']}#{item['offset'] + i}"
+            label = int(labels[i]) if labels is not None and labels[i] is not None else -1
+            row = {"id": rid, "path": item["path"], "label": label}
+            try:
+                if isinstance(blob, dict):  # HuggingFace-style {"bytes": ..., "path": ...}
+                    blob = blob.get("bytes")
+                rows.append({**row, "image": decode_image(blob, self.pre), "status": "ok", "error": ""})
+            except ImageError as exc:
+                rows.append({**row, "image": self._empty(), "status": "error", "error": str(exc)})
+        return rows
+
+    def _digit_rows(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        if self._digits is None:
+            (_, _), (x_te, y_te) = digits_split()
+            self._digits, self._digit_labels = x_te, y_te
+        i = item["index"]
+        return [
+            {
+                "id": item["item"],
+                "path": item["path"],
+                "label": int(self._digit_labels[i]),
+                "image": self._digits[i],
+                "status": "ok",
+                "error": "",
+            }
+        ]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows: list[dict[str, Any]] = []
+        for j in range(len(batch["item"])):
+            item = {k: v[j] for k, v in batch.items()}
+            if self.kind == "parquet":
+                rows += self._parquet_rows(item)
+            elif self.kind == "digits":
+                rows += self._digit_rows(item)
+            else:
+                rows += self._file_rows(item)
+        return rows_to_batch(rows)
+
+
+def rows_to_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Column-major numpy batch from row dicts; 'image'-like array columns are stacked."""
+    if not rows:
+        return {}
+    out: dict[str, np.ndarray] = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows]
+        if isinstance(values[0], np.ndarray):
+            out[key] = np.stack(values)
+        elif isinstance(values[0], (bytes, str)) or values[0] is None:
+            out[key] = np.array(values, dtype=object)
+        else:
+            out[key] = np.asarray(values)
+    return out
+
+
+def read_source(source: Source, pre: Preprocess, skip_ids: set[str] | None = None, parallelism: int | None = None) -> Any:
+    """A Ray Dataset of decoded image rows for ``source`` (schema at the top of this section).
+
+    ``skip_ids`` drops work items already done (resume); for Parquet the skip happens per row
+    after reading, since row ids are only known then.
+    """
+    import ray
+
+    kind, items = plan_inputs(source)
+    if not items:
+        raise RaydetectError(f"no input files under {source.uri}")
+    if skip_ids and kind != "parquet":
+        items = [it for it in items if it["item"] not in skip_ids]
+    if not items:
+        return None
+    # Small blocks: decoding is cheap, but images are big; keep blocks near 32 images.
+    blocks = parallelism or max(1, min(len(items) // 32 + 1, 4096))
+    ds = ray.data.from_items(items, override_num_blocks=min(blocks, len(items)))
+    # An instance (not the class) runs as stateless tasks: reading needs no warm-up.
+    reader = ReadImages(source.uri, kind, pre, source.image_column, source.id_column, source.label_column)
+    ds = ds.map_batches(reader, batch_size=8, batch_format="numpy")
+    if skip_ids and kind == "parquet":
+        ds = ds.filter(lambda r: r["id"] not in skip_ids)
+    return ds

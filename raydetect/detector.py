@@ -145,11 +145,13 @@ class Evaluation:
         return asdict(self)
 
 
-def evaluate(y: np.ndarray, scores: np.ndarray, pairs: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0) -> Evaluation:
+def evaluate(
+    y: np.ndarray, scores: np.ndarray, pairs: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0
+) -> Evaluation:
     clean, adv = scores[y == 0], scores[y == 1]
     return Evaluation(
-        n_test_pairs=int(len(np.unique(pairs))),
-        n_test_rows=int(len(y)),
+        n_test_pairs=len(np.unique(pairs)),
+        n_test_rows=len(y),
         auc=roc_auc(y, scores),
         auc_ci=bootstrap_ci(y, scores, pairs, roc_auc, n_boot, seed),
         tpr_at_1fpr=tpr_at_fpr(y, scores, 0.01),
@@ -176,7 +178,9 @@ class FitResult:
     val_rows: int
 
 
-def fit_with_threshold(X: np.ndarray, y: np.ndarray, pairs: np.ndarray, cfg: DetectorConfig, n_jobs: int = 1) -> tuple[Any, float]:
+def fit_with_threshold(
+    X: np.ndarray, y: np.ndarray, pairs: np.ndarray, cfg: DetectorConfig, n_jobs: int = 1
+) -> tuple[Any, float]:
     """Fit on training pairs minus a validation share; pick the threshold on validation clean rows."""
     fit_mask, val_mask = pair_split(pairs, cfg.val_fraction, cfg.seed + 1)
     if len(np.unique(y[fit_mask])) < 2:
@@ -188,7 +192,9 @@ def fit_with_threshold(X: np.ndarray, y: np.ndarray, pairs: np.ndarray, cfg: Det
     return est, threshold
 
 
-def fit_and_evaluate(X: np.ndarray, y: np.ndarray, pairs: np.ndarray, cfg: DetectorConfig, n_boot: int = 1000, n_jobs: int = 1) -> FitResult:
+def fit_and_evaluate(
+    X: np.ndarray, y: np.ndarray, pairs: np.ndarray, cfg: DetectorConfig, n_boot: int = 1000, n_jobs: int = 1
+) -> FitResult:
     """Split pairs into train/test, fit with a clean-validated threshold, evaluate on test."""
     train, test = pair_split(pairs, cfg.test_fraction, cfg.seed)
     est, thr = fit_with_threshold(X[train], y[train], pairs[train], cfg, n_jobs)

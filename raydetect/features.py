@@ -8,6 +8,8 @@ concentrated the attribution mass is, and, as a control, the model's own logits 
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 
@@ -106,7 +108,7 @@ def _channel_groups(attr: torch.Tensor) -> torch.Tensor:
     n, c = attr.shape[:2]
     groups = min(c, 3)
     bounds = np.linspace(0, c, groups + 1).round().astype(int)
-    return torch.stack([attr[:, a:b].sum(1).reshape(n, -1) for a, b in zip(bounds[:-1], bounds[1:], strict=True)], 1)
+    return torch.stack([attr[:, a:b].sum(1).reshape(n, -1) for a, b in itertools.pairwise(bounds)], 1)
 
 
 def feature_names(cfg: FeatureConfig, channels: int = 3) -> list[str]:

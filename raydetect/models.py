@@ -11,6 +11,7 @@ Built-in names:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
@@ -130,13 +131,13 @@ def fold_batchnorms(net: nn.Module, channels: int, size: int) -> nn.Module:
     count = 0
     for parent in folded.modules():
         names = list(parent._modules)
-        for a, b in zip(names, names[1:], strict=False):
+        for a, b in itertools.pairwise(names):
             conv, bn = parent._modules[a], parent._modules[b]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
-                if conv.out_channels == bn.num_features:
-                    _fold_pair(conv, bn)
-                    parent._modules[b] = nn.Identity()
-                    count += 1
+            foldable = isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
+            if foldable and conv.out_channels == bn.num_features:
+                _fold_pair(conv, bn)
+                parent._modules[b] = nn.Identity()
+                count += 1
     if count == 0:
         return net
     x = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))

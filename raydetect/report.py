@@ -71,7 +71,17 @@ def table2(detection_rows: Sequence[dict[str, Any]]) -> str:
             ]
         )
     return markdown_table(
-        ["Attack", "Detector", "Test pairs", "Accuracy [95% CI]", "Acc@0.5", "ROC AUC [95% CI]", "TPR@1%FPR", "TPR@5%FPR", "Held-out FPR"],
+        [
+            "Attack",
+            "Detector",
+            "Test pairs",
+            "Accuracy [95% CI]",
+            "Acc@0.5",
+            "ROC AUC [95% CI]",
+            "TPR@1%FPR",
+            "TPR@5%FPR",
+            "Held-out FPR",
+        ],
         rows,
     )
 

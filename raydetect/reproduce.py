@@ -95,7 +95,9 @@ class ThrottledProgress:
             log.info("%s: %d/%d images (%.1f img/s)", stage, done, total, rate)
 
 
-def run_attack(model: ImageClassifier, images: torch.Tensor, labels: torch.Tensor, cfg: AttackConfig, batch_size: int, progress: Progress) -> AttackResult:
+def run_attack(
+    model: ImageClassifier, images: torch.Tensor, labels: torch.Tensor, cfg: AttackConfig, batch_size: int, progress: Progress
+) -> AttackResult:
     """Attack every image in batches; concatenate the per-batch results."""
     attack = make_attack(model, cfg)
     parts: list[AttackResult] = []
@@ -193,7 +195,9 @@ def reproduce_local(
             log.warning("attack %s succeeded on %d images only; skipping detection", cfg.name, len(ok))
             continue
         if clean_feats is None:  # paper protocol: explain against the twin
-            cf, cp = explain_all(explainer, x[ok], features, batch_size, progress, f"explain clean ({cfg.name})", idx[ok], twins=adv[ok])
+            cf, cp = explain_all(
+                explainer, x[ok], features, batch_size, progress, f"explain clean ({cfg.name})", idx[ok], twins=adv[ok]
+            )
         else:
             cf, cp = clean_feats[0][ok], clean_feats[1][ok]
         af, ap = explain_all(explainer, adv[ok], features, batch_size, progress, f"explain {cfg.name}", idx[ok], twins=x[ok])
@@ -207,7 +211,9 @@ def reproduce_local(
         result.features.append(pf)
         for kind in detectors:
             fit = fit_and_evaluate(pf.X, pf.y, pf.pairs, DetectorConfig(kind=kind, seed=seed), n_boot=n_boot)  # type: ignore[arg-type]
-            result.detection_rows.append({"attack": cfg.name, "mode": cfg.mode, "eps": cfg.eps, "detector": kind, **fit.evaluation.to_dict()})
+            result.detection_rows.append(
+                {"attack": cfg.name, "mode": cfg.mode, "eps": cfg.eps, "detector": kind, **fit.evaluation.to_dict()}
+            )
     result.seconds = time.perf_counter() - start
     return result
 
@@ -302,7 +308,14 @@ def run_reproduction(
             "data": data,
             "skipped": images.errors,
             "results": [
-                {"protocol": r.protocol, "n_images": r.n_images, "n_correct": r.n_correct, "seconds": r.seconds, "attacks": r.attack_rows, "detection": r.detection_rows}
+                {
+                    "protocol": r.protocol,
+                    "n_images": r.n_images,
+                    "n_correct": r.n_correct,
+                    "seconds": r.seconds,
+                    "attacks": r.attack_rows,
+                    "detection": r.detection_rows,
+                }
                 for r in results
             ],
         },

@@ -34,12 +34,21 @@ def _photo(mode: str = "RGB", size: tuple[int, int] = (64, 48)) -> Image.Image:
 
 @pytest.mark.parametrize(
     ("mode", "fmt"),
-    [("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("RGBA", "PNG"), ("P", "PNG"), ("LA", "PNG"), ("RGB", "BMP"), ("RGB", "WEBP")],
+    [
+        ("RGB", "JPEG"),
+        ("L", "JPEG"),
+        ("CMYK", "JPEG"),
+        ("RGBA", "PNG"),
+        ("P", "PNG"),
+        ("LA", "PNG"),
+        ("RGB", "BMP"),
+        ("RGB", "WEBP"),
+    ],
 )
 def test_modes_are_converted_to_model_input(mode: str, fmt: str) -> None:
     x = decode_image(_encode(_photo(mode), fmt), PRE)
     assert x.shape == (3, 32, 32) and x.dtype == np.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert x.min() >= 0.0 and x.max() <= 1.0
 
 
 def test_sixteen_bit_images_are_scaled_not_clipped() -> None:
@@ -90,10 +99,10 @@ def test_class_table_and_labels() -> None:
 
 
 def test_digits_split_is_fixed_and_in_range() -> None:
-    (a, ya), (b, yb) = digits_split()
+    (a, _ya), (b, _yb) = digits_split()
     (a2, _), _ = digits_split()
     assert np.array_equal(a, a2)
-    assert a.shape[1:] == (1, 8, 8) and 0 <= a.min() and a.max() <= 1
+    assert a.shape[1:] == (1, 8, 8) and a.min() >= 0 and a.max() <= 1
     assert len(a) + len(b) == 1797
 
 

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
-import pytest
 from raydetect.config import ModelConfig
 from raydetect.errors import RaydetectError
 from raydetect.models import fold_batchnorms, load_model, train_digits_cnn
