@@ -27,6 +27,8 @@ from raydetect.models import Preprocess
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# Signatures of common formats: a file that starts like one but does not decode is damaged.
+IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
 MIN_SIDE = 16  # smaller images carry too little signal to classify; digits (8x8) are exempt via crop
 
 
@@ -114,6 +116,8 @@ def decode_image(data: bytes | None, pre: Preprocess) -> np.ndarray:
     except Image.DecompressionBombError as exc:
         raise ImageError(f"image too large to decode safely: {exc}") from exc
     except Image.UnidentifiedImageError:
+        if data.startswith(IMAGE_MAGIC):
+            raise ImageError("corrupt or truncated image: header of a known format, body unreadable") from None
         raise ImageError("not an image file (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # PIL reports truncated and corrupt files as OSError/SyntaxError with a useful message.
@@ -482,6 +486,24 @@ def rows_to_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return out
 
 
+def rows_to_table(rows: list[dict[str, Any]]) -> Any:
+    """A pyarrow Table from row dicts; 1-D float arrays become fixed-size lists (plain Parquet, no
+    Ray extension types), so outputs read back with pyarrow or pandas alone."""
+    import pyarrow as pa
+
+    if not rows:
+        return pa.table({})
+    cols: dict[str, Any] = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows]
+        if isinstance(values[0], np.ndarray):
+            flat = np.concatenate([np.asarray(v, dtype=np.float32).ravel() for v in values])
+            cols[key] = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), values[0].size)
+        else:
+            cols[key] = pa.array(values)
+    return pa.table(cols)
+
+
 def read_source(source: Source, pre: Preprocess, skip_ids: set[str] | None = None, parallelism: int | None = None) -> Any:
     """A Ray Dataset of decoded image rows for ``source`` (schema at the top of this section).
 
@@ -506,3 +528,62 @@ def read_source(source: Source, pre: Preprocess, skip_ids: set[str] | None = Non
     if skip_ids and kind == "parquet":
         ds = ds.filter(lambda r: r["id"] not in skip_ids)
     return ds
+
+
+# --------------------------------------------------------------------------------------------
+# Parquet outputs: atomic part files, resume, exactly-once reads
+
+
+def output_files(uri: str, clean_partial: bool = False) -> list[str]:
+    """Complete part files of an output directory (``[]`` when it does not exist yet)."""
+    import pyarrow.fs as pafs
+
+    fs, root = open_filesystem(uri)
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=False))
+    if clean_partial:
+        for i in infos:
+            if i.path.endswith(".parquet.tmp"):
+                fs.delete_file(i.path)
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+
+
+def read_output(uri: str, columns: list[str] | None = None, dedupe_on: str | None = "id") -> Any:
+    """All complete part files of an output as one pyarrow Table.
+
+    Rows are de-duplicated on ``dedupe_on`` (first wins): a task retried after its write
+    succeeded may have written its rows twice; readers see each id once.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs, _ = open_filesystem(uri)
+    files = output_files(uri)
+    if not files:
+        return None
+    tables = []
+    for f in files:
+        try:
+            tables.append(pq.read_table(f, filesystem=fs, columns=columns))
+        except Exception as exc:  # a foreign or damaged file: say which, keep the rest
+            raise RaydetectError(f"cannot read output part {f}: {exc}") from exc
+    table = pa.concat_tables(tables, promote_options="default")
+    if dedupe_on and dedupe_on in table.column_names:
+        ids = table.column(dedupe_on).to_pylist()
+        seen: set[str] = set()
+        keep = []
+        for i, v in enumerate(ids):
+            if v not in seen:
+                seen.add(v)
+                keep.append(i)
+        if len(keep) != len(ids):
+            table = table.take(pa.array(keep))
+    return table
+
+
+def done_ids(uri: str, column: str = "id") -> set[str]:
+    """Ids already written to an output (for resume); removes partial files of a killed run."""
+    output_files(uri, clean_partial=True)
+    table = read_output(uri, columns=[column], dedupe_on=None)
+    return set() if table is None else set(table.column(column).to_pylist())

@@ -9,12 +9,15 @@ concentrated the attribution mass is, and, as a control, the model's own logits 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from raydetect.attribution import Explanation
-from raydetect.config import FeatureConfig
+from raydetect.config import AttributionConfig, FeatureConfig
+from raydetect.models import ImageClassifier
 
 STATS = ("sum", "abs_sum", "pos_sum", "neg_sum", "mean", "std", "min", "max", "skew", "kurtosis", "l2", "frac_pos")
 CONCENTRATION = ("top1pct", "top5pct", "top10pct", "top25pct", "entropy", "gini")
@@ -158,3 +161,185 @@ def describe(expl: Explanation, cfg: FeatureConfig) -> np.ndarray:
     out = torch.cat(parts, 1).numpy().astype(np.float32)
     # Saturated logits can overflow float32 statistics; a detector needs finite inputs.
     return np.nan_to_num(out, nan=0.0, posinf=np.finfo(np.float32).max, neginf=np.finfo(np.float32).min)
+
+
+# --------------------------------------------------------------------------------------------
+# Ray Data stage
+#
+# Input: rows of the attack job (a lossless ``png`` per row) or of read_source (an ``image``
+# array). Output: one row per explained image with its descriptor vector in ``features``.
+
+FEATURE_COLUMNS = (
+    "id", "pair_id", "kind", "path", "label", "attack", "method", "mode", "eps", "status", "error",
+    "pred", "conf", "correct", "success", "features", "map",
+)  # fmt: skip
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr.astype(np.float16), allow_pickle=False)
+    return buf.getvalue()
+
+
+def load_map(blob: bytes) -> np.ndarray:
+    """Inverse of the ``map`` column encoding (channel-summed attribution, float16 .npy bytes)."""
+    import io
+
+    return np.load(io.BytesIO(blob), allow_pickle=False)
+
+
+class FeatureStage:
+    """Loads the model once, explains each row's image and writes its descriptor.
+
+    Adversarial rows whose attack failed are passed through as ``skipped`` (nothing to detect);
+    error rows pass through untouched. With the paper's ``pair`` baseline, rows are grouped by
+    ``pair_id`` within the batch (use ``groupby('pair_id')`` upstream) and every clean image is
+    explained once per attack, against that attack's adversarial twin.
+    """
+
+    def __init__(
+        self,
+        model_loader: Callable[[], ImageClassifier],
+        attribution: AttributionConfig,
+        features: FeatureConfig,
+        references: np.ndarray | None = None,
+        maps_fraction: float = 0.0,
+        threads: int | None = None,
+        batch_size: int = 16,
+    ) -> None:
+        from raydetect.attribution import Explainer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = model_loader()
+        self.explainer = Explainer(self.model, attribution, None if references is None else torch.from_numpy(references))
+        self.attribution = attribution
+        self.cfg = features
+        self.maps_fraction = maps_fraction
+        self.batch_size = batch_size
+        self.dim = len(feature_names(features, self.model.channels))
+
+    def _image(self, batch: dict[str, np.ndarray], i: int) -> np.ndarray:
+        from raydetect.data import decode_png
+
+        if "png" in batch:
+            return decode_png(batch["png"][i])
+        return np.asarray(batch["image"][i], dtype=np.float32)
+
+    def _base_row(self, batch: dict[str, np.ndarray], i: int) -> dict[str, Any]:
+        def get(col: str, default: Any) -> Any:
+            if col not in batch:
+                return default
+            value = batch[col][i]
+            return value.item() if isinstance(value, np.generic) else value
+
+        return {
+            "id": str(batch["id"][i]),
+            "pair_id": str(get("pair_id", batch["id"][i])),
+            "kind": str(get("kind", "clean")),
+            "path": str(get("path", "")),
+            "label": int(get("label", -1)),
+            "attack": str(get("attack", "")),
+            "method": str(get("method", "")),
+            "mode": str(get("mode", "")),
+            "eps": float(get("eps", 0.0)),
+            "status": str(get("status", "ok")),
+            "error": str(get("error", "")),
+            "pred": -1,
+            "conf": 0.0,
+            "correct": bool(get("correct", False)),
+            "success": bool(get("success", False)),
+            "features": np.zeros(self.dim, np.float32),
+            "map": b"",
+        }
+
+    def _jobs(
+        self, batch: dict[str, np.ndarray]
+    ) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], np.ndarray, np.ndarray | None]]]:
+        """(rows that pass through unexplained, rows to explain with image and optional twin)."""
+        n = len(batch["id"])
+        passthrough: list[dict[str, Any]] = []
+        todo: list[tuple[dict[str, Any], np.ndarray, np.ndarray | None]] = []
+        rows = [self._base_row(batch, i) for i in range(n)]
+        for r in rows:
+            if r["status"] == "ok" and r["kind"] == "adversarial" and not r["success"]:
+                r["status"], r["error"] = "skipped", "attack did not succeed; nothing to detect"
+        if self.attribution.baseline != "pair":
+            for i, r in enumerate(rows):
+                if r["status"] == "ok":
+                    todo.append((r, self._image(batch, i), None))
+                else:
+                    passthrough.append(r)
+            return passthrough, todo
+        # Paper protocol: each clean image against each successful twin, and the twin against it.
+        by_pair: dict[str, dict[str, list[int]]] = {}
+        for i, r in enumerate(rows):
+            if r["status"] != "ok":
+                passthrough.append(r)
+                continue
+            by_pair.setdefault(r["pair_id"], {"clean": [], "adversarial": []})[r["kind"]].append(i)
+        for group in by_pair.values():
+            if not group["clean"]:
+                for i in group["adversarial"]:
+                    rows[i]["status"], rows[i]["error"] = "skipped", "no clean twin in this group (paper protocol)"
+                    passthrough.append(rows[i])
+                continue
+            c = group["clean"][0]
+            clean_img = self._image(batch, c)
+            for i in group["adversarial"]:
+                adv_img = self._image(batch, i)
+                clean_row = {**rows[c], "id": f"{rows[c]['pair_id']}|clean|{rows[i]['attack']}"}
+                clean_row.update(attack=rows[i]["attack"], method=rows[i]["method"], mode=rows[i]["mode"], eps=rows[i]["eps"])
+                todo.append((clean_row, clean_img, adv_img))
+                todo.append((rows[i], adv_img, clean_img))
+        return passthrough, todo
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Any:
+        """Numpy batch in, pyarrow Table out (``features`` as a fixed-size list column)."""
+        from raydetect.attacks import stable_key
+        from raydetect.data import rows_to_table
+
+        out, todo = self._jobs(batch)
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            x = torch.from_numpy(np.stack([img for _, img, _ in chunk]))
+            twins = None if chunk[0][2] is None else torch.from_numpy(np.stack([t for _, _, t in chunk]))  # type: ignore[misc]
+            keys = np.array([stable_key(r["pair_id"] if r["kind"] == "clean" else r["id"]) for r, _, _ in chunk])
+            expl = self.explainer(x, keys=keys, twins=twins)
+            feats = describe(expl, self.cfg)
+            probs = expl.logits.softmax(1)
+            for j, (row, _, _) in enumerate(chunk):
+                row["features"] = feats[j]
+                row["pred"] = int(expl.targets[j])
+                row["conf"] = float(probs[j, expl.targets[j]])
+                if self.maps_fraction > 0 and (keys[j] % 10_000) < self.maps_fraction * 10_000:
+                    row["map"] = _npy_bytes(expl.attributions[j].sum(0).numpy())
+                out.append(row)
+        return rows_to_table(out)
+
+
+def feature_dataset(
+    ds: Any,
+    model_loader: Callable[[], ImageClassifier],
+    attribution: AttributionConfig,
+    features: FeatureConfig,
+    plan: Any,
+    references: np.ndarray | None = None,
+    maps_fraction: float = 0.0,
+) -> Any:
+    """Ray Data stage: attack-job rows (or image rows) -> descriptor rows, on an actor pool."""
+    import ray
+
+    args = (model_loader, attribution, features, references, maps_fraction, plan.threads, plan.batch_size)
+    common = {
+        "batch_format": "numpy",
+        "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=plan.num_actors),
+        "num_cpus": plan.num_cpus,
+        "num_gpus": plan.num_gpus,
+    }
+    if attribution.baseline == "pair":
+        # The paper's protocol needs each clean image beside its twins: one group per pair.
+        return ds.groupby("pair_id").map_groups(FeatureStage, fn_constructor_args=args, **common)
+    return ds.map_batches(FeatureStage, fn_constructor_args=args, batch_size=plan.batch_size, **common)

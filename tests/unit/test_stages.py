@@ -1,0 +1,85 @@
+"""Each Ray stage's callable class, called directly on one batch: no Ray involved."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from raydetect.attacks import AttackStage
+from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig
+from raydetect.data import decode_png
+from raydetect.features import FeatureStage, feature_names
+
+
+@pytest.fixture(scope="module")
+def image_batch(digits_test) -> dict[str, np.ndarray]:
+    n = 6
+    images = digits_test.images[:n].copy()
+    status = np.array(["ok"] * (n - 1) + ["error"], dtype=object)
+    return {
+        "id": np.array([f"img{i}" for i in range(n)], dtype=object),
+        "path": np.array([f"/x/img{i}.png" for i in range(n)], dtype=object),
+        "label": digits_test.labels[:n].copy(),
+        "image": images,
+        "status": status,
+        "error": np.array([""] * (n - 1) + ["corrupt or truncated image"], dtype=object),
+    }
+
+
+@pytest.fixture(scope="module")
+def attacked(digits_model, image_batch) -> dict[str, np.ndarray]:
+    attacks = [AttackConfig(eps=0.3, steps=10), AttackConfig(mode="second", eps=0.3, steps=10)]
+    return AttackStage(lambda: digits_model, attacks)(image_batch)
+
+
+def test_attack_stage_rows(attacked, image_batch) -> None:
+    kinds = list(attacked["kind"])
+    assert kinds.count("clean") == 6
+    clean_ids = [i for i, k in zip(attacked["id"], kinds, strict=True) if k == "clean"]
+    assert sorted(clean_ids) == sorted(image_batch["id"])
+    err = np.flatnonzero(attacked["id"] == "img5")[0]
+    assert attacked["status"][err] == "error" and "corrupt" in attacked["error"][err]
+    adv = np.flatnonzero(attacked["kind"] == "adversarial")
+    assert len(adv) == 2 * int(attacked["correct"][attacked["kind"] == "clean"].sum())
+    for i in adv:
+        img = decode_png(attacked["png"][i])
+        clean = decode_png(attacked["png"][np.flatnonzero(attacked["id"] == attacked["pair_id"][i])[0]])
+        assert np.abs(img - clean).max() <= 0.3 + 1e-6  # the stored 8-bit PNG honours eps
+        assert img.min() >= 0 and img.max() <= 1
+        assert attacked["id"][i] == f"{attacked['pair_id'][i]}|{attacked['attack'][i]}"
+
+
+def test_attack_stage_success_is_judged_on_the_png(digits_model, attacked) -> None:
+    import torch
+
+    adv = np.flatnonzero(attacked["kind"] == "adversarial")
+    x = torch.from_numpy(np.stack([decode_png(attacked["png"][i]) for i in adv]))
+    with torch.no_grad():
+        pred = digits_model(x).argmax(1).numpy()
+    assert np.array_equal(pred, attacked["pred"][adv].astype(int))
+
+
+def test_feature_stage_on_attack_rows(digits_model, attacked) -> None:
+    fcfg = FeatureConfig(quantiles=8)
+    stage = FeatureStage(lambda: digits_model, AttributionConfig(n_steps=4), fcfg, maps_fraction=1.0)
+    out = stage(attacked)
+    assert isinstance(out, pa.Table)
+    rows = {r["id"]: r for r in out.to_pylist()}
+    assert set(rows) == set(attacked["id"])  # every input row accounted for
+    dim = len(feature_names(fcfg, 1))
+    for r in rows.values():
+        assert len(r["features"]) == dim
+        if r["status"] == "ok":
+            assert r["pred"] >= 0 and r["map"]
+        else:
+            assert r["status"] in ("error", "skipped") and r["error"]
+
+
+def test_feature_stage_paper_protocol_explains_each_clean_per_attack(digits_model, attacked) -> None:
+    stage = FeatureStage(lambda: digits_model, AttributionConfig(n_steps=4, baseline="pair"), FeatureConfig(quantiles=8))
+    rows = stage(attacked).to_pylist()
+    ok_adv = [r for r in rows if r["kind"] == "adversarial" and r["status"] == "ok"]
+    clean_per_attack = [r for r in rows if r["kind"] == "clean" and r["status"] == "ok"]
+    assert len(clean_per_attack) == len(ok_adv)
+    assert all(r["id"] == f"{r['pair_id']}|clean|{r['attack']}" for r in clean_per_attack)
