@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from raydetect.config import AttackConfig
-from raydetect.models import ImageClassifier
+from raydetect.models import ImageClassifier, actor_runtime_env, set_threads
 
 
 @dataclass
@@ -219,8 +219,8 @@ class AttackStage:
         only_correct: bool = True,
         threads: int | None = None,
     ) -> None:
-        if threads:
-            torch.set_num_threads(threads)
+        # Threads are set in __call__, not here: see set_threads.
+        self.threads = threads
         self.model = model_loader()
         self.configs = list(attacks)
         self.attacks = [make_attack(self.model, cfg) for cfg in self.configs]
@@ -229,6 +229,7 @@ class AttackStage:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from raydetect.data import encode_png, quantize, rows_to_batch
 
+        set_threads(self.threads)
         n = len(batch["id"])
         rows = [
             _clean_row(
@@ -304,4 +305,5 @@ def attack_dataset(
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.num_actors),
         num_cpus=plan.num_cpus,
         num_gpus=plan.num_gpus,
+        runtime_env=actor_runtime_env(),
     )

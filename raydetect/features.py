@@ -17,7 +17,7 @@ import torch
 
 from raydetect.attribution import Explanation
 from raydetect.config import AttributionConfig, FeatureConfig
-from raydetect.models import ImageClassifier
+from raydetect.models import ImageClassifier, actor_runtime_env, set_threads
 
 STATS = ("sum", "abs_sum", "pos_sum", "neg_sum", "mean", "std", "min", "max", "skew", "kurtosis", "l2", "frac_pos")
 CONCENTRATION = ("top1pct", "top5pct", "top10pct", "top25pct", "entropy", "gini")
@@ -211,8 +211,8 @@ class FeatureStage:
     ) -> None:
         from raydetect.attribution import Explainer
 
-        if threads:
-            torch.set_num_threads(threads)
+        # Threads are set in __call__, not here: see set_threads.
+        self.threads = threads
         self.model = model_loader()
         self.explainer = Explainer(self.model, attribution, None if references is None else torch.from_numpy(references))
         self.attribution = attribution
@@ -301,6 +301,7 @@ class FeatureStage:
         from raydetect.attacks import stable_key
         from raydetect.data import rows_to_table
 
+        set_threads(self.threads)
         out, todo = self._jobs(batch)
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
@@ -338,8 +339,72 @@ def feature_dataset(
         "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=plan.num_actors),
         "num_cpus": plan.num_cpus,
         "num_gpus": plan.num_gpus,
+        "runtime_env": actor_runtime_env(),
     }
     if attribution.baseline == "pair":
         # The paper's protocol needs each clean image beside its twins: one group per pair.
         return ds.groupby("pair_id").map_groups(FeatureStage, fn_constructor_args=args, **common)
     return ds.map_batches(FeatureStage, fn_constructor_args=args, batch_size=plan.batch_size, **common)
+
+
+class AttackFeatureStage:
+    """Attack and explain in one actor: :class:`AttackStage` then :class:`FeatureStage`, one model.
+
+    One pass over the data with one actor pool, so one model load and no Parquet round trip
+    between the stages; rows carry the attack outcome (kind, success, correct), which is all
+    Table 1 needs. ``keep_png`` also keeps each row's image (clean or adversarial).
+    """
+
+    def __init__(
+        self,
+        model_loader: Callable[[], ImageClassifier],
+        attacks: Any,
+        attribution: AttributionConfig,
+        features: FeatureConfig,
+        only_correct: bool = True,
+        threads: int | None = None,
+        batch_size: int = 16,
+        keep_png: bool = False,
+    ) -> None:
+        from raydetect.attacks import AttackStage
+
+        self.attack = AttackStage(model_loader, attacks, only_correct, threads)
+        model = self.attack.model
+        self.explain = FeatureStage(lambda: model, attribution, features, None, 0.0, threads, batch_size)
+        self.keep_png = keep_png
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Any:
+        import pyarrow as pa
+
+        attacked = self.attack(batch)
+        table = self.explain(attacked)
+        if self.keep_png and table.num_rows:
+            png = dict(zip(attacked["id"], attacked["png"], strict=True))
+            table = table.append_column("png", pa.array([png[i] for i in table.column("id").to_pylist()], pa.binary()))
+        return table
+
+
+def attack_feature_dataset(
+    ds: Any,
+    model_loader: Callable[[], ImageClassifier],
+    attacks: Any,
+    attribution: AttributionConfig,
+    features: FeatureConfig,
+    plan: Any,
+    only_correct: bool = True,
+    keep_png: bool = False,
+) -> Any:
+    """Ray Data stage: image rows -> clean and adversarial descriptor rows, in one actor pool."""
+    import ray
+
+    args = (model_loader, tuple(attacks), attribution, features, only_correct, plan.threads, plan.batch_size, keep_png)
+    return ds.map_batches(
+        AttackFeatureStage,
+        fn_constructor_args=args,
+        batch_size=plan.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.num_actors),
+        num_cpus=plan.num_cpus,
+        num_gpus=plan.num_gpus,
+        runtime_env=actor_runtime_env(),
+    )

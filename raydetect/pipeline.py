@@ -30,16 +30,25 @@ log = logging.getLogger(__name__)
 
 
 def init_ray(address: str | None = None) -> None:
-    """Connect to ``address`` (or $RAY_ADDRESS, e.g. inside ``ray job submit``), else start a local Ray."""
-    import ray
+    """Connect to ``address`` (or $RAY_ADDRESS, e.g. inside ``ray job submit``), else start a local Ray.
 
+    A local Ray is for development on one machine: it starts without the dashboard and without
+    pre-started idle workers, which on a 2-core laptop compete with the model actor for CPU.
+    """
+    import ray
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.issue_detectors_config.detectors = []  # memory hints meant for other workloads; noise here
+    ctx.enable_get_object_locations_for_metrics = False
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    # Workers import raydetect from the driver's checkout when it is not installed on the cluster.
-    env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}
     try:
-        ray.init(address=address, runtime_env=env, ignore_reinit_error=True, logging_level=logging.WARNING)
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            ray.init(include_dashboard=False, logging_level=logging.WARNING, _system_config={"enable_worker_prestart": False})
     except ConnectionError as exc:
         raise RaydetectError(f"cannot reach the Ray cluster at {address}: {exc}") from exc
 
@@ -291,6 +300,55 @@ def run_feature_job(
         "plan": asdict(plan),
     }
     return _count(out, "features", start, inputs, len(done), written, config)
+
+
+def run_pipeline_job(
+    source: Source,
+    out: str,
+    model_cfg: ModelConfig,
+    attacks: Sequence[AttackConfig],
+    attribution: AttributionConfig,
+    features: FeatureConfig,
+    resources: ResourceConfig = ResourceConfig(),
+    only_correct: bool = True,
+    keep_png: bool = False,
+    address: str | None = None,
+) -> JobSummary:
+    """Attack and explain in one pass (one actor pool); write descriptor rows under ``out``.
+
+    The fast path for a full run: no intermediate attack output to write and re-read. Resumes
+    per image like the attack job.
+    """
+    from raydetect.features import attack_feature_dataset
+
+    start = time.perf_counter()
+    init_ray(address)
+    plan = plan_resources(resources)
+    cfg = plan.model_config(model_cfg)
+    done = done_ids(out, "pair_id")
+    ds = read_source(source, _preprocess_of(cfg), skip_ids=done)
+    written = 0
+    if ds is not None:
+        log.info(
+            "attack+feature job: %d actors x %d threads on %s, batch %d; %d images already done",
+            plan.num_actors,
+            plan.threads,
+            plan.device,
+            plan.batch_size,
+            len(done),
+        )
+        ds = attack_feature_dataset(ds, ConfiguredLoader(cfg), attacks, attribution, features, plan, only_correct, keep_png)
+        written = _write(ds, out)
+    inputs = len(done_ids(out, "pair_id"))
+    config = {
+        "source": asdict(source),
+        "model": to_dict(cfg),
+        "attacks": [to_dict(a) for a in attacks],
+        "attribution": to_dict(attribution),
+        "features": to_dict(features),
+        "plan": asdict(plan),
+    }
+    return _count(out, "attack+features", start, inputs, len(done), written, config)
 
 
 class _DropDone:
