@@ -119,70 +119,6 @@ def parse_eps_list(values: list[str] | None, default: list[float]) -> list[float
     return [parse_eps(v) for v in values] if values else default
 
 
-@app.command()
-@handle_errors
-def reproduce(
-    data: Annotated[
-        str, typer.Option("--data", "-d", help="ImageNet-style folder (<wnid>/<file>), or 'digits' for sklearn's digits.")
-    ] = "digits",
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for report.md and results.json.")] = Path("runs/reproduce"),
-    model: ModelOpt = "digits_cnn",
-    weights: WeightsOpt = None,
-    random_weights: RandomWeightsOpt = False,
-    device: DeviceOpt = "auto",
-    protocol: Annotated[
-        str,
-        typer.Option(
-            "--protocol", help="corrected, paper, or both (the paper's setting as a replication row beside the corrected one)."
-        ),
-    ] = "both",
-    eps: EpsOpt = None,
-    steps: StepsOpt = 10,
-    explainer: ExplainerOpt = "ig",
-    ig_steps: IGStepsOpt = 16,
-    baseline: BaselineOpt = AttributionConfig.baseline,
-    layer: LayerOpt = None,
-    quantiles: QuantilesOpt = 64,
-    descriptor: DescriptorsOpt = None,
-    detector: Annotated[
-        list[str] | None,
-        typer.Option("--detector", help="lr, rf, xgboost; repeat for several. Default: lr and rf, as the paper."),
-    ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Use at most this many images.")] = None,
-    batch_size: BatchOpt = 16,
-    seed: SeedOpt = 0,
-) -> None:
-    """Run the paper's experiment in one process: attack, explain, fit detectors, write Tables 1 and 2.
-
-    The corrected protocol (iterative BIM at --eps, default 4/255, 8-bit adversarials, per-image
-    baselines, pair-aware splits, ROC AUC) runs beside the paper's own (one eps=0.1 step,
-    explanations against the twin), so the gap between them is visible.
-    """
-    from raydetect.reproduce import run_reproduction
-
-    if protocol not in ("corrected", "paper", "both"):
-        raise RaydetectError(f"protocol must be corrected, paper or both; got {protocol!r}")
-    detectors = tuple(detector or ["lr", "rf"])
-    for d in detectors:
-        if d not in ("lr", "rf", "xgboost"):
-            raise RaydetectError(f"detector must be lr, rf or xgboost; got {d!r}")
-    path = run_reproduction(
-        data=data,
-        out=out,
-        model_cfg=model_config(model, weights, random_weights, device),
-        protocols=("paper", "corrected") if protocol == "both" else (protocol,),  # type: ignore[arg-type]
-        eps=parse_eps_list(eps, [4 / 255]),
-        steps=steps,
-        attribution=attribution_config(explainer, ig_steps, baseline, layer),
-        features=feature_config(descriptor, quantiles),
-        detectors=detectors,
-        limit=limit,
-        batch_size=batch_size,
-        seed=seed,
-    )
-    typer.echo(f"report: {path}")
-
-
 # Cluster options ------------------------------------------------------------------------------
 
 AddressOpt = Annotated[
@@ -332,6 +268,92 @@ def features(
         address=address,
     )
     print_summary(summary)
+
+
+@app.command()
+@handle_errors
+def reproduce(
+    data: Annotated[
+        str | None,
+        typer.Option("--data", "-d", help="ImageNet-style folder (<wnid>/<file>) or 'digits'. Default: digits for digits_cnn."),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Directory for report.md, results.json, features and detector bundles.")
+    ] = Path("runs/reproduce"),
+    model: ModelOpt = "efficientnet_lite0",
+    weights: WeightsOpt = None,
+    random_weights: RandomWeightsOpt = False,
+    device: DeviceOpt = "auto",
+    protocol: Annotated[
+        str,
+        typer.Option(
+            "--protocol", help="corrected, paper, or both (the paper's setting as a replication row beside the corrected one)."
+        ),
+    ] = "both",
+    eps: EpsOpt = None,
+    steps: StepsOpt = 10,
+    explainer: ExplainerOpt = AttributionConfig.explainer,
+    ig_steps: IGStepsOpt = AttributionConfig.n_steps,
+    baseline: BaselineOpt = AttributionConfig.baseline,
+    layer: LayerOpt = None,
+    quantiles: QuantilesOpt = FeatureConfig.quantiles,
+    descriptor: DescriptorsOpt = None,
+    detector: Annotated[
+        list[str] | None,
+        typer.Option("--detector", help="lr, rf, xgboost; repeat for several. Default: lr and rf, as the paper."),
+    ] = None,
+    limit: LimitOpt = None,
+    engine: Annotated[
+        str, typer.Option("--engine", help="ray (Ray Data jobs and Ray Train) or local (one process, no Ray).")
+    ] = "ray",
+    batch_size: BatchOpt = 16,
+    actors: ActorsOpt = None,
+    gpus_per_actor: GpusOpt = 0.0,
+    cpus_per_actor: CpusOpt = None,
+    address: AddressOpt = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """Run the paper's experiment end to end: attack, explain, fit detectors, write Tables 1 and 2.
+
+    The corrected protocol (iterative BIM at --eps, default 4/255; 8-bit adversarials; per-image baselines; pair-aware
+    splits; ROC AUC with intervals) runs beside the paper's own (one eps=0.1 step; each image explained against its
+    twin), so the gap between them is visible. Writes a detector bundle per protocol for `raydetect audit`.
+    """
+    from raydetect.reproduce import run_reproduction
+
+    if protocol not in ("corrected", "paper", "both"):
+        raise RaydetectError(f"protocol must be corrected, paper or both; got {protocol!r}")
+    if engine not in ("ray", "local"):
+        raise RaydetectError(f"engine must be ray or local; got {engine!r}")
+    detectors = tuple(detector or ["lr", "rf"])
+    for d in detectors:
+        if d not in ("lr", "rf", "xgboost"):
+            raise RaydetectError(f"detector must be lr, rf or xgboost; got {d!r}")
+    mcfg = model_config(model, weights, random_weights, device)
+    if data is None:
+        if model != "digits_cnn":
+            raise RaydetectError("--data is required for ImageNet models: an ImageNet-style folder (<wnid>/<file>)")
+        data = "digits"
+    if data != "digits" and "://" not in data and not Path(data).expanduser().is_dir():
+        raise RaydetectError(f"data folder does not exist: {data}")
+    path = run_reproduction(
+        data=data,
+        out=out,
+        model_cfg=mcfg,
+        protocols=("paper", "corrected") if protocol == "both" else (protocol,),  # type: ignore[arg-type]
+        eps=parse_eps_list(eps, [4 / 255]),
+        steps=steps,
+        attribution=attribution_config(explainer, ig_steps, baseline, layer),
+        features=feature_config(descriptor, quantiles),
+        detectors=detectors,
+        limit=limit,
+        batch_size=batch_size,
+        seed=seed,
+        engine=engine,
+        resources=resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor),
+        address=address,
+    )
+    typer.echo(f"report: {path}")
 
 
 def run() -> None:

@@ -170,7 +170,7 @@ def describe(expl: Explanation, cfg: FeatureConfig) -> np.ndarray:
 # array). Output: one row per explained image with its descriptor vector in ``features``.
 
 FEATURE_COLUMNS = (
-    "id", "pair_id", "kind", "path", "label", "attack", "method", "mode", "eps", "status", "error",
+    "id", "pair_id", "kind", "path", "label", "attack", "method", "mode", "eps", "steps", "status", "error",
     "pred", "conf", "correct", "success", "features", "map",
 )  # fmt: skip
 
@@ -245,6 +245,7 @@ class FeatureStage:
             "method": str(get("method", "")),
             "mode": str(get("mode", "")),
             "eps": float(get("eps", 0.0)),
+            "steps": int(get("steps", 0)),
             "status": str(get("status", "ok")),
             "error": str(get("error", "")),
             "pred": -1,
@@ -281,6 +282,11 @@ class FeatureStage:
                 continue
             by_pair.setdefault(r["pair_id"], {"clean": [], "adversarial": []})[r["kind"]].append(i)
         for group in by_pair.values():
+            if group["clean"] and not group["adversarial"]:
+                for i in group["clean"]:
+                    rows[i]["status"], rows[i]["error"] = "skipped", "no adversarial twin to explain against (paper protocol)"
+                    passthrough.append(rows[i])
+                continue
             if not group["clean"]:
                 for i in group["adversarial"]:
                     rows[i]["status"], rows[i]["error"] = "skipped", "no clean twin in this group (paper protocol)"
@@ -291,7 +297,7 @@ class FeatureStage:
             for i in group["adversarial"]:
                 adv_img = self._image(batch, i)
                 clean_row = {**rows[c], "id": f"{rows[c]['pair_id']}|clean|{rows[i]['attack']}"}
-                clean_row.update(attack=rows[i]["attack"], method=rows[i]["method"], mode=rows[i]["mode"], eps=rows[i]["eps"])
+                clean_row.update({k: rows[i][k] for k in ("attack", "method", "mode", "eps", "steps")})
                 todo.append((clean_row, clean_img, adv_img))
                 todo.append((rows[i], adv_img, clean_img))
         return passthrough, todo

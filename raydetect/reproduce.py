@@ -23,7 +23,7 @@ import torch
 
 from raydetect.attacks import AttackResult, make_attack
 from raydetect.attribution import Explainer
-from raydetect.config import AttackConfig, AttributionConfig, DetectorConfig, FeatureConfig, ModelConfig
+from raydetect.config import AttackConfig, AttributionConfig, DetectorConfig, FeatureConfig, ModelConfig, ResourceConfig
 from raydetect.data import LocalImages, batches, quantize
 from raydetect.detector import fit_and_evaluate
 from raydetect.errors import RaydetectError
@@ -73,6 +73,8 @@ class ReproResult:
     detection_rows: list[dict[str, Any]] = field(default_factory=list)
     features: list[PairFeatures] = field(default_factory=list)
     seconds: float = 0.0
+    transfer: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    bundle: str | None = None
 
 
 Progress = Callable[[str, int, int], None]
@@ -231,19 +233,27 @@ def load_local_data(data: str, model: ImageClassifier, limit: int | None) -> Loc
     return load_image_folder(data, model.info.preprocess, limit)
 
 
+def transfer_table(matrix: dict[str, dict[str, float]]) -> str:
+    from raydetect.report import markdown_table, num
+
+    tests = sorted({b for row in matrix.values() for b in row})
+    rows = [[a, *(num(matrix[a].get(b)) for b in tests)] for a in sorted(matrix)]
+    return markdown_table(["trained on \\ tested on", *tests], rows)
+
+
 def render_report(results: list[ReproResult], attribution: AttributionConfig, features: FeatureConfig) -> str:
     from raydetect.report import table1, table2
 
     lines = ["# raydetect reproduction", ""]
     for r in results:
         title = "Paper protocol (replication)" if r.protocol == "paper" else "Corrected protocol"
+        baseline = "pair (each image against its twin)" if r.protocol == "paper" else attribution.baseline
         lines += [
             f"## {title}",
             "",
             f"Model `{r.model}`; {r.n_images} images, {r.n_correct} classified correctly (attacked). "
-            f"Explainer `{attribution.explainer}` ({attribution.n_steps} steps, baseline "
-            f"`{'pair (twin)' if r.protocol == 'paper' else attribution.baseline}`); descriptors "
-            f"{', '.join(features.descriptors)} (K={features.quantiles}). Took {r.seconds:.0f} s.",
+            f"Explainer `{attribution.explainer}` ({attribution.n_steps} steps, baseline `{baseline}`); "
+            f"descriptors {', '.join(features.descriptors)} (K={features.quantiles}). Took {r.seconds:.0f} s.",
             "",
             "### Table 1: attack success (over correctly classified images)",
             "",
@@ -254,12 +264,69 @@ def render_report(results: list[ReproResult], attribution: AttributionConfig, fe
             table2(r.detection_rows) if r.detection_rows else "_no attack succeeded often enough to train a detector_",
             "",
         ]
+        for kind, matrix in r.transfer.items():
+            lines += [
+                f"### Transfer ({kind}): ROC AUC of a detector trained on one attack, tested on another",
+                "",
+                transfer_table(matrix),
+                "",
+            ]
+        if r.bundle:
+            lines += [f"Detector bundle trained on all attacks of this protocol: `{r.bundle}`", ""]
     lines += [
         "Accuracy is at a threshold chosen on clean validation images for a 5% false-positive rate; "
-        "Acc@0.5 is the paper's plain accuracy. Intervals are 95% bootstrap over test pairs.",
+        "Acc@0.5 is the paper's plain accuracy. Intervals are 95% bootstrap over test pairs; a clean "
+        "image and its adversarial twin are always on the same side of every split.",
         "",
     ]
     return "\n".join(lines)
+
+
+def protocol_plan(protocol: Protocol, eps: list[float], steps: int, seed: int) -> tuple[AttackConfig, ...]:
+    if protocol == "paper":
+        return protocol_attacks("paper", PAPER_EPS, seed=seed)
+    attacks: tuple[AttackConfig, ...] = ()
+    for e in eps:
+        attacks += protocol_attacks("corrected", e, steps, seed)
+    return attacks
+
+
+def _reproduce_ray(
+    data: str,
+    out: Path,
+    model_cfg: ModelConfig,
+    protocol: Protocol,
+    attacks: tuple[AttackConfig, ...],
+    attribution: AttributionConfig,
+    features: FeatureConfig,
+    detectors: tuple[str, ...],
+    limit: int | None,
+    resources: ResourceConfig,
+    seed: int,
+    address: str | None,
+) -> ReproResult:
+    """One protocol through Ray: the fused attack+feature job, then Ray Train per attack and detector."""
+    from raydetect.data import Source
+    from raydetect.detector import run_training
+    from raydetect.pipeline import run_pipeline_job
+
+    start = time.perf_counter()
+    feats = str(out / protocol / "features")
+    summary = run_pipeline_job(
+        Source(data, limit=limit),
+        feats,
+        model_cfg,
+        attacks,
+        protocol_attribution(protocol, attribution),
+        features,
+        resources,
+        address=address,
+    )
+    rep = run_training(feats, str(out / protocol), kinds=detectors, cfg=DetectorConfig(seed=seed), progress=log.info)
+    n_correct = rep.attack_rows[0]["n_correct"] if rep.attack_rows else 0
+    result = ReproResult(protocol, model_cfg.name, summary.inputs, n_correct, rep.attack_rows, rep.detection_rows)
+    result.transfer, result.bundle, result.seconds = rep.transfer, rep.bundle, time.perf_counter() - start
+    return result
 
 
 def run_reproduction(
@@ -275,38 +342,52 @@ def run_reproduction(
     limit: int | None,
     batch_size: int,
     seed: int,
+    engine: str = "ray",
+    resources: ResourceConfig | None = None,
+    address: str | None = None,
 ) -> Path:
-    """Load data once, run each protocol, write ``report.md`` and ``results.json`` under ``out``."""
+    """Run each protocol (through Ray, or in this process), write ``report.md`` and ``results.json``."""
     from raydetect.config import to_dict
     from raydetect.report import write_json
 
-    model = load_model(model_cfg)
-    images = load_local_data(data, model, limit)
-    for path, reason in images.errors.items():
-        log.warning("skipped %s: %s", path, reason)
-    results = []
-    for protocol in protocols:
-        attacks: tuple[AttackConfig, ...] = ()
-        if protocol == "paper":
-            attacks = protocol_attacks("paper", PAPER_EPS, seed=seed)
-        else:
-            for e in eps:
-                attacks += protocol_attacks("corrected", e, steps, seed)
-        log.info("protocol %s: %d attacks on %d images", protocol, len(attacks), len(images.ids))
-        results.append(
-            reproduce_local(images, model_cfg, attacks, attribution, features, detectors, protocol, batch_size, seed, model=model)
-        )
+    results: list[ReproResult] = []
+    skipped: dict[str, str] = {}
+    if engine == "local":
+        model = load_model(model_cfg)
+        images = load_local_data(data, model, limit)
+        skipped = images.errors
+        for path, reason in skipped.items():
+            log.warning("skipped %s: %s", path, reason)
+        for protocol in protocols:
+            attacks = protocol_plan(protocol, eps, steps, seed)
+            log.info("protocol %s: %d attacks on %d images", protocol, len(attacks), len(images.ids))
+            results.append(
+                reproduce_local(
+                    images, model_cfg, attacks, attribution, features, detectors, protocol, batch_size, seed, model=model
+                )
+            )
+    else:
+        res = resources or ResourceConfig(batch_size=batch_size)
+        for protocol in protocols:
+            attacks = protocol_plan(protocol, eps, steps, seed)
+            log.info("protocol %s: %d attacks through Ray", protocol, len(attacks))
+            results.append(
+                _reproduce_ray(
+                    data, out, model_cfg, protocol, attacks, attribution, features, detectors, limit, res, seed, address
+                )
+            )
     out.mkdir(parents=True, exist_ok=True)
     report = out / "report.md"
     report.write_text(render_report(results, attribution, features))
     write_json(
         out / "results.json",
         {
+            "engine": engine,
             "model": to_dict(model_cfg),
             "attribution": to_dict(attribution),
             "features": to_dict(features),
             "data": data,
-            "skipped": images.errors,
+            "skipped": skipped,
             "results": [
                 {
                     "protocol": r.protocol,
@@ -315,6 +396,8 @@ def run_reproduction(
                     "seconds": r.seconds,
                     "attacks": r.attack_rows,
                     "detection": r.detection_rows,
+                    "transfer": r.transfer,
+                    "bundle": r.bundle,
                 }
                 for r in results
             ],

@@ -119,6 +119,11 @@ def test_paper_protocol_feature_job_groups_pairs(ray_cluster, tmp_path) -> None:
     clean_twins = [r for r in rows if r["kind"] == "clean" and r["attack"]]
     assert len(ok_adv) == len(clean_twins) > 0
     assert s.duplicate_ids == 0
+    # Every attacked image is accounted for, also those without a successful twin (skipped).
+    attacked = read_output(str(attacks_out)).to_pylist()
+    assert {r["pair_id"] for r in rows} == {r["pair_id"] for r in attacked}
+    lonely = {r["pair_id"] for r in attacked if r["kind"] == "clean"} - {r["pair_id"] for r in ok_adv}
+    assert all(r["status"] == "skipped" for r in rows if r["pair_id"] in lonely)
 
 
 @pytest.mark.parametrize("bad", ["cuda"])
