@@ -32,6 +32,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -356,5 +357,257 @@ def reproduce(
     typer.echo(f"report: {path}")
 
 
+def parse_params(values: list[str] | None) -> dict[str, Any]:
+    """``key=value`` pairs; values parsed as JSON when they can be (numbers, booleans), else strings."""
+    import json
+
+    params: dict[str, Any] = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise RaydetectError(f"--param takes key=value; got {item!r}")
+        try:
+            params[key] = json.loads(raw)
+        except ValueError:
+            params[key] = raw
+    return params
+
+
+@app.command()
+@handle_errors
+def train(
+    features_dir: Annotated[str, typer.Argument(help="Output directory of `raydetect features` (or of the fused job).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for report.md, results.json and the detector bundle.")],
+    detector: Annotated[
+        list[str] | None, typer.Option("--detector", help="lr, rf, xgboost; repeat to compare. Default: lr.")
+    ] = None,
+    bundle_detector: Annotated[
+        str | None, typer.Option("--bundle-detector", help="Kind saved as the bundle (default: the first --detector).")
+    ] = None,
+    attack: Annotated[
+        list[str] | None, typer.Option("--attack", help="Attack names to train on (default: every attack present).")
+    ] = None,
+    target_fpr: Annotated[
+        float, typer.Option("--target-fpr", help="False-positive rate the threshold is chosen for, on clean validation images.")
+    ] = 0.05,
+    test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of image pairs held out for testing.")] = 0.3,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="Detector hyper-parameter key=value (e.g. n_estimators=500); repeat.")
+    ] = None,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the 95% intervals.")] = 1000,
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="Fit in this process instead of through Ray Train.")] = False,
+    address: AddressOpt = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """Fit detectors per attack (Table 2, transfer matrix) and save one detector bundle trained on all attacks.
+
+    Splits keep each clean image and its adversarial twin on the same side; the threshold is chosen on clean
+    validation images for --target-fpr. The bundle loads without executing code and is verified by checksum.
+    """
+    from raydetect.config import DetectorConfig
+    from raydetect.detector import run_training
+    from raydetect.report import FOOTNOTE, results_section, write_json
+
+    kinds = tuple(detector or ["lr"])
+    for k in (*kinds, bundle_detector or kinds[0]):
+        if k not in ("lr", "rf", "xgboost"):
+            raise RaydetectError(f"detector must be lr, rf or xgboost; got {k!r}")
+    if bootstrap < 0:
+        raise RaydetectError("--bootstrap must be >= 0")
+    if "://" not in features_dir and not Path(features_dir).expanduser().is_dir():
+        raise RaydetectError(f"features directory does not exist: {features_dir}")
+    cfg = DetectorConfig(
+        kind=kinds[0], target_fpr=target_fpr, test_fraction=test_fraction, seed=seed, params=parse_params(param)
+    ).validate()  # type: ignore[arg-type]
+    if not no_ray:
+        from raydetect.pipeline import init_ray
+
+        init_ray(address)
+    rep = run_training(
+        features_dir,
+        str(out),
+        kinds,
+        cfg,
+        attack,
+        bundle_detector,
+        use_ray=not no_ray,
+        n_boot=bootstrap,
+        progress=logging.getLogger("raydetect").info,
+    )
+    lines = [
+        "# raydetect training",
+        "",
+        *results_section(
+            "Detection", f"Features: `{features_dir}`.", rep.attack_rows, rep.detection_rows, rep.transfer, rep.bundle
+        ),
+        FOOTNOTE,
+        "",
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text("\n".join(lines))
+    write_json(
+        out / "results.json",
+        {
+            "attacks": rep.attack_rows,
+            "detection": rep.detection_rows,
+            "transfer": rep.transfer,
+            "bundle": rep.bundle,
+            "bundle_metrics": rep.bundle_metrics,
+        },
+    )
+    overall = rep.bundle_metrics["overall"]
+    typer.echo(
+        f"bundle: {rep.bundle} (held-out ROC AUC {overall['auc']:.3f}, TPR {overall['tpr']:.1%} at FPR {overall['fpr']:.1%})"
+    )
+    typer.echo(f"report: {out / 'report.md'}")
+
+
+@app.command()
+@handle_errors
+def audit(
+    input: Annotated[str, typer.Argument(help="Images to audit: folder tree, Parquet file/folder, s3:// or gs:// URI.")],
+    detector: Annotated[str, typer.Option("--detector", "-d", help="Detector bundle directory (from train or reproduce).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output directory: rows/ (Parquet), report.md, report.html, figures.")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Must match the bundle's model if given (the bundle decides).")
+    ] = None,
+    weights: WeightsOpt = None,
+    kind: KindOpt = "auto",
+    image_column: ImageColOpt = "image",
+    id_column: IdColOpt = "id",
+    label_column: LabelColOpt = "label",
+    limit: LimitOpt = None,
+    top: Annotated[int, typer.Option("--top", help="How many of the most suspicious images the report lists.")] = 20,
+    batch_size: BatchOpt = 16,
+    actors: ActorsOpt = None,
+    gpus_per_actor: GpusOpt = 0.0,
+    cpus_per_actor: CpusOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Score every image of a dataset with a detector bundle; write one row per input and a report.
+
+    Unreadable or broken inputs become rows with status=error and the reason; the job goes on. Re-running with
+    the same --out resumes where it stopped.
+    """
+    from raydetect.audit import load_detector_for, run_audit_job
+
+    src = source_config(input, kind, image_column, id_column, label_column, limit)
+    if model is not None:
+        model_config(model, None, False, "auto")
+    load_detector_for(detector, model, str(weights) if weights else None)  # fail fast, before Ray starts
+    if top < 0:
+        raise RaydetectError("--top must be >= 0")
+    result = run_audit_job(
+        src,
+        out,
+        detector,
+        resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor),
+        model,
+        str(weights) if weights else None,
+        top,
+        address,
+    )
+    s = result["summary"]
+    status = ", ".join(f"{k}: {v}" for k, v in sorted(s["rows_by_status"].items()))
+    typer.echo(f"audit: {s['rows_total']} inputs ({status}) in {s['seconds']:.0f} s")
+    typer.echo(f"report: {result['report']}")
+
+
+SubmitAddressOpt = Annotated[
+    str | None, typer.Option("--address", help="Job server URL (default: $RAY_JOB_ADDRESS, $RAY_ADDRESS, http://127.0.0.1:8265).")
+]
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@handle_errors
+def submit(
+    ctx: typer.Context,
+    address: SubmitAddressOpt = None,
+    working_dir: Annotated[Path, typer.Option("--working-dir", help="Directory shipped to the cluster (this checkout).")] = Path(
+        "."
+    ),
+    pip: Annotated[list[str] | None, typer.Option("--pip", help="Extra pip package for the job's environment; repeat.")] = None,
+    with_deps: Annotated[
+        bool, typer.Option("--with-deps", help="Install raydetect's dependencies in the job (for a bare Ray image).")
+    ] = False,
+    env: Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE environment variable for the job; repeat.")] = None,
+    job_id: Annotated[str | None, typer.Option("--job-id", help="Submission id (default: Ray picks one).")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Return after submission instead of following the logs.")] = False,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Stop following after this many seconds (the job keeps running).")
+    ] = None,
+) -> None:
+    """Send a raydetect command to a Ray cluster: raydetect submit [OPTIONS] -- audit DATA --detector B --out OUT.
+
+    The command after -- runs as `python -m raydetect ...` on the cluster, in a runtime environment that ships
+    --working-dir. It is checked here first, so a typo fails before anything is sent.
+    """
+    from raydetect import submit as sub
+
+    args = list(ctx.args)
+    if args and args[0] == "--":
+        args = args[1:]
+    sub.entrypoint(args)
+    group = typer.main.get_command(app)
+    try:
+        sub_command = group.commands[args[0]]  # type: ignore[attr-defined]
+        sub_command.make_context(args[0], list(args[1:]), resilient_parsing=False)
+    except Exception as exc:  # click usage errors: report them as ours
+        raise RaydetectError(f"the command to submit is not valid: {getattr(exc, 'message', exc)}") from exc
+    env_vars = dict(parse_params(env)) if env else None
+    packages = [*(sub.package_requirements() if with_deps else []), *(pip or [])]
+    jid = sub.submit(args, address, str(working_dir), packages, {k: str(v) for k, v in (env_vars or {}).items()}, job_id)
+    typer.echo(f"submitted job {jid} to {sub.resolve_address(address)}")
+    if no_wait:
+        typer.echo(f"follow it with: raydetect logs {jid} --follow")
+        return
+    state = sub.follow(jid, address, timeout=timeout)
+    typer.echo(f"job {jid}: {state}")
+    if state != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def status(job_id: Annotated[str, typer.Argument(help="Job id printed by submit.")], address: SubmitAddressOpt = None) -> None:
+    """Print a submitted job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+    from raydetect import submit as sub
+
+    typer.echo(sub.status(job_id, address).split(".")[-1])
+
+
+@app.command()
+@handle_errors
+def logs(
+    job_id: Annotated[str, typer.Argument(help="Job id printed by submit.")],
+    address: SubmitAddressOpt = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
+) -> None:
+    """Print a submitted job's logs."""
+    from raydetect import submit as sub
+
+    if follow:
+        state = sub.follow(job_id, address)
+        typer.echo(f"job {job_id}: {state}")
+        if state != "SUCCEEDED":
+            raise typer.Exit(1)
+    else:
+        typer.echo(sub.logs(job_id, address), nl=False)
+
+
+@app.command()
+@handle_errors
+def stop(job_id: Annotated[str, typer.Argument(help="Job id printed by submit.")], address: SubmitAddressOpt = None) -> None:
+    """Stop a submitted job."""
+    from raydetect import submit as sub
+
+    typer.echo("stopped" if sub.stop(job_id, address) else "not running")
+
+
 def run() -> None:
     app()
+
+
+def run_job(command: str) -> None:
+    """Entry point of jobs/<command>.py: ``raydetect <command>`` with the script's arguments."""
+    app([command, *sys.argv[1:]], prog_name="raydetect")

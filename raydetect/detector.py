@@ -635,7 +635,10 @@ class Detector:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Detector:
+        """Load a bundle from a directory, or from s3://, gs://... (fetched, then verified the same way)."""
         base = os.fspath(path)
+        if "://" in base:
+            return cls._load_remote(base)
         sums_path = os.path.join(base, CHECKSUMS)
         if not os.path.isdir(base):
             raise RaydetectError(f"detector bundle not found: {base}")
@@ -674,6 +677,27 @@ class Detector:
             metrics=m.get("metrics", {}),
             params=m.get("params", {}),
         )
+
+    @classmethod
+    def _load_remote(cls, uri: str) -> Detector:
+        import tempfile
+
+        from raydetect.data import open_filesystem
+
+        fs, root = open_filesystem(uri)
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                with fs.open_input_stream(f"{root}/{CHECKSUMS}") as f:
+                    sums = f.read().decode()
+                names = [line.split("  ", 1)[1] for line in sums.splitlines() if "  " in line]
+                for name in [CHECKSUMS, *names]:
+                    if os.path.basename(name) != name:
+                        raise RaydetectError(f"bundle {uri} names a file outside itself: {name}")
+                    with fs.open_input_stream(f"{root}/{name}") as f, open(os.path.join(tmp, name), "wb") as g:
+                        g.write(f.read())
+            except OSError as exc:
+                raise RaydetectError(f"cannot fetch detector bundle {uri}: {exc}") from exc
+            return cls.load(tmp)
 
     # -- compatibility -----------------------------------------------------------------------
     def check_compatible(

@@ -233,53 +233,20 @@ def load_local_data(data: str, model: ImageClassifier, limit: int | None) -> Loc
     return load_image_folder(data, model.info.preprocess, limit)
 
 
-def transfer_table(matrix: dict[str, dict[str, float]]) -> str:
-    from raydetect.report import markdown_table, num
-
-    tests = sorted({b for row in matrix.values() for b in row})
-    rows = [[a, *(num(matrix[a].get(b)) for b in tests)] for a in sorted(matrix)]
-    return markdown_table(["trained on \\ tested on", *tests], rows)
-
-
 def render_report(results: list[ReproResult], attribution: AttributionConfig, features: FeatureConfig) -> str:
-    from raydetect.report import table1, table2
+    from raydetect.report import FOOTNOTE, results_section
 
     lines = ["# raydetect reproduction", ""]
     for r in results:
         title = "Paper protocol (replication)" if r.protocol == "paper" else "Corrected protocol"
         baseline = "pair (each image against its twin)" if r.protocol == "paper" else attribution.baseline
-        lines += [
-            f"## {title}",
-            "",
+        description = (
             f"Model `{r.model}`; {r.n_images} images, {r.n_correct} classified correctly (attacked). "
             f"Explainer `{attribution.explainer}` ({attribution.n_steps} steps, baseline `{baseline}`); "
-            f"descriptors {', '.join(features.descriptors)} (K={features.quantiles}). Took {r.seconds:.0f} s.",
-            "",
-            "### Table 1: attack success (over correctly classified images)",
-            "",
-            table1(r.attack_rows),
-            "",
-            "### Table 2: detection on held-out pairs",
-            "",
-            table2(r.detection_rows) if r.detection_rows else "_no attack succeeded often enough to train a detector_",
-            "",
-        ]
-        for kind, matrix in r.transfer.items():
-            lines += [
-                f"### Transfer ({kind}): ROC AUC of a detector trained on one attack, tested on another",
-                "",
-                transfer_table(matrix),
-                "",
-            ]
-        if r.bundle:
-            lines += [f"Detector bundle trained on all attacks of this protocol: `{r.bundle}`", ""]
-    lines += [
-        "Accuracy is at a threshold chosen on clean validation images for a 5% false-positive rate; "
-        "Acc@0.5 is the paper's plain accuracy. Intervals are 95% bootstrap over test pairs; a clean "
-        "image and its adversarial twin are always on the same side of every split.",
-        "",
-    ]
-    return "\n".join(lines)
+            f"descriptors {', '.join(features.descriptors)} (K={features.quantiles}). Took {r.seconds:.0f} s."
+        )
+        lines += results_section(title, description, r.attack_rows, r.detection_rows, r.transfer, r.bundle)
+    return "\n".join([*lines, FOOTNOTE, ""])
 
 
 def protocol_plan(protocol: Protocol, eps: list[float], steps: int, seed: int) -> tuple[AttackConfig, ...]:

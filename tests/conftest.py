@@ -47,3 +47,35 @@ def imagenet_sample_or_skip() -> Path:
     if not IMAGENET_SAMPLE.is_dir():
         pytest.skip(f"shared ImageNet sample not found at {IMAGENET_SAMPLE}")
     return IMAGENET_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray instance for every test that needs Ray (tests/ray, tests/cli)."""
+    import logging
+
+    import ray
+    from ray.data import DataContext
+
+    ctx = ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    DataContext.get_current().enable_progress_bars = False
+    DataContext.get_current().print_on_execution_start = False
+    yield ctx
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def digits_bundle(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real detector bundle for digits_cnn: attack + features on 120 digits, then LR (no Ray Train)."""
+    from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig, ModelConfig, ResourceConfig
+    from raydetect.data import Source
+    from raydetect.detector import run_training
+    from raydetect.pipeline import run_pipeline_job
+
+    base = tmp_path_factory.mktemp("bundle")
+    attacks = [AttackConfig(eps=0.3, steps=5), AttackConfig(mode="second", eps=0.3, steps=5)]
+    run_pipeline_job(
+        Source("digits", limit=120), str(base / "f"), ModelConfig(name="digits_cnn"), attacks,
+        AttributionConfig(n_steps=4), FeatureConfig(quantiles=8), ResourceConfig(batch_size=32),
+    )  # fmt: skip
+    return Path(run_training(str(base / "f"), str(base / "t"), kinds=("lr",), use_ray=False, n_boot=50).bundle)

@@ -22,11 +22,19 @@ def test_each_detector_kind_trains_through_ray_train(ray_cluster, kind, tmp_path
 def test_training_job_writes_tables_transfer_matrix_and_a_bundle(ray_cluster, tmp_path) -> None:
     attacks = [AttackConfig(eps=0.3, steps=5), AttackConfig(mode="second", eps=0.3, steps=5)]
     fcfg = FeatureConfig(quantiles=8)
-    run_pipeline_job(Source("digits", limit=120), str(tmp_path / "f"), ModelConfig(name="digits_cnn"), attacks, AttributionConfig(n_steps=4), fcfg, ResourceConfig(batch_size=32))
-    rep = run_training(str(tmp_path / "f"), str(tmp_path / "t"), kinds=("lr",), use_ray=False, n_boot=50)
+    run_pipeline_job(
+        Source("digits", limit=120),
+        str(tmp_path / "f"),
+        ModelConfig(name="digits_cnn"),
+        attacks,
+        AttributionConfig(n_steps=4),
+        fcfg,
+        ResourceConfig(batch_size=32),
+    )
+    rep = run_training(str(tmp_path / "f"), str(tmp_path / "t"), kinds=("lr", "rf"), use_ray=True, n_boot=50)
     assert {r["attack"] for r in rep.attack_rows} == {a.name for a in attacks}
     assert all(0 < r["success_rate"] <= 1 for r in rep.attack_rows)
-    assert len(rep.detection_rows) == 2 and set(rep.transfer["lr"]) == {a.name for a in attacks}
+    assert len(rep.detection_rows) == 4 and set(rep.transfer["rf"]) == {a.name for a in attacks}
     det = Detector.load(rep.bundle)
     det.check_compatible("digits_cnn", det.attribution, det.features)
     assert det.trained_on == sorted(a.name for a in attacks)

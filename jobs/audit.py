@@ -1,0 +1,11 @@
+"""Ray job entrypoint for `raydetect audit`: ray job submit --working-dir . -- python jobs/audit.py --help"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shipped working directory
+
+from raydetect.cli import run_job
+
+if __name__ == "__main__":
+    run_job("audit")

@@ -1,0 +1,222 @@
+"""Every command through Typer's runner: happy paths on real data, and each bad input's message and code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from raydetect.cli import app
+from tests.helpers import write_digit_folder
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def err(result) -> str:
+    return result.stderr if result.stderr_bytes is not None else result.output
+
+
+# Happy paths ---------------------------------------------------------------------------------------
+
+
+def test_attack_features_train_pipeline(ray_cluster, tmp_path) -> None:
+    a = run(
+        "attack",
+        "digits",
+        "--out",
+        str(tmp_path / "a"),
+        "--model",
+        "digits_cnn",
+        "--eps",
+        "0.3",
+        "--mode",
+        "untargeted",
+        "--steps",
+        "5",
+        "--limit",
+        "60",
+        "--batch-size",
+        "32",
+    )
+    assert a.exit_code == 0, err(a)
+    assert "attack: " in a.output and "duplicate ids" in a.output
+    f = run(
+        "features",
+        str(tmp_path / "a"),
+        "--out",
+        str(tmp_path / "f"),
+        "--model",
+        "digits_cnn",
+        "--ig-steps",
+        "4",
+        "--quantiles",
+        "8",
+    )
+    assert f.exit_code == 0, err(f)
+    t = run("train", str(tmp_path / "f"), "--out", str(tmp_path / "t"), "--detector", "lr", "--no-ray", "--bootstrap", "50")
+    assert t.exit_code == 0, err(t)
+    assert (tmp_path / "t" / "detector" / "manifest.json").exists()
+    assert "Table 2" in (tmp_path / "t" / "report.md").read_text()
+
+
+def test_audit_writes_rows_and_report(ray_cluster, digits_bundle, tmp_path) -> None:
+    expected = write_digit_folder(tmp_path / "imgs", n=12)
+    r = run("audit", str(tmp_path / "imgs"), "--detector", str(digits_bundle), "--out", str(tmp_path / "audit"), "--top", "5")
+    assert r.exit_code == 0, err(r)
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(tmp_path / "audit" / "rows").to_pylist()
+    assert sorted(r["id"] for r in rows) == sorted(expected)
+    assert all((r["status"] == "ok") == (expected[r["id"]] == "ok") for r in rows)
+    assert all(r["error"] for r in rows if r["status"] != "ok")
+    report = (tmp_path / "audit" / "report.md").read_text()
+    assert "most suspicious" in report and "Inputs not scored" in report
+    assert (tmp_path / "audit" / "score_histogram.png").stat().st_size > 1000
+    assert (tmp_path / "audit" / "report.html").read_text().startswith("<!doctype html>")
+
+
+def test_reproduce_local_engine(tmp_path) -> None:
+    r = run(
+        "reproduce",
+        "--model",
+        "digits_cnn",
+        "--engine",
+        "local",
+        "--limit",
+        "80",
+        "--eps",
+        "0.3",
+        "--ig-steps",
+        "4",
+        "--quantiles",
+        "8",
+        "--out",
+        str(tmp_path / "r"),
+    )
+    assert r.exit_code == 0, err(r)
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert [x["protocol"] for x in results["results"]] == ["paper", "corrected"]
+    assert "Paper protocol" in (tmp_path / "r" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("command", ["attack", "features", "train", "audit", "reproduce", "submit", "status", "logs", "stop"])
+def test_every_command_has_help(command) -> None:
+    r = run(command, "--help")
+    assert r.exit_code == 0 and "Usage:" in r.output and len(r.output) > 200
+
+
+# Bad input: one line, no traceback, non-zero exit -----------------------------------------------
+
+
+def assert_clean_error(result, *needles: str) -> None:
+    assert result.exit_code != 0
+    text = err(result)
+    assert "Traceback" not in text
+    assert text.startswith("error: "), text
+    for n in needles:
+        assert n in text, text
+
+
+def test_missing_input_path(tmp_path) -> None:
+    assert_clean_error(run("attack", str(tmp_path / "nope"), "--out", str(tmp_path / "o")), "does not exist")
+    assert_clean_error(
+        run("features", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--model", "digits_cnn"), "no attack output"
+    )
+    assert_clean_error(run("train", str(tmp_path / "nope"), "--out", str(tmp_path / "o")), "does not exist")
+    assert_clean_error(run("reproduce", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")), "does not exist")
+
+
+def test_unknown_model(tmp_path) -> None:
+    assert_clean_error(
+        run("attack", "digits", "--out", str(tmp_path / "o"), "--model", "resnet9000"), "unknown model", "resnet9000"
+    )
+
+
+def test_bad_option_values(tmp_path) -> None:
+    assert_clean_error(run("attack", "digits", "--out", str(tmp_path / "o"), "--model", "digits_cnn", "--eps", "lots"), "eps")
+    assert_clean_error(
+        run("attack", "digits", "--out", str(tmp_path / "o"), "--model", "digits_cnn", "--mode", "sideways"), "mode"
+    )
+    assert_clean_error(run("reproduce", "--model", "digits_cnn", "--detector", "svm", "--out", str(tmp_path / "o")), "detector")
+    assert_clean_error(run("train", str(tmp_path), "--out", str(tmp_path / "o"), "--param", "oops"), "key=value")
+
+
+def test_audit_with_a_bundle_from_another_model(digits_bundle, tmp_path) -> None:
+    write_digit_folder(tmp_path / "imgs", n=3, broken=False)
+    r = run(
+        "audit",
+        str(tmp_path / "imgs"),
+        "--detector",
+        str(digits_bundle),
+        "--out",
+        str(tmp_path / "o"),
+        "--model",
+        "efficientnet_lite0",
+    )
+    assert_clean_error(r, "trained on model digits_cnn")
+
+
+def test_audit_with_a_tampered_or_missing_bundle(digits_bundle, tmp_path) -> None:
+    import shutil
+
+    write_digit_folder(tmp_path / "imgs", n=3, broken=False)
+    bad = tmp_path / "bundle"
+    shutil.copytree(digits_bundle, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["threshold"] = 0.0
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    assert_clean_error(run("audit", str(tmp_path / "imgs"), "--detector", str(bad), "--out", str(tmp_path / "o")), "checksum")
+    assert_clean_error(
+        run("audit", str(tmp_path / "imgs"), "--detector", str(tmp_path / "none"), "--out", str(tmp_path / "o")), "not found"
+    )
+
+
+def test_submit_rejects_bad_commands_before_sending(tmp_path) -> None:
+    assert_clean_error(run("submit", "--", "explode"), "submit runs one of")
+    assert_clean_error(run("submit", "--", "audit", "x", "--no-such-option"), "not valid")
+
+
+def test_job_server_unreachable_is_a_clear_error() -> None:
+    dead = "http://127.0.0.1:9"
+    assert_clean_error(run("status", "raysubmit_x", "--address", dead), "cannot reach the Ray job server")
+    assert_clean_error(run("submit", "--address", dead, "--", "audit", "imgs", "--detector", "d", "--out", "o"), "cannot reach")
+
+
+def test_features_refuse_another_model(ray_cluster, tmp_path) -> None:
+    a = run(
+        "attack",
+        "digits",
+        "--out",
+        str(tmp_path / "a"),
+        "--model",
+        "digits_cnn",
+        "--eps",
+        "0.3",
+        "--mode",
+        "untargeted",
+        "--steps",
+        "2",
+        "--limit",
+        "8",
+    )
+    assert a.exit_code == 0, err(a)
+    assert_clean_error(
+        run("features", str(tmp_path / "a"), "--out", str(tmp_path / "f"), "--model", "efficientnet_lite0"),
+        "attacked with model digits_cnn",
+    )
+
+
+def test_digits_reproduce_needs_no_data_but_imagenet_models_do(tmp_path) -> None:
+    assert_clean_error(run("reproduce", "--out", str(tmp_path / "o")), "--data is required")
+
+
+def test_paths_in_this_repo_exist() -> None:
+    root = Path(__file__).resolve().parents[2]
+    for job in ("attack", "features", "train", "audit", "reproduce"):
+        assert (root / "jobs" / f"{job}.py").is_file()
