@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from raydetect.config import AttackConfig
-from raydetect.models import ImageClassifier, actor_runtime_env, set_threads
+from raydetect.models import ImageClassifier, set_threads
 
 
 @dataclass
@@ -295,15 +295,6 @@ def attack_dataset(
     ds: Any, model_loader: Callable[[], ImageClassifier], attacks: Sequence[AttackConfig], plan: Any, only_correct: bool = True
 ) -> Any:
     """Ray Data stage: image rows -> clean + adversarial rows, on an actor pool sized by ``plan``."""
-    import ray
+    from raydetect.pipeline import map_actors
 
-    return ds.map_batches(
-        AttackStage,
-        fn_constructor_args=(model_loader, tuple(attacks), only_correct, plan.threads),
-        batch_size=plan.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.num_actors),
-        num_cpus=plan.num_cpus,
-        num_gpus=plan.num_gpus,
-        runtime_env=actor_runtime_env(),
-    )
+    return map_actors(ds, AttackStage, (model_loader, tuple(attacks), only_correct, plan.threads), plan)

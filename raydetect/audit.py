@@ -22,7 +22,7 @@ from raydetect.data import Source, class_name, done_ids, open_filesystem, read_o
 from raydetect.detector import Detector
 from raydetect.errors import RaydetectError
 from raydetect.features import FeatureStage
-from raydetect.models import ConfiguredLoader, ImageClassifier, actor_runtime_env, model_info
+from raydetect.models import ConfiguredLoader, ImageClassifier, model_info
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +71,9 @@ class AuditStage:
 
 def audit_dataset(ds: Any, model_loader: Callable[[], ImageClassifier], detector: Detector, plan: Any) -> Any:
     """Ray Data stage: image rows -> audit rows, on an actor pool sized by ``plan``."""
-    import ray
+    from raydetect.pipeline import map_actors
 
-    return ds.map_batches(
-        AuditStage,
-        fn_constructor_args=(model_loader, detector, plan.threads, plan.batch_size),
-        batch_size=plan.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.num_actors),
-        num_cpus=plan.num_cpus,
-        num_gpus=plan.num_gpus,
-        runtime_env=actor_runtime_env(),
-    )
+    return map_actors(ds, AuditStage, (model_loader, detector, plan.threads, plan.batch_size), plan)
 
 
 def load_detector_for(bundle: str, model: str | None = None, weights: str | None = None) -> tuple[Detector, ModelConfig]:

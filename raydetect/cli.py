@@ -135,6 +135,7 @@ ImageColOpt = Annotated[str, typer.Option("--image-column", help="Parquet column
 IdColOpt = Annotated[str, typer.Option("--id-column", help="Parquet column with row ids (default: file#row).")]
 LabelColOpt = Annotated[str, typer.Option("--label-column", help="Parquet column with class indices, if any.")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use at most this many input files.")]
+OffsetOpt = Annotated[int, typer.Option("--offset", help="Skip this many input files first (sorted by path).")]
 
 
 def resource_config(batch_size: int, actors: int | None, gpus_per_actor: float, cpus_per_actor: float | None) -> ResourceConfig:
@@ -143,8 +144,10 @@ def resource_config(batch_size: int, actors: int | None, gpus_per_actor: float, 
     ).validate()
 
 
-def source_config(uri: str, kind: str, image_column: str, id_column: str, label_column: str, limit: int | None) -> Source:
-    src = Source(uri, kind, image_column, id_column, label_column, limit).validate()
+def source_config(
+    uri: str, kind: str, image_column: str, id_column: str, label_column: str, limit: int | None, offset: int = 0
+) -> Source:
+    src = Source(uri, kind, image_column, id_column, label_column, limit, offset).validate()
     if uri != "digits" and "://" not in uri and not Path(uri).expanduser().exists():
         raise RaydetectError(f"input path does not exist: {uri}")
     return src
@@ -192,6 +195,7 @@ def attack(
     id_column: IdColOpt = "id",
     label_column: LabelColOpt = "label",
     limit: LimitOpt = None,
+    offset: OffsetOpt = 0,
     batch_size: BatchOpt = 16,
     actors: ActorsOpt = None,
     gpus_per_actor: GpusOpt = 0.0,
@@ -207,7 +211,7 @@ def attack(
     """
     from raydetect.pipeline import run_attack_job
 
-    src = source_config(input, kind, image_column, id_column, label_column, limit)
+    src = source_config(input, kind, image_column, id_column, label_column, limit, offset)
     attacks = attack_configs(method, mode, parse_eps_list(eps, [4 / 255]), steps, alpha, seed)
     summary = run_attack_job(
         src,
@@ -477,6 +481,7 @@ def audit(
     id_column: IdColOpt = "id",
     label_column: LabelColOpt = "label",
     limit: LimitOpt = None,
+    offset: OffsetOpt = 0,
     top: Annotated[int, typer.Option("--top", help="How many of the most suspicious images the report lists.")] = 20,
     batch_size: BatchOpt = 16,
     actors: ActorsOpt = None,
@@ -491,7 +496,7 @@ def audit(
     """
     from raydetect.audit import load_detector_for, run_audit_job
 
-    src = source_config(input, kind, image_column, id_column, label_column, limit)
+    src = source_config(input, kind, image_column, id_column, label_column, limit, offset)
     if model is not None:
         model_config(model, None, False, "auto")
     load_detector_for(detector, model, str(weights) if weights else None)  # fail fast, before Ray starts
@@ -511,6 +516,27 @@ def audit(
     status = ", ".join(f"{k}: {v}" for k, v in sorted(s["rows_by_status"].items()))
     typer.echo(f"audit: {s['rows_total']} inputs ({status}) in {s['seconds']:.0f} s")
     typer.echo(f"report: {result['report']}")
+
+
+@app.command("export")
+@handle_errors
+def export_images(
+    attacks_dir: Annotated[str, typer.Argument(help="Output directory of `raydetect attack`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write <kind>/<id>.png into.")],
+    kind: Annotated[list[str] | None, typer.Option("--kind", help="clean and/or adversarial (default: both).")] = None,
+    include_failed: Annotated[
+        bool, typer.Option("--include-failed", help="Also export adversarial images whose attack failed.")
+    ] = False,
+) -> None:
+    """Write the attack job's lossless PNGs as image files (to inspect them, or to audit a mixed folder)."""
+    from raydetect.data import export_images as export
+
+    kinds = tuple(kind or ["clean", "adversarial"])
+    for k in kinds:
+        if k not in ("clean", "adversarial"):
+            raise RaydetectError(f"--kind must be clean or adversarial; got {k!r}")
+    counts = export(attacks_dir, str(out), kinds, only_success=not include_failed)
+    typer.echo(", ".join(f"{v} {k}" for k, v in counts.items()) + f" images in {out}")
 
 
 SubmitAddressOpt = Annotated[

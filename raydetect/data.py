@@ -251,12 +251,15 @@ class Source:
     id_column: str = "id"
     label_column: str = "label"
     limit: int | None = None
+    offset: int = 0
 
     def validate(self) -> Source:
         if self.kind not in SOURCE_KINDS:
             raise RaydetectError(f"source kind must be one of {', '.join(SOURCE_KINDS)}; got {self.kind!r}")
         if self.limit is not None and self.limit < 1:
             raise RaydetectError(f"limit must be >= 1; got {self.limit}")
+        if self.offset < 0:
+            raise RaydetectError(f"offset must be >= 0; got {self.offset}")
         return self
 
 
@@ -310,8 +313,10 @@ def plan_inputs(source: Source) -> tuple[str, list[dict[str, Any]]]:
     source.validate()
     if source.kind == "digits" or (source.kind == "auto" and source.uri == "digits"):
         (_, _), (x_te, _) = digits_split()
-        n = len(x_te) if source.limit is None else min(source.limit, len(x_te))
-        return "digits", [{"item": f"digits-test-{i}", "path": "sklearn:digits/test", "index": i} for i in range(n)]
+        stop = len(x_te) if source.limit is None else min(source.offset + source.limit, len(x_te))
+        return "digits", [
+            {"item": f"digits-test-{i}", "path": "sklearn:digits/test", "index": i} for i in range(source.offset, stop)
+        ]
     fs, root = open_filesystem(source.uri)
     files = _list_files(fs, root)
     kind = detect_kind(source, files)
@@ -331,9 +336,8 @@ def plan_inputs(source: Source) -> tuple[str, list[dict[str, Any]]]:
         return kind, items
     rel_base = root if fs.get_file_info(root).type.name == "Directory" else str(Path(root).parent)
     items = [{"item": _relative_id(f, rel_base), "path": _display_path(source.uri, f, fs), "index": 0} for f in files]
-    if source.limit is not None:
-        items = items[: source.limit]
-    return kind, items
+    stop = None if source.limit is None else source.offset + source.limit
+    return kind, items[source.offset : stop]
 
 
 def _relative_id(path: str, base: str) -> str:
@@ -379,34 +383,31 @@ class ReadImages:
     def _empty(self) -> np.ndarray:
         return np.zeros((self.pre.channels, self.pre.crop, self.pre.crop), np.float32)
 
+    def _error_row(self, rid: str, path: str, label: int, reason: str) -> dict[str, Any]:
+        return {"id": rid, "path": path, "label": label, "image": self._empty(), "status": "error", "error": reason}
+
+    def _decoded_row(self, rid: str, path: str, label: int, data: bytes | None) -> dict[str, Any]:
+        try:
+            return {"id": rid, "path": path, "label": label, "image": decode_image(data, self.pre), "status": "ok", "error": ""}
+        except ImageError as exc:
+            return self._error_row(rid, path, label, str(exc))
+
     def _file_rows(self, item: dict[str, Any]) -> list[dict[str, Any]]:
         path = item["path"]
         label = imagenet_label(path) if self.kind == "imagenet" else -1
-        row = {"id": item["item"], "path": path, "label": label}
         try:
             fs_path = path.split("://", 1)[1] if "://" in path else path
             with self.fs.open_input_stream(fs_path) as f:
                 data = f.read()
-            return [{**row, "image": decode_image(data, self.pre), "status": "ok", "error": ""}]
-        except ImageError as exc:
-            return [{**row, "image": self._empty(), "status": "error", "error": str(exc)}]
         except OSError as exc:
-            return [{**row, "image": self._empty(), "status": "error", "error": f"cannot read file: {exc}"}]
+            return [self._error_row(item["item"], path, label, f"cannot read file: {exc}")]
+        return [self._decoded_row(item["item"], path, label, data)]
 
     def _parquet_rows(self, item: dict[str, Any]) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
         if item.get("error"):
-            return [
-                {
-                    "id": item["item"],
-                    "path": item["path"],
-                    "label": -1,
-                    "image": self._empty(),
-                    "status": "error",
-                    "error": item["error"],
-                }
-            ]
+            return [self._error_row(item["item"], item["path"], -1, item["error"])]
         try:
             pf = pq.ParquetFile(self.fs.open_input_file(item["path"]))
             names = set(pf.schema_arrow.names)
@@ -415,16 +416,7 @@ class ReadImages:
             cols = [c for c in (self.image_column, self.id_column, self.label_column) if c in names]
             table = pf.read_row_group(item["index"], columns=cols)
         except Exception as exc:
-            return [
-                {
-                    "id": item["item"],
-                    "path": item["path"],
-                    "label": -1,
-                    "image": self._empty(),
-                    "status": "error",
-                    "error": f"unreadable row group: {exc}",
-                }
-            ]
+            return [self._error_row(item["item"], item["path"], -1, f"unreadable row group: {exc}")]
         data = table.column(self.image_column).to_pylist()
         ids = table.column(self.id_column).to_pylist() if self.id_column in cols else None
         labels = table.column(self.label_column).to_pylist() if self.label_column in cols else None
@@ -432,13 +424,9 @@ class ReadImages:
         for i, blob in enumerate(data):
             rid = str(ids[i]) if ids is not None else f"{item['path']}#{item['offset'] + i}"
             label = int(labels[i]) if labels is not None and labels[i] is not None else -1
-            row = {"id": rid, "path": item["path"], "label": label}
-            try:
-                if isinstance(blob, dict):  # HuggingFace-style {"bytes": ..., "path": ...}
-                    blob = blob.get("bytes")
-                rows.append({**row, "image": decode_image(blob, self.pre), "status": "ok", "error": ""})
-            except ImageError as exc:
-                rows.append({**row, "image": self._empty(), "status": "error", "error": str(exc)})
+            if isinstance(blob, dict):  # HuggingFace-style {"bytes": ..., "path": ...}
+                blob = blob.get("bytes")
+            rows.append(self._decoded_row(rid, item["path"], label, blob))
         return rows
 
     def _digit_rows(self, item: dict[str, Any]) -> list[dict[str, Any]]:
@@ -587,3 +575,31 @@ def done_ids(uri: str, column: str = "id") -> set[str]:
     output_files(uri, clean_partial=True)
     table = read_output(uri, columns=[column], dedupe_on=None)
     return set() if table is None else set(table.column(column).to_pylist())
+
+
+def export_images(
+    attacks_dir: str, out: str, kinds: tuple[str, ...] = ("clean", "adversarial"), only_success: bool = True
+) -> dict[str, int]:
+    """Write the attack job's PNGs as files: ``<out>/<kind>/<id>.png`` (ids made filesystem-safe).
+
+    Useful to look at adversarial examples, or to build an audit test set that mixes both kinds.
+    Returns counts per kind.
+    """
+    import re
+
+    table = read_output(attacks_dir, columns=["id", "kind", "status", "success", "png"])
+    if table is None:
+        raise RaydetectError(f"no attack output under {attacks_dir}")
+    counts = dict.fromkeys(kinds, 0)
+    base = Path(out)
+    for row in table.to_pylist():
+        if row["kind"] not in kinds or row["status"] != "ok" or not row["png"]:
+            continue
+        if row["kind"] == "adversarial" and only_success and not row["success"]:
+            continue
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", row["id"]).strip("_")
+        path = base / row["kind"] / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(row["png"])
+        counts[row["kind"]] += 1
+    return counts

@@ -17,6 +17,7 @@ import numpy as np
 
 from raydetect.config import DetectorConfig
 from raydetect.errors import RaydetectError
+from raydetect.report import json_default
 
 # --------------------------------------------------------------------------------------------
 # Splits
@@ -627,7 +628,7 @@ class Detector:
             "metrics": self.metrics,
         }
         with open(os.path.join(out, "manifest.json"), "w") as f:
-            json.dump(manifest, f, indent=2, default=_json_default)
+            json.dump(manifest, f, indent=2, default=json_default)
         with open(os.path.join(out, CHECKSUMS), "w") as f:
             for name in ("manifest.json", model_file):
                 f.write(f"{_sha256(os.path.join(out, name))}  {name}\n")
@@ -775,16 +776,6 @@ class Detector:
 
 def _norm(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "item"):
-        return o.item()
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(type(o).__name__)
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import torch
 
 from raydetect.attribution import Explanation
 from raydetect.config import AttributionConfig, FeatureConfig
-from raydetect.models import ImageClassifier, actor_runtime_env, set_threads
+from raydetect.models import ImageClassifier, set_threads
 
 STATS = ("sum", "abs_sum", "pos_sum", "neg_sum", "mean", "std", "min", "max", "skew", "kurtosis", "l2", "frac_pos")
 CONCENTRATION = ("top1pct", "top5pct", "top10pct", "top25pct", "entropy", "gini")
@@ -337,20 +337,25 @@ def feature_dataset(
     maps_fraction: float = 0.0,
 ) -> Any:
     """Ray Data stage: attack-job rows (or image rows) -> descriptor rows, on an actor pool."""
-    import ray
+    from raydetect.pipeline import map_actors
 
     args = (model_loader, attribution, features, references, maps_fraction, plan.threads, plan.batch_size)
-    common = {
-        "batch_format": "numpy",
-        "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=plan.num_actors),
-        "num_cpus": plan.num_cpus,
-        "num_gpus": plan.num_gpus,
-        "runtime_env": actor_runtime_env(),
-    }
     if attribution.baseline == "pair":
+        import ray
+
+        from raydetect.models import actor_runtime_env
+
         # The paper's protocol needs each clean image beside its twins: one group per pair.
-        return ds.groupby("pair_id").map_groups(FeatureStage, fn_constructor_args=args, **common)
-    return ds.map_batches(FeatureStage, fn_constructor_args=args, batch_size=plan.batch_size, **common)
+        return ds.groupby("pair_id").map_groups(
+            FeatureStage,
+            fn_constructor_args=args,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.num_actors),
+            num_cpus=plan.num_cpus,
+            num_gpus=plan.num_gpus,
+            runtime_env=actor_runtime_env(),
+        )
+    return map_actors(ds, FeatureStage, args, plan)
 
 
 class AttackFeatureStage:
@@ -401,16 +406,7 @@ def attack_feature_dataset(
     keep_png: bool = False,
 ) -> Any:
     """Ray Data stage: image rows -> clean and adversarial descriptor rows, in one actor pool."""
-    import ray
+    from raydetect.pipeline import map_actors
 
     args = (model_loader, tuple(attacks), attribution, features, only_correct, plan.threads, plan.batch_size, keep_png)
-    return ds.map_batches(
-        AttackFeatureStage,
-        fn_constructor_args=args,
-        batch_size=plan.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.num_actors),
-        num_cpus=plan.num_cpus,
-        num_gpus=plan.num_gpus,
-        runtime_env=actor_runtime_env(),
-    )
+    return map_actors(ds, AttackFeatureStage, args, plan)

@@ -98,6 +98,25 @@ def plan_resources(res: ResourceConfig, cluster: dict[str, float] | None = None)
     return Plan(actors, num_cpus, 0.0, threads, res.batch_size, "cpu")
 
 
+def map_actors(ds: Any, stage: type, args: tuple[Any, ...], plan: Plan, **kwargs: Any) -> Any:
+    """``ds.map_batches`` with a stage class on an actor pool sized and resourced by ``plan``."""
+    import ray
+
+    from raydetect.models import actor_runtime_env
+
+    return ds.map_batches(
+        stage,
+        fn_constructor_args=args,
+        batch_size=plan.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.num_actors),
+        num_cpus=plan.num_cpus,
+        num_gpus=plan.num_gpus,
+        runtime_env=actor_runtime_env(),
+        **kwargs,
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Writing
 from ray.data.datasource import Datasink  # noqa: E402  (pipeline is the Ray-only module)

@@ -88,10 +88,11 @@ def table2(detection_rows: Sequence[dict[str, Any]]) -> str:
 
 def write_json(path: str | Path, data: Any) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
+    Path(path).write_text(json.dumps(data, indent=2, default=json_default) + "\n")
 
 
-def _jsonable(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """``json.dumps`` fallback for numpy scalars and arrays, and tuples."""
     if hasattr(o, "item"):
         return o.item()
     if hasattr(o, "tolist"):

@@ -59,6 +59,10 @@ def test_attack_features_train_pipeline(ray_cluster, tmp_path) -> None:
         "8",
     )
     assert f.exit_code == 0, err(f)
+    e = run("export", str(tmp_path / "a"), "--out", str(tmp_path / "png"))
+    assert e.exit_code == 0, err(e)
+    assert len(list((tmp_path / "png" / "clean").glob("*.png"))) == 60
+    assert list((tmp_path / "png" / "adversarial").glob("*.png"))
     t = run("train", str(tmp_path / "f"), "--out", str(tmp_path / "t"), "--detector", "lr", "--no-ray", "--bootstrap", "50")
     assert t.exit_code == 0, err(t)
     assert (tmp_path / "t" / "detector" / "manifest.json").exists()
@@ -105,7 +109,9 @@ def test_reproduce_local_engine(tmp_path) -> None:
     assert "Paper protocol" in (tmp_path / "r" / "report.md").read_text()
 
 
-@pytest.mark.parametrize("command", ["attack", "features", "train", "audit", "reproduce", "submit", "status", "logs", "stop"])
+@pytest.mark.parametrize(
+    "command", ["attack", "features", "train", "audit", "reproduce", "export", "submit", "status", "logs", "stop"]
+)
 def test_every_command_has_help(command) -> None:
     r = run(command, "--help")
     assert r.exit_code == 0 and "Usage:" in r.output and len(r.output) > 200
