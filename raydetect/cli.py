@@ -96,7 +96,7 @@ QuantilesOpt = Annotated[int, typer.Option("--quantiles", help="Points the sorte
 DescriptorsOpt = Annotated[
     list[str] | None, typer.Option("--descriptor", help="Descriptor parts; repeat for several. Default: the study's best set.")
 ]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per batch.")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Images per batch (default 16 on CPU, 64 on GPU).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for targets, splits and detectors.")]
 
 
@@ -138,7 +138,9 @@ LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use at most this 
 OffsetOpt = Annotated[int, typer.Option("--offset", help="Skip this many input files first (sorted by path).")]
 
 
-def resource_config(batch_size: int, actors: int | None, gpus_per_actor: float, cpus_per_actor: float | None) -> ResourceConfig:
+def resource_config(
+    batch_size: int | None, actors: int | None, gpus_per_actor: float, cpus_per_actor: float | None
+) -> ResourceConfig:
     return ResourceConfig(
         batch_size=batch_size, num_actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor
     ).validate()
@@ -196,7 +198,7 @@ def attack(
     label_column: LabelColOpt = "label",
     limit: LimitOpt = None,
     offset: OffsetOpt = 0,
-    batch_size: BatchOpt = 16,
+    batch_size: BatchOpt = None,
     actors: ActorsOpt = None,
     gpus_per_actor: GpusOpt = 0.0,
     cpus_per_actor: CpusOpt = None,
@@ -246,7 +248,7 @@ def features(
     maps_fraction: Annotated[
         float, typer.Option("--maps-fraction", help="Share of rows that keep their raw attribution map (for figures).")
     ] = 0.0,
-    batch_size: BatchOpt = 16,
+    batch_size: BatchOpt = None,
     actors: ActorsOpt = None,
     gpus_per_actor: GpusOpt = 0.0,
     cpus_per_actor: CpusOpt = None,
@@ -311,7 +313,7 @@ def reproduce(
     engine: Annotated[
         str, typer.Option("--engine", help="ray (Ray Data jobs and Ray Train) or local (one process, no Ray).")
     ] = "ray",
-    batch_size: BatchOpt = 16,
+    batch_size: BatchOpt = None,
     actors: ActorsOpt = None,
     gpus_per_actor: GpusOpt = 0.0,
     cpus_per_actor: CpusOpt = None,
@@ -483,7 +485,7 @@ def audit(
     limit: LimitOpt = None,
     offset: OffsetOpt = 0,
     top: Annotated[int, typer.Option("--top", help="How many of the most suspicious images the report lists.")] = 20,
-    batch_size: BatchOpt = 16,
+    batch_size: BatchOpt = None,
     actors: ActorsOpt = None,
     gpus_per_actor: GpusOpt = 0.0,
     cpus_per_actor: CpusOpt = None,

@@ -89,13 +89,13 @@ def plan_resources(res: ResourceConfig, cluster: dict[str, float] | None = None)
         if gpus < per:
             raise RaydetectError(f"asked for {per} GPU per actor but the cluster has {gpus:g} GPUs")
         actors = res.num_actors or max(1, int(gpus // per))
-        return Plan(actors, res.cpus_per_actor or 1.0, per, max(1, min(4, cpus // actors)), res.batch_size, "cuda")
+        return Plan(actors, res.cpus_per_actor or 1.0, per, max(1, min(4, cpus // actors)), res.batch_size or 64, "cuda")
     actors = res.num_actors or max(1, cpus // 8)
     threads = max(1, cpus // actors)
     num_cpus = res.cpus_per_actor or float(max(1, threads - 1))
     if num_cpus >= cpus:
         raise RaydetectError(f"{num_cpus:g} CPUs per actor leaves none of the cluster's {cpus} CPUs for reading data")
-    return Plan(actors, num_cpus, 0.0, threads, res.batch_size, "cpu")
+    return Plan(actors, num_cpus, 0.0, threads, res.batch_size or 16, "cpu")
 
 
 def map_actors(ds: Any, stage: type, args: tuple[Any, ...], plan: Plan, **kwargs: Any) -> Any:

@@ -307,7 +307,7 @@ def run_reproduction(
     features: FeatureConfig,
     detectors: tuple[str, ...],
     limit: int | None,
-    batch_size: int,
+    batch_size: int | None,
     seed: int,
     engine: str = "ray",
     resources: ResourceConfig | None = None,
@@ -330,7 +330,7 @@ def run_reproduction(
             log.info("protocol %s: %d attacks on %d images", protocol, len(attacks), len(images.ids))
             results.append(
                 reproduce_local(
-                    images, model_cfg, attacks, attribution, features, detectors, protocol, batch_size, seed, model=model
+                    images, model_cfg, attacks, attribution, features, detectors, protocol, batch_size or 16, seed, model=model
                 )
             )
     else:
