@@ -179,7 +179,7 @@ class Study:
         cfg = EXPLAINERS[explainer] if twins is None else AttributionConfig(n_steps=16, baseline="pair")
         path = self.out / "feats" / explainer / f"{tag}.npz"
         n = len(images)
-        dim = len(feature_names(FULL, self.model.channels))
+        dim = len(feature_names(FULL))
         feats, computed = np.full((n, dim), np.nan, np.float32), np.zeros(n, bool)
         if path.exists():
             with np.load(path) as d:
@@ -268,7 +268,7 @@ def descriptor_passes(descriptor: str, cfg: AttributionConfig) -> int:
 def sweep(st: Study, explainers: list[str], eps_list: tuple[float, ...]) -> None:
     """Every explainer x descriptor set (LR) and the three detectors on a few sets, untargeted BIM."""
     x, y, refs = st.clean()
-    names = feature_names(FULL, st.model.channels)
+    names = feature_names(FULL)
     attacks = [AttackConfig(eps=e) for e in eps_list]
     advs = [st.adversarial(a, x, y) for a in attacks]
     done = done_rows(st, "sweep")
@@ -301,7 +301,7 @@ def sweep(st: Study, explainers: list[str], eps_list: tuple[float, ...]) -> None
 def final(st: Study, explainers: list[str], descriptors: list[str], detectors: list[str]) -> None:
     """The chosen configurations on every image: BIM x 3 modes x 5 eps, then PGD/FGSM transfer."""
     x, y, refs = st.clean()
-    names = feature_names(FULL, st.model.channels)
+    names = feature_names(FULL)
     done = done_rows(st, "final") | done_rows(st, "transfer")
     eps_grid = EPS_GRID if st.model_name != "digits_cnn" else (0.3, 0.2, *EPS_GRID)
     for e in eps_grid:
@@ -363,7 +363,7 @@ def final(st: Study, explainers: list[str], descriptors: list[str], detectors: l
 def paper(st: Study, detectors: list[str]) -> None:
     """The paper's protocol: one eps=0.1 step, each image explained against its twin, signed quantiles."""
     x, y, refs = st.clean()
-    names = feature_names(FULL, st.model.channels)
+    names = feature_names(FULL)
     done = done_rows(st, "paper")
     for m in MODES:
         a = AttackConfig(method="paper_bim", mode=m, eps=0.1)

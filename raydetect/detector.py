@@ -909,10 +909,9 @@ def run_training(
     overall = evaluate(y[test], model.predict_proba(X[test]), pairs[test], thr, n_boot, cfg.seed).to_dict()
     metrics = {"overall": overall, "per_attack": per_attack}
     fcfg = job.get("features", {})
-    channels = 1 if job.get("model", {}).get("name") == "digits_cnn" else 3
     from raydetect.config import FeatureConfig, from_dict
 
-    names = feature_names(from_dict(FeatureConfig, fcfg), channels) if fcfg else [f"f{i}" for i in range(X.shape[1])]
+    names = feature_names(from_dict(FeatureConfig, fcfg)) if fcfg else [f"f{i}" for i in range(X.shape[1])]
     if len(names) != X.shape[1]:
         raise RaydetectError(f"feature output has {X.shape[1]} columns but its config names {len(names)}")
     detector = Detector(

@@ -106,15 +106,23 @@ def _baseline_stats(logits: torch.Tensor, base_logits: torch.Tensor, targets: to
     )
 
 
+CHANNEL_GROUPS = 3
+
+
 def _channel_groups(attr: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) -> (N, G, H*W) with G = min(C, 3) contiguous channel groups summed."""
+    """(N, C, H, W) -> (N, 3, H*W): three contiguous channel groups, each summed.
+
+    Always three groups (RGB inputs: one per colour; layers: thirds of their channels), so the
+    descriptor length never depends on the explainer's layer; a grey image repeats its channel.
+    """
     n, c = attr.shape[:2]
-    groups = min(c, 3)
-    bounds = np.linspace(0, c, groups + 1).round().astype(int)
+    if c < CHANNEL_GROUPS:
+        return torch.stack([attr[:, min(g, c - 1)].reshape(n, -1) for g in range(CHANNEL_GROUPS)], 1)
+    bounds = np.linspace(0, c, CHANNEL_GROUPS + 1).round().astype(int)
     return torch.stack([attr[:, a:b].sum(1).reshape(n, -1) for a, b in itertools.pairwise(bounds)], 1)
 
 
-def feature_names(cfg: FeatureConfig, channels: int = 3) -> list[str]:
+def feature_names(cfg: FeatureConfig) -> list[str]:
     """Column names of :func:`describe`'s output, in order."""
     k = cfg.quantiles
     names: list[str] = []
@@ -124,7 +132,7 @@ def feature_names(cfg: FeatureConfig, channels: int = 3) -> list[str]:
         elif d == "abs_quantiles":
             names += [f"absq{i}" for i in range(k)]
         elif d == "channel_quantiles":
-            names += [f"c{g}q{i}" for g in range(min(channels, 3)) for i in range(k)]
+            names += [f"c{g}q{i}" for g in range(CHANNEL_GROUPS) for i in range(k)]
         elif d == "stats":
             names += [f"stat_{s}" for s in STATS]
         elif d == "concentration":
@@ -219,7 +227,7 @@ class FeatureStage:
         self.cfg = features
         self.maps_fraction = maps_fraction
         self.batch_size = batch_size
-        self.dim = len(feature_names(features, self.model.channels))
+        self.dim = len(feature_names(features))
 
     def _image(self, batch: dict[str, np.ndarray], i: int) -> np.ndarray:
         from raydetect.data import decode_png

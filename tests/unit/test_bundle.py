@@ -46,7 +46,7 @@ def _detector(kind: str, X: np.ndarray, y: np.ndarray) -> Detector:
         model_config=to_dict(ModelConfig(name="digits_cnn")),
         attribution=to_dict(AttributionConfig(n_steps=4)),
         features=to_dict(fcfg),
-        feature_names=feature_names(fcfg, 1),
+        feature_names=feature_names(fcfg),
         trained_on=["bim-untargeted-0.3"],
         metrics={"overall": {"auc": 0.9}},
         params={},

@@ -26,7 +26,7 @@ def _explanation(n: int, c: int, h: int, w: int, seed: int = 0) -> Explanation:
 def test_descriptor_length_is_fixed_whatever_the_image_size(size: int) -> None:
     cfg = FeatureConfig(descriptors=tuple(DESCRIPTORS), quantiles=32)  # type: ignore[arg-type]
     f = describe(_explanation(3, 3, size, size), cfg)
-    assert f.shape == (3, len(feature_names(cfg, 3)))
+    assert f.shape == (3, len(feature_names(cfg)))
     assert f.dtype == np.float32 and np.isfinite(f).all()
 
 

@@ -67,7 +67,7 @@ def test_feature_stage_on_attack_rows(digits_model, attacked) -> None:
     assert isinstance(out, pa.Table)
     rows = {r["id"]: r for r in out.to_pylist()}
     assert set(rows) == set(attacked["id"])  # every input row accounted for
-    dim = len(feature_names(fcfg, 1))
+    dim = len(feature_names(fcfg))
     for r in rows.values():
         assert len(r["features"]) == dim
         if r["status"] == "ok":
