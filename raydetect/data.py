@@ -91,9 +91,12 @@ def preprocess_pil(img: Image.Image, pre: Preprocess) -> np.ndarray:
     if min(w, h) < min(MIN_SIDE, pre.crop):
         raise ImageError(f"image too small ({w}x{h}); need at least {min(MIN_SIDE, pre.crop)} px per side")
     mode = TF.InterpolationMode.BICUBIC if pre.interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
-    if min(w, h) != pre.resize:
-        img = TF.resize(img, pre.resize, interpolation=mode, antialias=True)
-    img = TF.center_crop(img, [pre.crop, pre.crop])
+    # An image already at the model's input size (e.g. an adversarial crop) is used as it is:
+    # resizing it would blur exactly the pixels an attacker placed.
+    if (w, h) != (pre.crop, pre.crop):
+        if min(w, h) != pre.resize:
+            img = TF.resize(img, pre.resize, interpolation=mode, antialias=True)
+        img = TF.center_crop(img, [pre.crop, pre.crop])
     arr = np.asarray(img, dtype=np.float32) / 255.0
     if arr.ndim == 2:
         arr = arr[None]

@@ -18,7 +18,6 @@ else
   DATA=digits MODEL=digits_cnn TRAIN=${RAYDETECT_LIMIT:-240} AUDIT=60
   EXTRA=(--eps 0.3)
 fi
-export RAY_DATA_DISABLE_PROGRESS_BARS=${RAY_DATA_DISABLE_PROGRESS_BARS:-1}
 set -x
 raydetect reproduce --model "$MODEL" --data "$DATA" --limit "$TRAIN" --out "$OUT" "${EXTRA[@]}"
 raydetect attack "$DATA" --model "$MODEL" --offset "$TRAIN" --limit "$AUDIT" --out "$OUT/audit-set/attacks" "${EXTRA[@]}"

@@ -114,3 +114,9 @@ def test_quantizing_an_adversarial_keeps_it_in_the_eps_ball(rng) -> None:
     assert np.abs(q - clean).max() <= eps + 1e-6
     assert np.allclose(q * 255, np.rint(q * 255), atol=1e-4)
     assert np.abs(quantize(adv) - clean).max() > eps  # plain rounding would leave the ball
+
+
+def test_images_already_at_input_size_are_used_as_they_are(rng) -> None:
+    arr = (rng.random((32, 32, 3)) * 255).astype(np.uint8)
+    x = decode_image(_encode(Image.fromarray(arr, "RGB"), "PNG"), PRE)  # PRE: resize 40, crop 32
+    assert np.array_equal(np.rint(x * 255).astype(np.uint8), arr.transpose(2, 0, 1))
