@@ -127,6 +127,8 @@ class Explainer:
                 return_convergence_delta=True,
             )
         elif cfg.explainer == "ig_smoothgrad":
+            # The noise tunnel hands IG n * samples inputs at once; chunks must hold them all.
+            chunk = max(chunk, n * cfg.samples)
             attr = self.method.attribute(
                 x,
                 nt_type="smoothgrad",
