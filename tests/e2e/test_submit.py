@@ -44,13 +44,16 @@ def job_server(tmp_path_factory: pytest.TempPathFactory):
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     address = f"http://127.0.0.1:{dash}"
+    # The client side must match the head's auth mode, but only for this module: a leaked
+    # RAY_AUTH_MODE would break later tests' connections to the token-auth local cluster.
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAY_AUTH_MODE", "disabled")
     try:
         from ray.job_submission import JobSubmissionClient
 
         deadline = time.time() + 180
         while True:
             try:
-                os.environ["RAY_AUTH_MODE"] = "disabled"
                 JobSubmissionClient(address).list_jobs()
                 break
             except Exception:
@@ -59,6 +62,7 @@ def job_server(tmp_path_factory: pytest.TempPathFactory):
                 time.sleep(1)
         yield address
     finally:
+        mp.undo()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             try:

@@ -72,19 +72,22 @@ def test_a_killed_job_resumes_with_no_missing_and_no_duplicate_ids(ray_cluster, 
         " [AttackConfig(eps=0.3, steps=60)], ResourceConfig(batch_size=8), address=sys.argv[1])"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script, ray_cluster.address_info["address"]],
-        env=env,
-        cwd=ROOT,
-        stderr=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    log = tmp_path / "driver.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, ray_cluster.address_info["address"]],
+            env=env,
+            cwd=ROOT,
+            stderr=sink,
+            stdout=sink,
+            start_new_session=True,
+        )
     try:
         deadline = time.time() + 240
         while time.time() < deadline and len(output_files(str(out))) < 2 and proc.poll() is None:
             time.sleep(0.2)
-        assert proc.poll() is None, "the job finished before it could be killed; make it longer"
+        tail = log.read_text(errors="replace")[-3000:]
+        assert proc.poll() is None, f"the driver exited (rc {proc.returncode}) before it could be killed:\n{tail}"
         assert output_files(str(out)), "no part file appeared in time"
         os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-job, as on a lost node or Ctrl-C -9
         proc.wait(timeout=30)
