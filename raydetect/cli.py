@@ -16,6 +16,7 @@ import typer
 
 from raydetect.config import (
     ATTACK_MODES,
+    DESCRIPTORS,
     AttackConfig,
     AttributionConfig,
     FeatureConfig,
@@ -91,10 +92,15 @@ ModesOpt = Annotated[
 ExplainerOpt = Annotated[str, typer.Option("--explainer", help="ig, layer_ig, gradient_shap, ig_smoothgrad or saliency.")]
 IGStepsOpt = Annotated[int, typer.Option("--ig-steps", help="Integrated Gradients steps (gradient passes per explanation).")]
 BaselineOpt = Annotated[str, typer.Option("--baseline", help="IG baseline: black, blur or noise (train for gradient_shap).")]
+BlurOpt = Annotated[float, typer.Option("--blur-sigma", help="Gaussian sigma in pixels of the blur baseline.")]
 LayerOpt = Annotated[str | None, typer.Option("--layer", help="For layer_ig: early, middle, late or a module path.")]
 QuantilesOpt = Annotated[int, typer.Option("--quantiles", help="Points the sorted attributions are resampled to.")]
 DescriptorsOpt = Annotated[
-    list[str] | None, typer.Option("--descriptor", help="Descriptor parts; repeat for several. Default: the study's best set.")
+    list[str] | None,
+    typer.Option(
+        "--descriptor",
+        help=f"Descriptor parts ({', '.join(DESCRIPTORS)}); repeat for several. Default: the best set of STUDY.md.",
+    ),
 ]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Images per batch (default 16 on CPU, 64 on GPU).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for targets, splits and detectors.")]
@@ -106,8 +112,16 @@ def model_config(model: str, weights: Path | None, random_weights: bool, device:
     ).validate()
 
 
-def attribution_config(explainer: str, ig_steps: int, baseline: str, layer: str | None) -> AttributionConfig:
-    return AttributionConfig(explainer=explainer, n_steps=ig_steps, baseline=baseline, layer=layer).validate()  # type: ignore[arg-type]
+def attribution_config(
+    explainer: str, ig_steps: int, baseline: str, layer: str | None, blur_sigma: float = AttributionConfig.blur_sigma
+) -> AttributionConfig:
+    return AttributionConfig(
+        explainer=explainer,  # type: ignore[arg-type]
+        n_steps=ig_steps,
+        baseline=baseline,  # type: ignore[arg-type]
+        blur_sigma=blur_sigma,
+        layer=layer,
+    ).validate()
 
 
 def feature_config(descriptors: list[str] | None, quantiles: int) -> FeatureConfig:
@@ -240,8 +254,9 @@ def features(
         str, typer.Option("--protocol", help="corrected, or paper (explain each image against its twin).")
     ] = "corrected",
     explainer: ExplainerOpt = "ig",
-    ig_steps: IGStepsOpt = 16,
+    ig_steps: IGStepsOpt = AttributionConfig.n_steps,
     baseline: BaselineOpt = AttributionConfig.baseline,
+    blur_sigma: BlurOpt = AttributionConfig.blur_sigma,
     layer: LayerOpt = None,
     quantiles: QuantilesOpt = 64,
     descriptor: DescriptorsOpt = None,
@@ -263,7 +278,7 @@ def features(
         raise RaydetectError("--maps-fraction must be between 0 and 1")
     mcfg = model_config(model, weights, random_weights, device)
     check_same_model(attacks_dir, mcfg.name)
-    attribution = attribution_config(explainer, ig_steps, "pair" if protocol == "paper" else baseline, layer)
+    attribution = attribution_config(explainer, ig_steps, "pair" if protocol == "paper" else baseline, layer, blur_sigma)
     summary = run_feature_job(
         attacks_dir,
         out,
@@ -302,6 +317,7 @@ def reproduce(
     explainer: ExplainerOpt = AttributionConfig.explainer,
     ig_steps: IGStepsOpt = AttributionConfig.n_steps,
     baseline: BaselineOpt = AttributionConfig.baseline,
+    blur_sigma: BlurOpt = AttributionConfig.blur_sigma,
     layer: LayerOpt = None,
     quantiles: QuantilesOpt = FeatureConfig.quantiles,
     descriptor: DescriptorsOpt = None,
@@ -350,7 +366,7 @@ def reproduce(
         protocols=("paper", "corrected") if protocol == "both" else (protocol,),  # type: ignore[arg-type]
         eps=parse_eps_list(eps, [4 / 255]),
         steps=steps,
-        attribution=attribution_config(explainer, ig_steps, baseline, layer),
+        attribution=attribution_config(explainer, ig_steps, baseline, layer, blur_sigma),
         features=feature_config(descriptor, quantiles),
         detectors=detectors,
         limit=limit,
