@@ -33,7 +33,7 @@ import torch
 
 from raydetect.attacks import make_attack
 from raydetect.attribution import Explainer
-from raydetect.config import DESCRIPTORS, AttackConfig, AttributionConfig, FeatureConfig, ModelConfig
+from raydetect.config import DESCRIPTORS, AttackConfig, AttributionConfig, FeatureConfig, ModelConfig, parse_eps
 from raydetect.data import batches, load_digits_images, load_image_folder, quantize
 from raydetect.detector import bootstrap_ci, fit_model, grouped_folds, roc_auc, tpr_at_fpr
 from raydetect.features import describe, feature_names
@@ -57,6 +57,7 @@ EXPLAINERS: dict[str, AttributionConfig] = {
     "ig16-blur8": AttributionConfig(n_steps=16, baseline="blur", blur_sigma=8.0),
     "ig16-blur1": AttributionConfig(n_steps=16, baseline="blur", blur_sigma=1.0),
     "ig4-blur2": AttributionConfig(n_steps=4, baseline="blur", blur_sigma=2.0),
+    "ig4-blur1": AttributionConfig(n_steps=4, baseline="blur", blur_sigma=1.0),
     "ig8-blur2": AttributionConfig(n_steps=8, baseline="blur", blur_sigma=2.0),
     "ig32-blur2": AttributionConfig(n_steps=32, baseline="blur", blur_sigma=2.0),
     "layer-early-blur4": AttributionConfig(explainer="layer_ig", layer="early", n_steps=16, baseline="blur"),
@@ -433,9 +434,98 @@ def render(out: Path) -> str:
     return "\n".join(lines)
 
 
+def _latest(path: Path) -> list[dict[str, Any]]:
+    latest: dict[tuple[str, str, str, str, str], dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            latest[(r["section"], r["attack"], r["explainer"], r["descriptor"], r["detector"])] = r
+    return list(latest.values())
+
+
+def _cell(r: dict[str, Any] | None) -> str:
+    return "" if r is None else f"{r['auc']:.3f}"
+
+
+def summarize(out: Path) -> str:
+    """The curated tables of STUDY.md: pivots of results.jsonl (every figure is one row there)."""
+    lines: list[str] = []
+    for path in sorted(out.glob("*/results.jsonl")):
+        rows = _latest(path)
+        model = path.parent.name
+        idx = {(r["section"], r["attack"], r["explainer"], r["descriptor"], r["detector"]): r for r in rows}
+        sweep_rows = [r for r in rows if r["section"] == "sweep"]
+        if sweep_rows:
+            attacks = sorted({r["attack"] for r in sweep_rows}, key=lambda a: -parse_eps(a.rsplit("-", 1)[1]))
+            explainers = sorted({r["explainer"] for r in sweep_rows})
+            for descs, title in (
+                (
+                    ("signed quantiles (paper)", "all attribution-map", "map + logits + baseline logits"),
+                    "explainer x descriptor (LR)",
+                ),
+            ):
+                head = [f"{d} @ {a.split('-', 2)[2]}" for d in descs for a in attacks]
+                lines += [f"#### {model}: sweep, {title}", "", "| explainer | passes | " + " | ".join(head) + " |"]
+                lines.append("|---|---|" + "---|" * len(head))
+                for e in explainers:
+                    cells = [_cell(idx.get(("sweep", a, e, d, "lr"))) for d in descs for a in attacks]
+                    passes = next((r["passes"] for r in sweep_rows if r["explainer"] == e and r["passes"]), 0)
+                    lines.append(f"| {e} | {passes} | " + " | ".join(cells) + " |")
+                lines.append("")
+            for e in [x for x in ("ig16-black", "ig16-blur2", "ig4-blur2", "ig4-blur1") if x in explainers]:
+                lines += [f"#### {model}: sweep, descriptors and detectors under {e}", ""]
+                head = [f"{det} @ {a.split('-', 2)[2]}" for det in ("lr", "rf", "xgboost") for a in attacks]
+                lines += ["| descriptor | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+                for d in DESCRIPTOR_SETS:
+                    cells = [_cell(idx.get(("sweep", a, e, d, det))) for det in ("lr", "rf", "xgboost") for a in attacks]
+                    lines.append(f"| {d} | " + " | ".join(cells) + " |")
+                lines.append("")
+        final_rows = [r for r in rows if r["section"] == "final"]
+        if final_rows:
+            e = final_rows[0]["explainer"]
+            main = final_rows[0]["descriptor"]
+            descs = list(dict.fromkeys(r["descriptor"] for r in final_rows))
+            lines += [f"#### {model}: final, every correctly classified image, explainer {e}", ""]
+            cols = [f"{main}: {d}" for d in ("lr", "rf", "xgboost")] + [f"{d}: lr" for d in descs[1:]]
+            lines += ["| attack | success | pairs | TPR@5%FPR (main, lr) | " + " | ".join(cols) + " |"]
+            lines.append("|---|---|---|---|" + "---|" * len(cols))
+            for a in sorted({r["attack"] for r in final_rows}, key=lambda a: (a.split("-")[1], -parse_eps(a.rsplit("-", 1)[1]))):
+                m = idx.get(("final", a, e, main, "lr"))
+                if m is None:
+                    continue
+                cells = [_cell(idx.get(("final", a, e, main, d))) for d in ("lr", "rf", "xgboost")]
+                cells += [_cell(idx.get(("final", a, e, d, "lr"))) for d in descs[1:]]
+                lines.append(
+                    f"| {a} | {100 * m['success']:.1f}% | {m['pairs']} | {100 * m['tpr5']:.1f}% | " + " | ".join(cells) + " |"
+                )
+            lines.append("")
+        for section, title in (
+            ("transfer", "transfer (train on BIM untargeted, test on unseen attacks)"),
+            ("paper", "paper protocol"),
+        ):
+            sel = sorted(
+                (r for r in rows if r["section"] == section), key=lambda r: (r["attack"], r["descriptor"], r["detector"])
+            )
+            if not sel:
+                continue
+            lines += [
+                f"#### {model}: {title}",
+                "",
+                "| attack | descriptor | detector | success | pairs | ROC AUC [95% CI] | TPR@5%FPR |",
+            ]
+            lines.append("|---|---|---|---|---|---|---|")
+            for r in sel:
+                lines.append(
+                    f"| {r['attack']} | {r['descriptor']} | {r['detector']} | {100 * r['success']:.1f}% | {r['pairs']} | "
+                    f"{r['auc']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {100 * r['tpr5']:.1f}% |"
+                )
+            lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["sweep", "final", "paper", "report"])
+    ap.add_argument("stage", choices=["sweep", "final", "paper", "report", "summary"])
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "study")
@@ -448,6 +538,9 @@ def main() -> None:
     torch.manual_seed(0)
     if args.stage == "report":
         print(render(args.out))
+        return
+    if args.stage == "summary":
+        print(summarize(args.out))
         return
     st = Study(args.model, args.data, args.out, args.images)
     if args.stage == "sweep":

@@ -154,7 +154,8 @@ class Explainer:
                 np.random.set_state(state)
             delta = delta.view(n, cfg.samples).mean(1)
         else:
-            attr = self.method.attribute(x, target=t, abs=False) * x  # gradient x input
+            x = x.detach().requires_grad_(True)  # captum warns when it has to flip this itself
+            attr = self.method.attribute(x, target=t, abs=False) * x.detach()  # gradient x input
         with torch.no_grad():
             mean_base = base.mean(0, keepdim=True).expand_as(x) if cfg.baseline == "train" else base
             baseline_logits = self.model(mean_base)
