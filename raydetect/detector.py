@@ -426,7 +426,9 @@ def fit_many_on_ray(jobs: list[FitJob], storage: str | None = None, num_workers:
             ctx.enable_progress_bars = bars
         scaling = ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": n_jobs})
         with tempfile.TemporaryDirectory() as tmp:
-            run = RunConfig(name=f"raydetect-{group}", storage_path=storage or tmp)
+            # Ray Train parses storage as a URI: a relative local path must become absolute.
+            path = storage if storage and "://" in storage else os.path.abspath(storage or tmp)
+            run = RunConfig(name=f"raydetect-{group}", storage_path=path)
             if group == "xgboost":
                 from ray.train.xgboost import XGBoostTrainer
 

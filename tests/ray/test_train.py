@@ -19,19 +19,20 @@ def test_each_detector_kind_trains_through_ray_train(ray_cluster, kind, tmp_path
     assert np.allclose(remote.predict_proba(X), local.predict_proba(X), atol=1e-6)
 
 
-def test_training_job_writes_tables_transfer_matrix_and_a_bundle(ray_cluster, tmp_path) -> None:
+def test_training_job_writes_tables_transfer_matrix_and_a_bundle(ray_cluster, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # relative output paths, as users type them (Ray Train wants absolute URIs)
     attacks = [AttackConfig(eps=0.3, steps=5), AttackConfig(mode="second", eps=0.3, steps=5)]
     fcfg = FeatureConfig(quantiles=8)
     run_pipeline_job(
         Source("digits", limit=120),
-        str(tmp_path / "f"),
+        "f",
         ModelConfig(name="digits_cnn"),
         attacks,
         AttributionConfig(n_steps=4),
         fcfg,
         ResourceConfig(batch_size=32),
     )
-    rep = run_training(str(tmp_path / "f"), str(tmp_path / "t"), kinds=("lr", "rf"), use_ray=True, n_boot=50)
+    rep = run_training("f", "t", kinds=("lr", "rf"), use_ray=True, n_boot=50)
     assert {r["attack"] for r in rep.attack_rows} == {a.name for a in attacks}
     assert all(0 < r["success_rate"] <= 1 for r in rep.attack_rows)
     assert len(rep.detection_rows) == 4 and set(rep.transfer["rf"]) == {a.name for a in attacks}
