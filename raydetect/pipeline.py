@@ -131,7 +131,8 @@ class ParquetSink(Datasink):
     """
 
     def __init__(self, uri: str) -> None:
-        self.uri = uri
+        # Resolved here, in the driver: write tasks run in workers whose working directory differs.
+        self.uri = uri if "://" in uri else open_filesystem(uri)[1]
         self.rows_written = 0
 
     def on_write_complete(self, write_result: Any) -> None:
