@@ -839,11 +839,14 @@ def run_training(
     n_boot: int = 1000,
     transfer: bool = True,
     progress: Any = None,
+    min_pairs: int = 10,
 ) -> TrainingReport:
     """Fit every detector kind per attack, evaluate on held-out pairs, and save one bundle.
 
     The bundle (kind ``bundle_kind``, default the first of ``kinds``) is trained on all selected
-    attacks together, as an auditor needs one detector for whatever attack comes.
+    attacks together, as an auditor needs one detector for whatever attack comes. Attacks with
+    fewer than ``min_pairs`` successful pairs still feed the bundle, but get no detector and
+    no row of their own: an AUC over one or two test pairs is noise.
     """
     from raydetect.data import read_output
     from raydetect.features import feature_names
@@ -868,7 +871,12 @@ def run_training(
 
     # Plan every fit first (per attack and kind, plus the bundle), then fit them in one go.
     bkind = bundle_kind or kinds[0]
-    plans = [(kind, a, *fs.for_attacks([a])) for kind in kinds for a in chosen]
+    n_pairs = {a: len(set(fs.for_attacks([a])[2])) for a in chosen}
+    evaluable = [a for a in chosen if n_pairs[a] >= min_pairs]
+    for a in chosen:
+        if a not in evaluable:
+            say(f"{a}: only {n_pairs[a]} successful pairs (< {min_pairs}); no detector of its own")
+    plans = [(kind, a, *fs.for_attacks([a])) for kind in kinds for a in evaluable]
     plans.append((bkind, "*", *fs.for_attacks(chosen)))  # "*": the bundle, trained on every attack
     jobs, splits = [], []
     for kind, _, X, y, pairs in plans:
@@ -889,13 +897,13 @@ def run_training(
         if a != "*":
             ev = evaluate(y[test], model.predict_proba(X[test]), pairs[test], thr, n_boot, cfg.seed)
             detection_rows.append({"attack": a, "detector": kind, "train_rows": len(fit_idx), **ev.to_dict()})
-    if transfer and len(chosen) > 1:
+    if transfer and len(evaluable) > 1:
         for kind in kinds:
             matrix[kind] = {}
-            for a in chosen:
+            for a in evaluable:
                 model = fitted[(kind, a)][0]
                 matrix[kind][a] = {}
-                for b in chosen:
+                for b in evaluable:
                     X, y, pairs = fs.for_attacks([b])
                     _, test = pair_split(pairs, cfg.test_fraction, cfg.seed)
                     matrix[kind][a][b] = roc_auc(y[test], model.predict_proba(X[test]))
@@ -904,7 +912,7 @@ def run_training(
     X, y, pairs = fs.for_attacks(chosen)
     _, test = pair_split(pairs, cfg.test_fraction, cfg.seed)
     per_attack = {}
-    for a in chosen:
+    for a in evaluable:
         Xa, ya, pa = fs.for_attacks([a])
         _, ta = pair_split(pa, cfg.test_fraction, cfg.seed)
         per_attack[a] = evaluate(ya[ta], model.predict_proba(Xa[ta]), pa[ta], thr, n_boot, cfg.seed).to_dict()

@@ -122,6 +122,10 @@ def results_section(
     lines += ["### Table 1: attack success (over correctly classified images)", "", table1(attack_rows), ""]
     lines += ["### Table 2: detection on held-out pairs", ""]
     lines += [table2(detection_rows) if detection_rows else "_no attack succeeded often enough to train a detector_", ""]
+    evaluated = {r["attack"] for r in detection_rows}
+    few = [f"{r['attack']} ({r['n_success']} pairs)" for r in attack_rows if r["n_success"] and r["attack"] not in evaluated]
+    if few:
+        lines += [f"_Too few successful pairs for a detector of their own (they still join the bundle): {', '.join(few)}._", ""]
     for kind, matrix in transfer.items():
         lines += [f"### Transfer ({kind}): ROC AUC, trained on one attack, tested on another", "", transfer_table(matrix), ""]
     if bundle:

@@ -41,6 +41,11 @@ def test_training_job_writes_tables_transfer_matrix_and_a_bundle(ray_cluster, tm
     assert det.trained_on == sorted(a.name for a in attacks)
     assert det.metrics["overall"]["n_test_pairs"] > 0
 
+    # Attacks with too few successful pairs get no detector row or transfer cell, but feed the bundle.
+    few = run_training("f", "t2", kinds=("lr",), use_ray=False, n_boot=10, min_pairs=10_000)
+    assert few.detection_rows == [] and few.transfer == {}
+    assert Detector.load(few.bundle).trained_on == sorted(a.name for a in attacks)
+
 
 def test_pair_split_is_consistent_across_attacks() -> None:
     a = np.array([f"img{i}" for i in range(40)])
