@@ -342,6 +342,8 @@ def final(st: Study, explainers: list[str], descriptors: list[str], detectors: l
             if not others:
                 continue
             base_adv, base_succ = bims["untargeted"]
+            if base_succ.sum() < 10:  # too few pairs to train a transfer detector on
+                continue
             fa_train = st.features(ename, AttackConfig(eps=e).name.replace("/", "_"), base_adv, refs, mask=base_succ)
             for m, (adv, succ) in others.items():
                 a = AttackConfig(method=m, eps=e)
