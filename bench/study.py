@@ -346,6 +346,8 @@ def final(st: Study, explainers: list[str], descriptors: list[str], detectors: l
                 continue
             fa_train = st.features(ename, AttackConfig(eps=e).name.replace("/", "_"), base_adv, refs, mask=base_succ)
             for m, (adv, succ) in others.items():
+                if succ.sum() < 10:
+                    continue
                 a = AttackConfig(method=m, eps=e)
                 fa = st.features(ename, a.name.replace("/", "_"), adv, refs, mask=succ)
                 for dname in descriptors:
