@@ -18,6 +18,11 @@ def run(*args: str):
     return runner.invoke(app, list(args), catch_exceptions=False)
 
 
+def attack_digits(out: Path, *extra: str):
+    """`raydetect attack` of sklearn digits with digits_cnn, untargeted at eps 0.3."""
+    return run("attack", "digits", "--out", str(out), "--model", "digits_cnn", "--eps", "0.3", "--mode", "untargeted", *extra)
+
+
 def err(result) -> str:
     return result.stderr if result.stderr_bytes is not None else result.output
 
@@ -26,24 +31,7 @@ def err(result) -> str:
 
 
 def test_attack_features_train_pipeline(ray_cluster, tmp_path) -> None:
-    a = run(
-        "attack",
-        "digits",
-        "--out",
-        str(tmp_path / "a"),
-        "--model",
-        "digits_cnn",
-        "--eps",
-        "0.3",
-        "--mode",
-        "untargeted",
-        "--steps",
-        "5",
-        "--limit",
-        "60",
-        "--batch-size",
-        "32",
-    )
+    a = attack_digits(tmp_path / "a", "--steps", "5", "--limit", "60", "--batch-size", "32")
     assert a.exit_code == 0, err(a)
     assert "attack: " in a.output and "duplicate ids" in a.output
     f = run(
@@ -195,22 +183,7 @@ def test_job_server_unreachable_is_a_clear_error() -> None:
 
 
 def test_features_refuse_another_model(ray_cluster, tmp_path) -> None:
-    a = run(
-        "attack",
-        "digits",
-        "--out",
-        str(tmp_path / "a"),
-        "--model",
-        "digits_cnn",
-        "--eps",
-        "0.3",
-        "--mode",
-        "untargeted",
-        "--steps",
-        "2",
-        "--limit",
-        "8",
-    )
+    a = attack_digits(tmp_path / "a", "--steps", "2", "--limit", "8")
     assert a.exit_code == 0, err(a)
     assert_clean_error(
         run("features", str(tmp_path / "a"), "--out", str(tmp_path / "f"), "--model", "efficientnet_lite0"),
