@@ -462,20 +462,19 @@ def summarize(out: Path) -> str:
         if sweep_rows:
             attacks = sorted({r["attack"] for r in sweep_rows}, key=lambda a: -parse_eps(a.rsplit("-", 1)[1]))
             explainers = sorted({r["explainer"] for r in sweep_rows})
-            for descs, title in (
-                (
-                    ("signed quantiles (paper)", "all attribution-map", "map + logits + baseline logits"),
-                    "explainer x descriptor (LR)",
-                ),
-            ):
-                head = [f"{d} @ {a.split('-', 2)[2]}" for d in descs for a in attacks]
-                lines += [f"#### {model}: sweep, {title}", "", "| explainer | passes | " + " | ".join(head) + " |"]
-                lines.append("|---|---|" + "---|" * len(head))
-                for e in explainers:
-                    cells = [_cell(idx.get(("sweep", a, e, d, "lr"))) for d in descs for a in attacks]
-                    passes = next((r["passes"] for r in sweep_rows if r["explainer"] == e and r["passes"]), 0)
-                    lines.append(f"| {e} | {passes} | " + " | ".join(cells) + " |")
-                lines.append("")
+            descs = ("signed quantiles (paper)", "all attribution-map", "map + logits + baseline logits")
+            head = [f"{d} @ {a.split('-', 2)[2]}" for d in descs for a in attacks]
+            lines += [
+                f"#### {model}: sweep, explainer x descriptor (LR)",
+                "",
+                "| explainer | passes | " + " | ".join(head) + " |",
+            ]
+            lines.append("|---|---|" + "---|" * len(head))
+            for e in explainers:
+                cells = [_cell(idx.get(("sweep", a, e, d, "lr"))) for d in descs for a in attacks]
+                passes = next((r["passes"] for r in sweep_rows if r["explainer"] == e and r["passes"]), 0)
+                lines.append(f"| {e} | {passes} | " + " | ".join(cells) + " |")
+            lines.append("")
             for e in [x for x in ("ig16-black", "ig16-blur2", "ig4-blur2", "ig4-blur1") if x in explainers]:
                 lines += [f"#### {model}: sweep, descriptors and detectors under {e}", ""]
                 head = [f"{det} @ {a.split('-', 2)[2]}" for det in ("lr", "rf", "xgboost") for a in attacks]
