@@ -828,6 +828,11 @@ class TrainingReport:
     bundle_metrics: dict[str, Any]
 
 
+# Fewest successful pairs an attack needs for a detector (and table row) of its own: an AUC
+# over one or two held-out pairs is noise.
+MIN_PAIRS = 10
+
+
 def run_training(
     features_uri: str,
     out: str,
@@ -839,7 +844,7 @@ def run_training(
     n_boot: int = 1000,
     transfer: bool = True,
     progress: Any = None,
-    min_pairs: int = 10,
+    min_pairs: int = MIN_PAIRS,
 ) -> TrainingReport:
     """Fit every detector kind per attack, evaluate on held-out pairs, and save one bundle.
 

@@ -25,7 +25,7 @@ from raydetect.attacks import AttackResult, make_attack
 from raydetect.attribution import Explainer
 from raydetect.config import AttackConfig, AttributionConfig, DetectorConfig, FeatureConfig, ModelConfig, ResourceConfig
 from raydetect.data import LocalImages, batches, quantize
-from raydetect.detector import fit_and_evaluate
+from raydetect.detector import MIN_PAIRS, fit_and_evaluate
 from raydetect.errors import RaydetectError
 from raydetect.features import describe
 from raydetect.models import ImageClassifier, load_model
@@ -193,8 +193,8 @@ def reproduce_local(
                 "max_linf": float((adv - x).abs().max()),
             }
         )
-        if len(ok) < 4:
-            log.warning("attack %s succeeded on %d images only; skipping detection", cfg.name, len(ok))
+        if len(ok) < MIN_PAIRS:
+            log.warning("attack %s succeeded on %d images only (< %d); no detector of its own", cfg.name, len(ok), MIN_PAIRS)
             continue
         if clean_feats is None:  # paper protocol: explain against the twin
             cf, cp = explain_all(
