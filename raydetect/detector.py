@@ -530,6 +530,9 @@ class FeatureSet:
         table = table.filter(pc.equal(table.column("status"), "ok"))
         if table.num_rows == 0:
             raise RaydetectError("no usable feature rows (status ok)")
+        # Part files come back in a different order every run; the forests' bootstrap depends on
+        # row order, so sort to make a re-run on the same features fit the same detector.
+        table = table.sort_by("id") if "id" in table.column_names else table
         col = table.column("features")
         X = np.asarray(col.combine_chunks().flatten().to_numpy(zero_copy_only=False), np.float32).reshape(table.num_rows, -1)
 

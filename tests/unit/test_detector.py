@@ -71,3 +71,28 @@ def test_detectors_separate_separable_pairs(kind, rng) -> None:
     fit = fit_and_evaluate(X, y, pairs, DetectorConfig(kind=kind), n_boot=100)
     assert fit.evaluation.auc > 0.95
     assert fit.evaluation.fpr <= 0.2
+
+
+def test_feature_rows_in_any_file_order_fit_the_same_forest(rng) -> None:
+    # Ray writes part files in a different order each run; the fitted detector must not care.
+    import pyarrow as pa
+
+    from raydetect.detector import FeatureSet, fit_model
+
+    n = 60
+    X = rng.normal(size=(2 * n, 6)).astype(np.float32)
+    X[n:] += 0.7
+    kind = ["clean"] * n + ["adversarial"] * n
+    pair = [f"p{i:03d}" for i in range(n)] * 2
+    feats = pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), 6)
+    table = pa.table(
+        {"id": [f"{k}-{p}" for k, p in zip(kind, pair, strict=True)], "kind": kind, "pair_id": pair,
+         "attack": [""] * n + ["x"] * n, "status": ["ok"] * (2 * n), "mode": ["m"] * (2 * n),
+         "eps": [0.1] * (2 * n), "features": feats}
+    )  # fmt: skip
+    shuffled = table.take(pa.array(rng.permutation(2 * n)))
+    probs = []
+    for t in (table, shuffled):
+        Xa, ya, _ = FeatureSet.from_table(t).for_attacks(["x"])
+        probs.append(fit_model("rf", Xa, ya, seed=0).predict_proba(X))
+    np.testing.assert_array_equal(probs[0], probs[1])
