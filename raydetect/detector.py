@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -428,7 +430,9 @@ def fit_many_on_ray(jobs: list[FitJob], storage: str | None = None, num_workers:
         with tempfile.TemporaryDirectory() as tmp:
             # Ray Train parses storage as a URI: a relative local path must become absolute.
             path = storage if storage and "://" in storage else os.path.abspath(storage or tmp)
-            run = RunConfig(name=f"raydetect-{group}", storage_path=path)
+            # A fresh name per fit: under a reused name Ray Train restores the last run's
+            # checkpoint state, and a re-run with the same --out must never pick up old models.
+            run = RunConfig(name=f"raydetect-{group}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}", storage_path=path)
             if group == "xgboost":
                 from ray.train.xgboost import XGBoostTrainer
 
