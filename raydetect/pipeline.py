@@ -245,9 +245,10 @@ def run_attack_job(
     plan = plan_resources(resources)
     cfg = plan.model_config(model_cfg)
     pre = _preprocess_of(cfg)
+    config = {"source": asdict(source), "model": to_dict(cfg), "attacks": [to_dict(a) for a in attacks], "plan": asdict(plan)}
+    claim_output(out, config)
     done = done_ids(out, "pair_id")
     ds = read_source(source, pre, skip_ids=done)
-    inputs = len(done)
     written = 0
     if ds is not None:
         log.info(
@@ -261,7 +262,6 @@ def run_attack_job(
         ds = attack_dataset(ds, ConfiguredLoader(cfg), attacks, plan, only_correct)
         written = _write(ds, out)
     inputs = len(done_ids(out, "pair_id"))
-    config = {"source": asdict(source), "model": to_dict(cfg), "attacks": [to_dict(a) for a in attacks], "plan": asdict(plan)}
     return _count(out, "attack", start, inputs, len(done), written, config)
 
 
@@ -288,6 +288,14 @@ def run_feature_job(
     init_ray(address)
     plan = plan_resources(resources)
     cfg = plan.model_config(model_cfg)
+    config = {
+        "attacks_dir": attacks_dir,
+        "model": to_dict(cfg),
+        "attribution": to_dict(attribution),
+        "features": to_dict(features),
+        "plan": asdict(plan),
+    }
+    claim_output(out, config)
     if attribution.baseline == "pair":
         # Output ids of the paper protocol are per (pair, attack): resume whole pairs.
         done = done_ids(out, "pair_id")
@@ -312,13 +320,6 @@ def run_feature_job(
     ds = feature_dataset(ds, ConfiguredLoader(cfg), attribution, features, plan, references, maps_fraction)
     written = _write(ds, out)
     inputs = read_output(attacks_dir, columns=["id"]).num_rows
-    config = {
-        "attacks_dir": attacks_dir,
-        "model": to_dict(cfg),
-        "attribution": to_dict(attribution),
-        "features": to_dict(features),
-        "plan": asdict(plan),
-    }
     return _count(out, "features", start, inputs, len(done), written, config)
 
 
@@ -345,10 +346,21 @@ def run_pipeline_job(
     init_ray(address)
     plan = plan_resources(resources)
     cfg = plan.model_config(model_cfg)
+    config = {
+        "source": asdict(source),
+        "model": to_dict(cfg),
+        "attacks": [to_dict(a) for a in attacks],
+        "attribution": to_dict(attribution),
+        "features": to_dict(features),
+        "plan": asdict(plan),
+    }
+    claim_output(out, config)
     done = done_ids(out, "pair_id")
     ds = read_source(source, _preprocess_of(cfg), skip_ids=done)
     written = 0
-    if ds is not None:
+    if ds is None:
+        log.info("attack+feature job: all %d images already done in %s", len(done), out)
+    else:
         log.info(
             "attack+feature job: %d actors x %d threads on %s, batch %d; %d images already done",
             plan.num_actors,
@@ -360,14 +372,6 @@ def run_pipeline_job(
         ds = attack_feature_dataset(ds, ConfiguredLoader(cfg), attacks, attribution, features, plan, only_correct, keep_png)
         written = _write(ds, out)
     inputs = len(done_ids(out, "pair_id"))
-    config = {
-        "source": asdict(source),
-        "model": to_dict(cfg),
-        "attacks": [to_dict(a) for a in attacks],
-        "attribution": to_dict(attribution),
-        "features": to_dict(features),
-        "plan": asdict(plan),
-    }
     return _count(out, "attack+features", start, inputs, len(done), written, config)
 
 
@@ -389,14 +393,48 @@ class _DropDone:
         return table.filter(pa.array(keep, type=pa.bool_()))
 
 
+_JOB_FILE = "_job.json"  # the config, written when a job starts (``_summary.json`` when it ends)
+
+
 def job_config(out: str) -> dict[str, Any] | None:
-    """The config a previous job recorded in ``out/_summary.json`` (None if absent)."""
+    """The config a previous job recorded in ``out`` (None if absent)."""
     fs, root = open_filesystem(out)
-    try:
-        with fs.open_input_stream(f"{root}/_summary.json") as f:
-            return json.loads(f.read().decode()).get("config")
-    except (OSError, ValueError):
-        return None
+    for name in ("_summary.json", _JOB_FILE):
+        try:
+            with fs.open_input_stream(f"{root}/{name}") as f:
+                return json.loads(f.read().decode()).get("config")
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+# What decides a job's rows. Device, batch size and source limit do not: resuming on another
+# machine, or with more images, is what resume is for.
+_RESULT_KEYS = ("attacks", "attribution", "features")
+_MODEL_KEYS = ("name", "weights", "random_weights")
+
+
+def claim_output(out: str, config: dict[str, Any]) -> None:
+    """Refuse to resume into ``out`` if its rows were made with another configuration.
+
+    Resume skips images already in ``out``; rows of two configurations mixed in one output
+    would train and report a detector on attacks nobody asked for. Records the config at the
+    start, so a killed job is checked too.
+    """
+    previous = job_config(out)
+    if previous is not None and output_files(out):
+        diffs = [k for k in _RESULT_KEYS if k in previous and k in config and previous[k] != config[k]]
+        old_model, new_model = previous.get("model", {}), config.get("model", {})
+        diffs += [f"model {k}" for k in _MODEL_KEYS if k in old_model and old_model.get(k) != new_model.get(k)]
+        if diffs:
+            raise RaydetectError(
+                f"{out} holds rows made with a different {', '.join(diffs)}; "
+                "resuming would mix them. Use a new output directory, or delete this one"
+            )
+    fs, root = open_filesystem(out)
+    fs.create_dir(root, recursive=True)
+    with fs.open_output_stream(f"{root}/{_JOB_FILE}") as f:
+        f.write(json.dumps({"config": config}, indent=2).encode())
 
 
 def check_same_model(attacks_dir: str, model: str) -> None:

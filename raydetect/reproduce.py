@@ -75,6 +75,7 @@ class ReproResult:
     seconds: float = 0.0
     transfer: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     bundle: str | None = None
+    resumed: int = 0  # images an earlier run of the same job had already done
 
 
 Progress = Callable[[str, int, int], None]
@@ -243,7 +244,8 @@ def render_report(results: list[ReproResult], attribution: AttributionConfig, fe
         description = (
             f"Model `{r.model}`; {r.n_images} images, {r.n_correct} classified correctly (attacked). "
             f"Explainer `{attribution.explainer}` ({attribution.n_steps} steps, baseline `{baseline}`); "
-            f"descriptors {', '.join(features.descriptors)} (K={features.quantiles}). Took {r.seconds:.0f} s."
+            f"descriptors {', '.join(features.descriptors)} (K={features.quantiles}). Took {r.seconds:.0f} s"
+            + (f" ({r.resumed} images done by an earlier run were not redone)." if r.resumed else ".")
         )
         lines += results_section(title, description, r.attack_rows, r.detection_rows, r.transfer, r.bundle)
     return "\n".join([*lines, FOOTNOTE, ""])
@@ -293,6 +295,7 @@ def _reproduce_ray(
     n_correct = rep.attack_rows[0]["n_correct"] if rep.attack_rows else 0
     result = ReproResult(protocol, model_cfg.name, summary.inputs, n_correct, rep.attack_rows, rep.detection_rows)
     result.transfer, result.bundle, result.seconds = rep.transfer, rep.bundle, time.perf_counter() - start
+    result.resumed = summary.skipped_done
     return result
 
 
@@ -361,6 +364,7 @@ def run_reproduction(
                     "n_images": r.n_images,
                     "n_correct": r.n_correct,
                     "seconds": r.seconds,
+                    "resumed": r.resumed,
                     "attacks": r.attack_rows,
                     "detection": r.detection_rows,
                     "transfer": r.transfer,

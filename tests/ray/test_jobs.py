@@ -61,6 +61,15 @@ def test_attack_then_feature_job_accounts_for_every_input(ray_cluster, tmp_path)
     )
     assert again.rows_written == 0 and again.rows_total == len(rows)
 
+    # Resuming with another configuration would mix rows of two experiments: refused, nothing written.
+    from raydetect.errors import RaydetectError
+
+    with pytest.raises(RaydetectError, match="different attacks"):
+        run_attack_job(Source(str(tmp_path / "imgs")), str(attacks_out), MODEL, [AttackConfig(eps=0.1)], RES)
+    with pytest.raises(RaydetectError, match="different features"):
+        run_feature_job(str(attacks_out), str(feats_out), MODEL, AttributionConfig(n_steps=4), FeatureConfig(quantiles=16), RES)
+    assert read_output(str(feats_out)).num_rows == len(rows)
+
 
 def test_a_killed_job_resumes_with_no_missing_and_no_duplicate_ids(ray_cluster, tmp_path) -> None:
     out = tmp_path / "attacks"
