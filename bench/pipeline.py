@@ -1,10 +1,11 @@
 """Throughput of the Ray attack+feature pipeline against a plain PyTorch loop, in one run.
 
-    python bench/pipeline.py [--images 100] [--data ../shared/data/imagenet-sample]
+    python bench/pipeline.py [--images 100] [--data ../shared/data/imagenet-sample] [--defaults]
 
 Both sides do the same model work on the same images with efficientnet_lite0: untargeted BIM-10
-at eps 4/255, then Integrated Gradients (16 steps) on the clean and on the 8-bit adversarial
-image, then the descriptor. The plain loop holds decoded images in memory and writes nothing;
+at eps 4/255, then Integrated Gradients (16 steps against black; with --defaults raydetect's
+current defaults, 4 steps against a blurred copy plus its logits) on the clean and on the 8-bit
+adversarial image, then the descriptor. The plain loop holds decoded images in memory and writes nothing;
 the pipeline reads files, streams through Ray Data actors, round-trips PNGs and writes Parquet.
 Prints images/s of both, their ratio, and gradient passes per image.
 """
@@ -34,13 +35,13 @@ FEATURES = FeatureConfig(descriptors=("signed_quantiles", "abs_quantiles", "stat
 MODEL = ModelConfig(name="efficientnet_lite0", device="cpu")
 
 
-def plain_loop(data: Path, n: int, batch_size: int) -> tuple[float, int]:
+def plain_loop(data: Path, n: int, batch_size: int, attribution: AttributionConfig, features: FeatureConfig) -> tuple[float, int]:
     """Decode, attack, explain and describe in one process; returns (seconds, images)."""
     start = time.perf_counter()
     model = load_model(MODEL)
     images = load_image_folder(data, model.info.preprocess, limit=n)
     attack = make_attack(model, ATTACK)
-    explainer = Explainer(model, ATTRIBUTION)
+    explainer = Explainer(model, attribution)
     x_all = torch.from_numpy(images.images)
     y_all = torch.from_numpy(images.labels)
     for sl in batches(len(x_all), batch_size):
@@ -51,14 +52,16 @@ def plain_loop(data: Path, n: int, batch_size: int) -> tuple[float, int]:
         adv = torch.from_numpy(quantize(res.adversarial.numpy(), x[correct].numpy(), ATTACK.eps))
         with torch.no_grad():
             model(adv)
-        describe(explainer(x), FEATURES)
+        describe(explainer(x), features)
         ok = res.success.numpy()
         if ok.any():
-            describe(explainer(adv[ok]), FEATURES)
+            describe(explainer(adv[ok]), features)
     return time.perf_counter() - start, len(x_all)
 
 
-def pipeline(data: Path, n: int, batch_size: int) -> tuple[float, float, float, int]:
+def pipeline(
+    data: Path, n: int, batch_size: int, attribution: AttributionConfig, features: FeatureConfig
+) -> tuple[float, float, float, int]:
     """Ray end to end, Ray already up: (fused job s, attack job + feature job s, Ray start-up s, images)."""
     import ray
 
@@ -74,11 +77,11 @@ def pipeline(data: Path, n: int, batch_size: int) -> tuple[float, float, float, 
     res = ResourceConfig(batch_size=batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        fused = run_pipeline_job(Source(str(data), limit=n), f"{tmp}/fused", MODEL, [ATTACK], ATTRIBUTION, FEATURES, res)
+        fused = run_pipeline_job(Source(str(data), limit=n), f"{tmp}/fused", MODEL, [ATTACK], attribution, features, res)
         fused_s = time.perf_counter() - start
         start = time.perf_counter()
         a = run_attack_job(Source(str(data), limit=n), f"{tmp}/attacks", MODEL, [ATTACK], res)
-        run_feature_job(f"{tmp}/attacks", f"{tmp}/features", MODEL, ATTRIBUTION, FEATURES, res)
+        run_feature_job(f"{tmp}/attacks", f"{tmp}/features", MODEL, attribution, features, res)
         separate_s = time.perf_counter() - start
     ray.shutdown()
     assert fused.inputs == a.inputs
@@ -90,19 +93,22 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--images", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--defaults", action="store_true", help="raydetect's current attribution and descriptor defaults")
     args = ap.parse_args()
+    attribution, features = (AttributionConfig(), FeatureConfig()) if args.defaults else (ATTRIBUTION, FEATURES)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
 
-    loop_s, n = plain_loop(args.data, args.images, args.batch_size)
-    fused_s, sep_s, ray_s, n_pipe = pipeline(args.data, args.images, args.batch_size)
+    loop_s, n = plain_loop(args.data, args.images, args.batch_size, attribution, features)
+    fused_s, sep_s, ray_s, n_pipe = pipeline(args.data, args.images, args.batch_size, attribution, features)
     assert n == n_pipe, (n, n_pipe)
     loop_ips = n / loop_s
-    passes = ATTACK.effective_steps + 2 * ATTRIBUTION.passes_per_image
+    passes = ATTACK.effective_steps + 2 * attribution.passes_per_image
     print(f"images: {n}; model efficientnet_lite0; torch threads {torch.get_num_threads()}")
+    print(f"attribution: {attribution}; descriptors: {', '.join(features.descriptors)}")
     print(
-        f"gradient passes per image: {passes} (BIM {ATTACK.effective_steps} + IG {ATTRIBUTION.n_steps} x clean and adversarial)"
+        f"gradient passes per image: {passes} (BIM {ATTACK.effective_steps} + IG {attribution.n_steps} x clean and adversarial)"
     )
     print(f"plain PyTorch loop:                         {loop_s:6.1f} s  {loop_ips:.3f} img/s  ratio 1.000")
     for name, secs in (("Ray, one attack+feature job (reproduce)", fused_s), ("Ray, attack job then feature job", sep_s)):
