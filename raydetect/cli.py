@@ -6,6 +6,7 @@ Library errors (:class:`RaydetectError`) become one line on stderr and a non-zer
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -58,6 +59,10 @@ def handle_errors(fn: F) -> F:
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False) -> None:
+    # Ray Data logs a 7-line progress block every 10 s when stderr is not a terminal (CI, `ray job
+    # submit`, nohup); every 30 s is progress enough for hour-long jobs. Read when ray.data is
+    # imported, which happens later, inside the command.
+    os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "30")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",

@@ -48,7 +48,12 @@ def init_ray(address: str | None = None) -> None:
         if address:
             ray.init(address=address, logging_level=logging.WARNING)
         else:
-            ray.init(include_dashboard=False, logging_level=logging.WARNING, _system_config={"enable_worker_prestart": False})
+            ray.init(
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                runtime_env={"worker_process_setup_hook": "raydetect._ray_workers.quiet_local_workers"},
+                _system_config={"enable_worker_prestart": False},
+            )
     except ConnectionError as exc:
         raise RaydetectError(f"cannot reach the Ray cluster at {address}: {exc}") from exc
 
