@@ -883,13 +883,17 @@ def run_training(
 
     # Plan every fit first (per attack and kind, plus the bundle), then fit them in one go.
     bkind = bundle_kind or kinds[0]
-    n_pairs = {a: len(set(fs.for_attacks([a])[2])) for a in chosen}
+    # (X, y, pairs) per attack and for all of them, selected once: the fits, the transfer
+    # matrix and the bundle's evaluation all read the same rows.
+    by_attack = {a: fs.for_attacks([a]) for a in chosen}
+    all_rows = fs.for_attacks(chosen)
+    n_pairs = {a: len(set(by_attack[a][2])) for a in chosen}
     evaluable = [a for a in chosen if n_pairs[a] >= min_pairs]
     for a in chosen:
         if a not in evaluable:
             say(f"{a}: only {n_pairs[a]} successful pairs (< {min_pairs}); no detector of its own")
-    plans = [(kind, a, *fs.for_attacks([a])) for kind in kinds for a in evaluable]
-    plans.append((bkind, "*", *fs.for_attacks(chosen)))  # "*": the bundle, trained on every attack
+    plans = [(kind, a, *by_attack[a]) for kind in kinds for a in evaluable]
+    plans.append((bkind, "*", *all_rows))  # "*": the bundle, trained on every attack
     jobs, splits = [], []
     for kind, _, X, y, pairs in plans:
         train, test = pair_split(pairs, cfg.test_fraction, cfg.seed)
@@ -916,16 +920,16 @@ def run_training(
                 model = fitted[(kind, a)][0]
                 matrix[kind][a] = {}
                 for b in evaluable:
-                    X, y, pairs = fs.for_attacks([b])
+                    X, y, pairs = by_attack[b]
                     _, test = pair_split(pairs, cfg.test_fraction, cfg.seed)
                     matrix[kind][a][b] = roc_auc(y[test], model.predict_proba(X[test]))
 
     model, thr = fitted[(bkind, "*")]
-    X, y, pairs = fs.for_attacks(chosen)
+    X, y, pairs = all_rows
     _, test = pair_split(pairs, cfg.test_fraction, cfg.seed)
     per_attack = {}
     for a in evaluable:
-        Xa, ya, pa = fs.for_attacks([a])
+        Xa, ya, pa = by_attack[a]
         _, ta = pair_split(pa, cfg.test_fraction, cfg.seed)
         per_attack[a] = evaluate(ya[ta], model.predict_proba(Xa[ta]), pa[ta], thr, n_boot, cfg.seed).to_dict()
     overall = evaluate(y[test], model.predict_proba(X[test]), pairs[test], thr, n_boot, cfg.seed).to_dict()
