@@ -188,10 +188,12 @@ class JobSummary:
         return asdict(self)
 
 
-def _write_summary(out: str, summary: JobSummary) -> None:
+def _write_json(out: str, name: str, payload: dict[str, Any]) -> None:
+    """A small JSON file beside the part files of an output (local or object storage)."""
     fs, root = open_filesystem(out)
-    with fs.open_output_stream(f"{root}/_summary.json") as f:
-        f.write(json.dumps(summary.to_dict(), indent=2).encode())
+    fs.create_dir(root, recursive=True)
+    with fs.open_output_stream(f"{root}/{name}") as f:
+        f.write(json.dumps(payload, indent=2).encode())
 
 
 def _count(out: str, job: str, start: float, inputs: int, skipped: int, written: int, config: dict[str, Any]) -> JobSummary:
@@ -214,7 +216,7 @@ def _count(out: str, job: str, start: float, inputs: int, skipped: int, written:
         seconds=time.perf_counter() - start,
         config=config,
     )
-    _write_summary(out, summary)
+    _write_json(out, "_summary.json", summary.to_dict())
     return summary
 
 
@@ -436,10 +438,7 @@ def claim_output(out: str, config: dict[str, Any]) -> None:
                 f"{out} holds rows made with a different {', '.join(diffs)}; "
                 "resuming would mix them. Use a new output directory, or delete this one"
             )
-    fs, root = open_filesystem(out)
-    fs.create_dir(root, recursive=True)
-    with fs.open_output_stream(f"{root}/{_JOB_FILE}") as f:
-        f.write(json.dumps({"config": config}, indent=2).encode())
+    _write_json(out, _JOB_FILE, {"config": config})
 
 
 def check_same_model(attacks_dir: str, model: str) -> None:
