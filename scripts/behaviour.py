@@ -1,0 +1,158 @@
+"""Record or compare the outputs of one fixed digits run, to show a refactoring changed no behaviour.
+
+    python scripts/behaviour.py record tests/data/behaviour-digits.json [--repo DIR]
+    python scripts/behaviour.py compare tests/data/behaviour-digits.json [--repo DIR]
+
+The run goes through the CLI only (its commands and options are the stable surface): attack 80
+digits with BIM in two modes, explain them, fit LR and RF (in-process, deterministic), attack 40
+other digits and export them as PNG files, audit that folder with the bundle, and score ten of
+those files through the Python API. Outputs are read back with pyarrow alone and dumped in a
+canonical form: rows sorted by id, PNG bytes as their SHA-256, every float kept.
+
+``--repo`` runs another checkout's code (its ``raydetect`` first on PYTHONPATH), e.g. the commit
+before a refactoring. ``compare`` requires strings, ints and booleans to be equal and floats to be
+within ``--rtol``/``--atol``, and prints the largest float difference per output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMON = ["--model", "digits_cnn", "--eps", "0.3", "--steps", "5", "--mode", "untargeted", "--mode", "second"]
+
+SCORE_SNIPPET = """
+import json, sys
+from pathlib import Path
+try:
+    from raydetect.detect.bundle import Detector
+except ImportError:  # the layout before the architecture refactoring
+    from raydetect.detector import Detector
+det = Detector.load(sys.argv[1])
+files = sorted(str(p) for p in Path(sys.argv[2]).rglob("*.png"))[:10]
+print(json.dumps({"files": [Path(f).name for f in files], "scores": [float(s) for s in det.score(files)]}))
+"""
+
+
+def run(repo: Path, *args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(repo), "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, *args], cwd=repo, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(args)}\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def raydetect(repo: Path, *args: str) -> None:
+    run(repo, "-m", "raydetect", *args)
+
+
+def rows(directory: Path) -> list[dict[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted(directory.glob("*.parquet"))
+    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+    out = []
+    for r in sorted(table.to_pylist(), key=lambda r: r["id"]):
+        for k, v in list(r.items()):
+            if isinstance(v, bytes):
+                r[k] = hashlib.sha256(v).hexdigest() if v else ""
+        out.append(r)
+    return out
+
+
+def record(repo: Path) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        raydetect(repo, "attack", "digits", "--limit", "80", "--out", str(t / "attacks"), *COMMON)
+        raydetect(repo, "features", str(t / "attacks"), "--model", "digits_cnn", "--quantiles", "8", "--out", str(t / "features"))
+        raydetect(repo, "train", str(t / "features"), "--detector", "lr", "--detector", "rf", "--bootstrap", "50", "--no-ray",
+                  "--out", str(t / "train"))  # fmt: skip
+        raydetect(repo, "attack", "digits", "--offset", "80", "--limit", "40", "--out", str(t / "audit-attacks"), *COMMON)
+        raydetect(repo, "export", str(t / "audit-attacks"), "--out", str(t / "audit-images"))
+        raydetect(repo, "audit", str(t / "audit-images"), "--detector", str(t / "train" / "detector"), "--out", str(t / "audit"))
+        scores = json.loads(run(repo, "-c", SCORE_SNIPPET, str(t / "train" / "detector"), str(t / "audit-images")))
+        results = json.loads((t / "train" / "results.json").read_text())
+        manifest = json.loads((t / "train" / "detector" / "manifest.json").read_text())
+        model_file = t / "train" / "detector" / manifest["model_file"]
+        audit = rows(t / "audit" / "rows")
+        for r in audit:  # paths differ per temporary directory; ids are relative and stable
+            r.pop("path", None)
+        return {
+            "attacks": rows(t / "attacks"),
+            "features": rows(t / "features"),
+            "train_results": {k: results[k] for k in ("attacks", "detection", "transfer", "bundle_metrics")},
+            "bundle": {
+                "threshold": manifest["threshold"],
+                "feature_names": manifest["feature_names"],
+                "trained_on": manifest["trained_on"],
+                "model": json.loads(model_file.read_text()) if model_file.suffix == ".json" else None,
+            },
+            "audit": audit,
+            "score": scores,
+        }
+
+
+def compare(old: Any, new: Any, path: str, rtol: float, atol: float, diffs: list[str], worst: dict[str, float]) -> None:
+    top = path.split(".")[0].split("[")[0]
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            if k not in old or k not in new:
+                diffs.append(f"{path}.{k}: only in {'new' if k in new else 'old'}")
+                continue
+            compare(old[k], new[k], f"{path}.{k}", rtol, atol, diffs, worst)
+    elif isinstance(old, list) and isinstance(new, list):
+        if len(old) != len(new):
+            diffs.append(f"{path}: {len(old)} items before, {len(new)} after")
+            return
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            compare(a, b, f"{path}[{i}]", rtol, atol, diffs, worst)
+    elif isinstance(old, float) and isinstance(new, (int, float)) and not isinstance(new, bool):
+        if math.isnan(old) and math.isnan(new):
+            return
+        d = abs(old - new)
+        worst[top] = max(worst.get(top, 0.0), d)
+        if d > atol + rtol * abs(old):
+            diffs.append(f"{path}: {old!r} -> {new!r}")
+    elif old != new:
+        diffs.append(f"{path}: {old!r} -> {new!r}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=["record", "compare"])
+    p.add_argument("file", type=Path)
+    p.add_argument("--repo", type=Path, default=ROOT)
+    p.add_argument("--rtol", type=float, default=1e-4)
+    p.add_argument("--atol", type=float, default=1e-5)
+    a = p.parse_args()
+    got = record(a.repo.resolve())
+    if a.action == "record":
+        a.file.parent.mkdir(parents=True, exist_ok=True)
+        a.file.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+        print(f"recorded {a.file}")
+        return
+    want = json.loads(a.file.read_text())
+    diffs: list[str] = []
+    worst: dict[str, float] = {}
+    compare(want, json.loads(json.dumps(got)), "", a.rtol, a.atol, diffs, worst)
+    for k, v in sorted(worst.items()):
+        print(f"largest float difference in {k or 'output'}: {v:.3g}")
+    if diffs:
+        print(f"{len(diffs)} differences beyond rtol={a.rtol}, atol={a.atol}:")
+        print("\n".join(diffs[:40]))
+        raise SystemExit(1)
+    print("outputs identical up to float tolerance")
+
+
+if __name__ == "__main__":
+    main()
