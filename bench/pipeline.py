@@ -20,10 +20,9 @@ from pathlib import Path
 import torch
 
 from raydetect.attacks import make_attack
-from raydetect.attribution import Explainer
-from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig, ModelConfig, ResourceConfig
-from raydetect.data import Source, batches, load_image_folder, quantize
-from raydetect.features import describe
+from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig, ModelConfig, ResourceConfig, Source
+from raydetect.explain import Explainer, describe
+from raydetect.images import batches, load_image_folder
 from raydetect.models import load_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
@@ -48,10 +47,8 @@ def plain_loop(data: Path, n: int, batch_size: int, attribution: AttributionConf
         x, y = x_all[sl], y_all[sl]
         with torch.no_grad():
             correct = (model(x).argmax(1) == y).numpy()
-        res = attack(x[correct], y[correct])
-        adv = torch.from_numpy(quantize(res.adversarial.numpy(), x[correct].numpy(), ATTACK.eps))
-        with torch.no_grad():
-            model(adv)
+        res = attack(x[correct], y[correct])  # 8-bit and re-judged, as the pipeline does
+        adv = res.adversarial
         describe(explainer(x), features)
         ok = res.success.numpy()
         if ok.any():
@@ -65,7 +62,8 @@ def pipeline(
     """Ray end to end, Ray already up: (fused job s, attack job + feature job s, Ray start-up s, images)."""
     import ray
 
-    from raydetect.pipeline import init_ray, run_attack_job, run_feature_job, run_pipeline_job
+    from raydetect.stages.plan import init_ray
+    from raydetect.stages.runner import AttackJob, FeatureJob, FusedJob, run_job
 
     t0 = time.perf_counter()
     init_ray()
@@ -77,11 +75,12 @@ def pipeline(
     res = ResourceConfig(batch_size=batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        fused = run_pipeline_job(Source(str(data), limit=n), f"{tmp}/fused", MODEL, [ATTACK], attribution, features, res)
+        src = Source(str(data), limit=n)
+        fused = run_job(FusedJob(f"{tmp}/fused", MODEL, src, [ATTACK], attribution, features), res)
         fused_s = time.perf_counter() - start
         start = time.perf_counter()
-        a = run_attack_job(Source(str(data), limit=n), f"{tmp}/attacks", MODEL, [ATTACK], res)
-        run_feature_job(f"{tmp}/attacks", f"{tmp}/features", MODEL, attribution, features, res)
+        a = run_job(AttackJob(f"{tmp}/attacks", MODEL, src, [ATTACK]), res)
+        run_job(FeatureJob(f"{tmp}/features", MODEL, f"{tmp}/attacks", attribution, features), res)
         separate_s = time.perf_counter() - start
     ray.shutdown()
     assert fused.inputs == a.inputs

@@ -31,12 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from raydetect.attacks import make_attack
-from raydetect.attribution import Explainer
+from raydetect.attacks import make_attack, quantize
 from raydetect.config import DESCRIPTORS, AttackConfig, AttributionConfig, FeatureConfig, ModelConfig, parse_eps
-from raydetect.data import batches, load_digits_images, load_image_folder, quantize
-from raydetect.detector import bootstrap_ci, fit_model, grouped_folds, roc_auc, tpr_at_fpr
-from raydetect.features import describe, feature_names
+from raydetect.detect.fit import fit_head
+from raydetect.detect.metrics import bootstrap_ci, roc_auc, tpr_at_fpr
+from raydetect.detect.splits import grouped_folds
+from raydetect.explain import Explainer, describe, feature_names
+from raydetect.images import batches, load_digits_images, load_image_folder
 from raydetect.models import ImageClassifier, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +73,7 @@ EXPLAINERS: dict[str, AttributionConfig] = {
     "ig64-black": AttributionConfig(n_steps=64, baseline="black"),
 }
 
-# Descriptor subsets, as column-name prefixes of the full descriptor (see features.feature_names).
+# Descriptor subsets, as column-name prefixes of the full descriptor (see explain.feature_names).
 DESCRIPTOR_SETS: dict[str, tuple[str, ...]] = {
     "signed quantiles (paper)": ("q",),
     "abs quantiles": ("absq",),
@@ -126,7 +127,7 @@ class Study:
                 imgs = load_digits_images("test")
             else:
                 imgs = load_image_folder(self.data, self.model.info.preprocess)
-            x = torch.from_numpy(quantize(imgs.images))
+            x = quantize(torch.from_numpy(imgs.images))
             y = torch.from_numpy(imgs.labels)
             with torch.no_grad():
                 pred = torch.cat([self.model(x[s]).argmax(1) for s in batches(len(x), 64)])
@@ -157,12 +158,9 @@ class Study:
         advs, succ = [], []
         t0 = time.perf_counter()
         for s in batches(n, self.batch_size):
-            r = attack(x[s], y[s], keys=np.arange(s.start, s.stop))
-            a = torch.from_numpy(quantize(r.adversarial.numpy(), x[s].numpy(), cfg.eps))
-            with torch.no_grad():
-                p = self.model(a).argmax(1)
-            succ.append((p == r.targets) if cfg.mode != "untargeted" else (p != r.labels))
-            advs.append(a)
+            r = attack(x[s], y[s], keys=np.arange(s.start, s.stop))  # 8-bit, judged on the 8-bit image
+            succ.append(r.success)
+            advs.append(r.adversarial)
         adv, success = torch.cat(advs), torch.cat(succ).numpy()
         np.savez(path, adv=np.rint(adv.numpy() * 255).astype(np.uint8), success=success)
         log(f"attack {cfg.name}: {success.mean():.1%} success on {n} images, {time.perf_counter() - t0:.0f} s")
@@ -201,7 +199,7 @@ class Study:
             idx = need[k : k + self.batch_size]
             t = torch.from_numpy(idx)
             e = ex(images[t], keys=idx, twins=None if twins is None else twins[t])
-            feats[idx], computed[idx] = describe(e, FULL), True
+            feats[idx], computed[idx] = describe(e, FULL).numpy(), True
         np.savez(path, feats=feats, computed=computed)
         log(f"features {explainer}/{tag}: {len(need)} images, {time.perf_counter() - t0:.0f} s")
         return feats
@@ -216,7 +214,7 @@ class Study:
         pairs = np.r_[idx, idx]
         scores = np.zeros(len(y))
         for train, test in grouped_folds(pairs, 5, seed=0):
-            scores[test] = fit_model(detector, X[train], y[train]).predict_proba(X[test])
+            scores[test] = fit_head(detector, X[train], y[train]).predict_proba(X[test])
         lo, hi = bootstrap_ci(y, scores, pairs, roc_auc, n_boot, seed=0)
         return {"auc": roc_auc(y, scores), "ci": [lo, hi], "tpr5": tpr_at_fpr(y, scores, 0.05), "pairs": len(idx)}
 
@@ -240,7 +238,7 @@ class Study:
                 continue
             Xtr = np.concatenate([fc[tr], fa_train[tr]])[:, columns]
             ytr = np.r_[np.zeros(len(tr), int), np.ones(len(tr), int)]
-            model = fit_model(detector, Xtr, ytr)
+            model = fit_head(detector, Xtr, ytr)
             Xte = np.concatenate([fc[te], fa_test[te]])[:, columns]
             scores_s.append(model.predict_proba(Xte))
             scores_y.append(np.r_[np.zeros(len(te), int), np.ones(len(te), int)])

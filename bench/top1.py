@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from raydetect.config import ModelConfig
-from raydetect.data import batches, load_image_folder
+from raydetect.images import batches, load_image_folder
 from raydetect.models import load_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"

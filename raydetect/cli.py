@@ -15,18 +15,22 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from raydetect import store
+from raydetect import submit as sub
 from raydetect.config import (
     ATTACK_MODES,
     DESCRIPTORS,
     AttackConfig,
     AttributionConfig,
+    DetectorConfig,
     FeatureConfig,
     ModelConfig,
     ResourceConfig,
+    Source,
     parse_eps,
 )
-from raydetect.data import Source
 from raydetect.errors import RaydetectError
+from raydetect.store import check_same_model, exists, is_remote
 
 app = typer.Typer(
     name="raydetect",
@@ -112,9 +116,11 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for targets, splits a
 
 
 def model_config(model: str, weights: Path | None, random_weights: bool, device: str) -> ModelConfig:
-    return ModelConfig(
-        name=model, weights=str(weights) if weights else None, random_weights=random_weights, device=device
-    ).validate()
+    from raydetect.models import checked  # torch: only once a command runs, so --help stays fast
+
+    return checked(
+        ModelConfig(name=model, weights=str(weights) if weights else None, random_weights=random_weights, device=device)
+    )
 
 
 def attribution_config(
@@ -169,7 +175,7 @@ def source_config(
     uri: str, kind: str, image_column: str, id_column: str, label_column: str, limit: int | None, offset: int = 0
 ) -> Source:
     src = Source(uri, kind, image_column, id_column, label_column, limit, offset).validate()
-    if uri != "digits" and "://" not in uri and not Path(uri).expanduser().exists():
+    if uri != "digits" and not is_remote(uri) and not exists(uri):
         raise RaydetectError(f"input path does not exist: {uri}")
     return src
 
@@ -230,20 +236,12 @@ def attack(
     'adversarial' row per image and attack, with the lossless 8-bit PNG and whether the attack
     still succeeds on it.
     """
-    from raydetect.pipeline import run_attack_job
+    from raydetect.stages import runner  # Ray and torch: only once a command runs
 
     src = source_config(input, kind, image_column, id_column, label_column, limit, offset)
     attacks = attack_configs(method, mode, parse_eps_list(eps, [4 / 255]), steps, alpha, seed)
-    summary = run_attack_job(
-        src,
-        out,
-        model_config(model, weights, random_weights, device),
-        attacks,
-        resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor),
-        only_correct=not all_images,
-        address=address,
-    )
-    print_summary(summary)
+    job = runner.AttackJob(out, model_config(model, weights, random_weights, device), src, attacks, only_correct=not all_images)
+    print_summary(runner.run_job(job, resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor), address))
 
 
 @app.command()
@@ -275,7 +273,7 @@ def features(
     address: AddressOpt = None,
 ) -> None:
     """Explain every clean and adversarial image with Integrated Gradients; write descriptor vectors."""
-    from raydetect.pipeline import check_same_model, run_feature_job
+    from raydetect.stages import runner  # Ray and torch: only once a command runs
 
     if protocol not in ("corrected", "paper"):
         raise RaydetectError(f"protocol must be corrected or paper; got {protocol!r}")
@@ -284,17 +282,10 @@ def features(
     mcfg = model_config(model, weights, random_weights, device)
     check_same_model(attacks_dir, mcfg.name)
     attribution = attribution_config(explainer, ig_steps, "pair" if protocol == "paper" else baseline, layer, blur_sigma)
-    summary = run_feature_job(
-        attacks_dir,
-        out,
-        mcfg,
-        attribution,
-        feature_config(descriptor, quantiles),
-        resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor),
-        maps_fraction=maps_fraction,
-        address=address,
+    job = runner.FeatureJob(
+        out, mcfg, attacks_dir, attribution, feature_config(descriptor, quantiles), maps_fraction=maps_fraction
     )
-    print_summary(summary)
+    print_summary(runner.run_job(job, resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor), address))
 
 
 @app.command()
@@ -347,7 +338,7 @@ def reproduce(
     splits; ROC AUC with intervals) runs beside the paper's own (one eps=0.1 step; each image explained against its
     twin), so the gap between them is visible. Writes a detector bundle per protocol for `raydetect audit`.
     """
-    from raydetect.reproduce import run_reproduction
+    from raydetect.reproduce import run_reproduction  # Ray and torch: only once a command runs
 
     if protocol not in ("corrected", "paper", "both"):
         raise RaydetectError(f"protocol must be corrected, paper or both; got {protocol!r}")
@@ -362,7 +353,7 @@ def reproduce(
         if model != "digits_cnn":
             raise RaydetectError("--data is required for ImageNet models: an ImageNet-style folder (<wnid>/<file>)")
         data = "digits"
-    if data != "digits" and "://" not in data and not Path(data).expanduser().is_dir():
+    if data != "digits" and not is_remote(data) and not Path(data).expanduser().is_dir():
         raise RaydetectError(f"data folder does not exist: {data}")
     path = run_reproduction(
         data=data,
@@ -431,9 +422,10 @@ def train(
     Splits keep each clean image and its adversarial twin on the same side; the threshold is chosen on clean
     validation images for --target-fpr. The bundle loads without executing code and is verified by checksum.
     """
-    from raydetect.config import DetectorConfig
-    from raydetect.detector import run_training
-    from raydetect.report import FOOTNOTE, results_section, write_json
+    from raydetect.report import write_report  # matplotlib, Ray and torch: only once a command runs
+    from raydetect.report.experiments import training_report
+    from raydetect.stages.plan import init_ray
+    from raydetect.stages.train import run_training, training_results
 
     kinds = tuple(detector or ["lr"])
     for k in (*kinds, bundle_detector or kinds[0]):
@@ -441,16 +433,14 @@ def train(
             raise RaydetectError(f"detector must be lr, rf or xgboost; got {k!r}")
     if bootstrap < 0:
         raise RaydetectError("--bootstrap must be >= 0")
-    if "://" not in features_dir and not Path(features_dir).expanduser().is_dir():
+    if not is_remote(features_dir) and not Path(features_dir).expanduser().is_dir():
         raise RaydetectError(f"features directory does not exist: {features_dir}")
     cfg = DetectorConfig(
         kind=kinds[0], target_fpr=target_fpr, test_fraction=test_fraction, seed=seed, params=parse_params(param)
     ).validate()  # type: ignore[arg-type]
     if not no_ray:
-        from raydetect.pipeline import init_ray
-
         init_ray(address)
-    rep = run_training(
+    trained = run_training(
         features_dir,
         str(out),
         kinds,
@@ -461,32 +451,14 @@ def train(
         n_boot=bootstrap,
         progress=logging.getLogger("raydetect").info,
     )
-    lines = [
-        "# raydetect training",
-        "",
-        *results_section(
-            "Detection", f"Features: `{features_dir}`.", rep.attack_rows, rep.detection_rows, rep.transfer, rep.bundle
-        ),
-        FOOTNOTE,
-        "",
-    ]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text("\n".join(lines))
-    write_json(
-        out / "results.json",
-        {
-            "attacks": rep.attack_rows,
-            "detection": rep.detection_rows,
-            "transfer": rep.transfer,
-            "bundle": rep.bundle,
-            "bundle_metrics": rep.bundle_metrics,
-        },
-    )
+    rep = trained.result
+    report = training_report(features_dir, rep.attack_rows, rep.detection_rows, rep.transfer, trained.bundle)
+    path = write_report(str(out), report, training_results(trained))
     overall = rep.bundle_metrics["overall"]
     typer.echo(
-        f"bundle: {rep.bundle} (held-out ROC AUC {overall['auc']:.3f}, TPR {overall['tpr']:.1%} at FPR {overall['fpr']:.1%})"
+        f"bundle: {trained.bundle} (held-out ROC AUC {overall['auc']:.3f}, TPR {overall['tpr']:.1%} at FPR {overall['fpr']:.1%})"
     )
-    typer.echo(f"report: {out / 'report.md'}")
+    typer.echo(f"report: {path}")
 
 
 @app.command()
@@ -517,28 +489,20 @@ def audit(
     Unreadable or broken inputs become rows with status=error and the reason; the job goes on. Re-running with
     the same --out resumes where it stopped.
     """
-    from raydetect.audit import load_detector_for, run_audit_job
+    from raydetect.detect.bundle import load_for_audit  # Ray and torch: only once a command runs
+    from raydetect.stages.runner import run_audit
 
     src = source_config(input, kind, image_column, id_column, label_column, limit, offset)
     if model is not None:
         model_config(model, None, False, "auto")
-    load_detector_for(detector, model, str(weights) if weights else None)  # fail fast, before Ray starts
+    load_for_audit(detector, model, str(weights) if weights else None)  # fail fast, before Ray starts
     if top < 0:
         raise RaydetectError("--top must be >= 0")
-    result = run_audit_job(
-        src,
-        out,
-        detector,
-        resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor),
-        model,
-        str(weights) if weights else None,
-        top,
-        address,
-    )
-    s = result["summary"]
-    status = ", ".join(f"{k}: {v}" for k, v in sorted(s["rows_by_status"].items()))
-    typer.echo(f"audit: {s['rows_total']} inputs ({status}) in {s['seconds']:.0f} s")
-    typer.echo(f"report: {result['report']}")
+    resources = resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor)
+    s, report = run_audit(src, out, detector, resources, model, str(weights) if weights else None, top, address)
+    status = ", ".join(f"{k}: {v}" for k, v in sorted(s.rows_by_status.items()))
+    typer.echo(f"audit: {s.rows_total} inputs ({status}) in {s.seconds:.0f} s")
+    typer.echo(f"report: {report}")
 
 
 @app.command("export")
@@ -552,13 +516,11 @@ def export_images(
     ] = False,
 ) -> None:
     """Write the attack job's lossless PNGs as image files (to inspect them, or to audit a mixed folder)."""
-    from raydetect.data import export_images as export
-
     kinds = tuple(kind or ["clean", "adversarial"])
     for k in kinds:
         if k not in ("clean", "adversarial"):
             raise RaydetectError(f"--kind must be clean or adversarial; got {k!r}")
-    counts = export(attacks_dir, str(out), kinds, only_success=not include_failed)
+    counts = store.export_images(attacks_dir, str(out), kinds, only_success=not include_failed)
     typer.echo(", ".join(f"{v} {k}" for k, v in counts.items()) + f" images in {out}")
 
 
@@ -591,8 +553,6 @@ def submit(
     The command after -- runs as `python -m raydetect ...` on the cluster, in a runtime environment that ships
     --working-dir. It is checked here first, so a typo fails before anything is sent.
     """
-    from raydetect import submit as sub
-
     args = list(ctx.args)
     if args and args[0] == "--":
         args = args[1:]
@@ -620,8 +580,6 @@ def submit(
 @handle_errors
 def status(job_id: Annotated[str, typer.Argument(help="Job id printed by submit.")], address: SubmitAddressOpt = None) -> None:
     """Print a submitted job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
-    from raydetect import submit as sub
-
     typer.echo(sub.status(job_id, address).split(".")[-1])
 
 
@@ -633,8 +591,6 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
 ) -> None:
     """Print a submitted job's logs."""
-    from raydetect import submit as sub
-
     if follow:
         state = sub.follow(job_id, address)
         typer.echo(f"job {job_id}: {state}")
@@ -648,8 +604,6 @@ def logs(
 @handle_errors
 def stop(job_id: Annotated[str, typer.Argument(help="Job id printed by submit.")], address: SubmitAddressOpt = None) -> None:
     """Stop a submitted job."""
-    from raydetect import submit as sub
-
     typer.echo("stopped" if sub.stop(job_id, address) else "not running")
 
 

@@ -84,15 +84,9 @@ class ModelConfig:
     device: str = "auto"
 
     def validate(self) -> ModelConfig:
-        from raydetect.models import known_model
-
-        if not known_model(self.name):
-            from raydetect.models import list_models
-
-            raise RaydetectError(
-                f"unknown model {self.name!r}; choose one of {', '.join(list_models())} "
-                "or any torchvision classification model name"
-            )
+        """Checks that need no model code; ``models.registry.checked`` adds the name check."""
+        if not self.name:
+            raise RaydetectError("a model name is needed")
         if self.weights is not None and self.random_weights:
             raise RaydetectError("give either --weights or --random-weights, not both")
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
@@ -267,6 +261,41 @@ class ResourceConfig:
         if self.cpus_per_actor is not None:
             _positive("CPUs per actor", self.cpus_per_actor)
         return self
+
+
+SOURCE_KINDS = ("auto", "imagenet", "folder", "parquet", "digits")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where inputs come from. ``uri`` is a local path or any pyarrow filesystem URI (s3://, gs://)."""
+
+    uri: str
+    kind: str = "auto"
+    image_column: str = "image"
+    id_column: str = "id"
+    label_column: str = "label"
+    limit: int | None = None
+    offset: int = 0
+
+    def validate(self) -> Source:
+        _choice("source kind", self.kind, SOURCE_KINDS)
+        if self.limit is not None and self.limit < 1:
+            raise RaydetectError(f"limit must be >= 1; got {self.limit}")
+        if self.offset < 0:
+            raise RaydetectError(f"offset must be >= 0; got {self.offset}")
+        return self
+
+
+def json_default(o: Any) -> Any:
+    """``json.dumps`` fallback for numpy scalars and arrays, and tuples."""
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

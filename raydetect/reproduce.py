@@ -22,13 +22,26 @@ import numpy as np
 import torch
 
 from raydetect.attacks import AttackResult, make_attack
-from raydetect.attribution import Explainer
-from raydetect.config import AttackConfig, AttributionConfig, DetectorConfig, FeatureConfig, ModelConfig, ResourceConfig
-from raydetect.data import LocalImages, batches, quantize
-from raydetect.detector import MIN_PAIRS, fit_and_evaluate
+from raydetect.config import (
+    AttackConfig,
+    AttributionConfig,
+    DetectorConfig,
+    FeatureConfig,
+    ModelConfig,
+    ResourceConfig,
+    Source,
+    to_dict,
+)
+from raydetect.detect.fit import fit_and_evaluate
+from raydetect.detect.training import MIN_PAIRS
 from raydetect.errors import RaydetectError
-from raydetect.features import describe
+from raydetect.explain import Explainer, describe
+from raydetect.images import LocalImages, batches, load_digits_images, load_image_folder
 from raydetect.models import ImageClassifier, load_model
+from raydetect.report import write_report
+from raydetect.report.experiments import reproduction_report
+from raydetect.stages.runner import FusedJob, run_job
+from raydetect.stages.train import run_training
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +112,16 @@ class ThrottledProgress:
 
 
 def run_attack(
-    model: ImageClassifier, images: torch.Tensor, labels: torch.Tensor, cfg: AttackConfig, batch_size: int, progress: Progress
+    model: ImageClassifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: AttackConfig,
+    batch_size: int,
+    progress: Progress,
+    quantize: bool = True,
 ) -> AttackResult:
     """Attack every image in batches; concatenate the per-batch results."""
-    attack = make_attack(model, cfg)
+    attack = make_attack(model, cfg, quantize)
     parts: list[AttackResult] = []
     for sl in batches(len(images), batch_size):
         parts.append(attack(images[sl], labels[sl], keys=np.arange(sl.start, sl.stop)))
@@ -124,8 +143,8 @@ def explain_all(
     feats, preds = [], []
     for sl in batches(len(images), batch_size):
         e = explainer(images[sl], keys=keys[sl], twins=None if twins is None else twins[sl])
-        feats.append(describe(e, fcfg))
-        preds.append(e.targets.numpy())
+        feats.append(describe(e, fcfg).cpu().numpy())
+        preds.append(e.targets.cpu().numpy())
         progress(stage, sl.stop, len(images))
     return np.concatenate(feats), np.concatenate(preds)
 
@@ -170,16 +189,10 @@ def reproduce_local(
         clean_feats = explain_all(explainer, x, features, batch_size, progress, "explain clean", idx)
 
     for cfg in attacks:
-        res = run_attack(model, x, y, cfg, batch_size, progress)
+        # The corrected protocol judges the 8-bit image an auditor receives; the paper's, the float one.
+        res = run_attack(model, x, y, cfg, batch_size, progress, quantize=protocol == "corrected")
         adv = res.adversarial
-        if protocol == "corrected":
-            adv = torch.from_numpy(quantize(adv.numpy(), x.numpy(), cfg.eps))
-            with torch.no_grad():
-                adv_pred = torch.cat([model(adv[sl].to(model.device)).argmax(1).cpu() for sl in batches(len(adv), batch_size)])
-            success = (adv_pred == res.targets) if cfg.mode != "untargeted" else (adv_pred != res.labels)
-        else:
-            success = res.success
-        ok = np.flatnonzero(success.numpy())
+        ok = np.flatnonzero(res.success.numpy())
         result.attack_rows.append(
             {
                 "attack": cfg.name,
@@ -223,8 +236,6 @@ def reproduce_local(
 
 def load_local_data(data: str, model: ImageClassifier, limit: int | None) -> LocalImages:
     """'digits' for sklearn's test digits, else an ImageNet-style folder."""
-    from raydetect.data import load_digits_images, load_image_folder
-
     if data == "digits":
         if model.channels != 1 or model.input_size != 8:
             raise RaydetectError(f"data 'digits' (8x8 grey) does not fit model {model.name}; use --model digits_cnn")
@@ -232,23 +243,6 @@ def load_local_data(data: str, model: ImageClassifier, limit: int | None) -> Loc
     if model.num_classes != 1000:
         raise RaydetectError(f"model {model.name} is not an ImageNet model; use --data digits")
     return load_image_folder(data, model.info.preprocess, limit)
-
-
-def render_report(results: list[ReproResult], attribution: AttributionConfig, features: FeatureConfig) -> str:
-    from raydetect.report import FOOTNOTE, results_section
-
-    lines = ["# raydetect reproduction", ""]
-    for r in results:
-        title = "Paper protocol (replication)" if r.protocol == "paper" else "Corrected protocol"
-        baseline = "pair (each image against its twin)" if r.protocol == "paper" else attribution.baseline
-        description = (
-            f"Model `{r.model}`; {r.n_images} images, {r.n_correct} classified correctly (attacked). "
-            f"Explainer `{attribution.explainer}` ({attribution.n_steps} steps, baseline `{baseline}`); "
-            f"descriptors {', '.join(features.descriptors)} (K={features.quantiles}). Took {r.seconds:.0f} s"
-            + (f" ({r.resumed} images done by an earlier run were not redone)." if r.resumed else ".")
-        )
-        lines += results_section(title, description, r.attack_rows, r.detection_rows, r.transfer, r.bundle)
-    return "\n".join([*lines, FOOTNOTE, ""])
 
 
 def protocol_plan(protocol: Protocol, eps: list[float], steps: int, seed: int) -> tuple[AttackConfig, ...]:
@@ -275,26 +269,15 @@ def _reproduce_ray(
     address: str | None,
 ) -> ReproResult:
     """One protocol through Ray: the fused attack+feature job, then Ray Train per attack and detector."""
-    from raydetect.data import Source
-    from raydetect.detector import run_training
-    from raydetect.pipeline import run_pipeline_job
-
     start = time.perf_counter()
     feats = str(out / protocol / "features")
-    summary = run_pipeline_job(
-        Source(data, limit=limit),
-        feats,
-        model_cfg,
-        attacks,
-        protocol_attribution(protocol, attribution),
-        features,
-        resources,
-        address=address,
-    )
-    rep = run_training(feats, str(out / protocol), kinds=detectors, cfg=DetectorConfig(seed=seed), progress=log.info)
+    job = FusedJob(feats, model_cfg, Source(data, limit=limit), attacks, protocol_attribution(protocol, attribution), features)
+    summary = run_job(job, resources, address)
+    trained = run_training(feats, str(out / protocol), kinds=detectors, cfg=DetectorConfig(seed=seed), progress=log.info)
+    rep = trained.result
     n_correct = rep.attack_rows[0]["n_correct"] if rep.attack_rows else 0
     result = ReproResult(protocol, model_cfg.name, summary.inputs, n_correct, rep.attack_rows, rep.detection_rows)
-    result.transfer, result.bundle, result.seconds = rep.transfer, rep.bundle, time.perf_counter() - start
+    result.transfer, result.bundle, result.seconds = rep.transfer, trained.bundle, time.perf_counter() - start
     result.resumed = summary.skipped_done
     return result
 
@@ -317,9 +300,6 @@ def run_reproduction(
     address: str | None = None,
 ) -> Path:
     """Run each protocol (through Ray, or in this process), write ``report.md`` and ``results.json``."""
-    from raydetect.config import to_dict
-    from raydetect.report import write_json
-
     results: list[ReproResult] = []
     skipped: dict[str, str] = {}
     if engine == "local":
@@ -346,11 +326,9 @@ def run_reproduction(
                     data, out, model_cfg, protocol, attacks, attribution, features, detectors, limit, res, seed, address
                 )
             )
-    out.mkdir(parents=True, exist_ok=True)
-    report = out / "report.md"
-    report.write_text(render_report(results, attribution, features))
-    write_json(
-        out / "results.json",
+    report = write_report(
+        str(out),
+        reproduction_report(results, attribution, features),
         {
             "engine": engine,
             "model": to_dict(model_cfg),
@@ -374,4 +352,4 @@ def run_reproduction(
             ],
         },
     )
-    return report
+    return Path(report)

@@ -12,6 +12,13 @@ canonical form: rows sorted by id, PNG bytes as their SHA-256, every float kept.
 ``--repo`` runs another checkout's code (its ``raydetect`` first on PYTHONPATH), e.g. the commit
 before a refactoring. ``compare`` requires strings, ints and booleans to be equal and floats to be
 within ``--rtol``/``--atol``, and prints the largest float difference per output.
+
+Outputs downstream of a fitted detector (the bundle's weights, audit scores, API scores, training
+metrics) get a looser absolute tolerance, ``--fit-atol``: the *same* code run twice gives
+logistic-regression weights that differ by up to 4.6e-5 (measured at 58c6782), because Ray Data
+batches images differently per run, IG's float sums move by ~1e-7 and the L-BFGS fit over
+near-duplicate descriptor columns amplifies that. Attack rows and descriptors are held to the
+strict tolerance; strings, integers and booleans (statuses, predictions, verdicts) must be equal.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+FIT_OUTPUTS = ("bundle", "audit", "score", "train_results")
+FIT_ATOL = 5e-4
 COMMON = ["--model", "digits_cnn", "--eps", "0.3", "--steps", "5", "--mode", "untargeted", "--mode", "second"]
 
 SCORE_SNIPPET = """
@@ -102,20 +111,24 @@ def record(repo: Path) -> dict[str, Any]:
         }
 
 
-def compare(old: Any, new: Any, path: str, rtol: float, atol: float, diffs: list[str], worst: dict[str, float]) -> None:
-    top = path.split(".")[0].split("[")[0]
+def compare(
+    old: Any, new: Any, path: str, rtol: float, atol: float, fit_atol: float, diffs: list[str], worst: dict[str, float]
+) -> None:
+    top = path.lstrip(".").split(".")[0].split("[")[0]
+    if top in FIT_OUTPUTS:
+        atol = max(atol, fit_atol)
     if isinstance(old, dict) and isinstance(new, dict):
         for k in sorted(set(old) | set(new)):
             if k not in old or k not in new:
                 diffs.append(f"{path}.{k}: only in {'new' if k in new else 'old'}")
                 continue
-            compare(old[k], new[k], f"{path}.{k}", rtol, atol, diffs, worst)
+            compare(old[k], new[k], f"{path}.{k}", rtol, atol, fit_atol, diffs, worst)
     elif isinstance(old, list) and isinstance(new, list):
         if len(old) != len(new):
             diffs.append(f"{path}: {len(old)} items before, {len(new)} after")
             return
         for i, (a, b) in enumerate(zip(old, new, strict=True)):
-            compare(a, b, f"{path}[{i}]", rtol, atol, diffs, worst)
+            compare(a, b, f"{path}[{i}]", rtol, atol, fit_atol, diffs, worst)
     elif isinstance(old, float) and isinstance(new, (int, float)) and not isinstance(new, bool):
         if math.isnan(old) and math.isnan(new):
             return
@@ -134,6 +147,7 @@ def main() -> None:
     p.add_argument("--repo", type=Path, default=ROOT)
     p.add_argument("--rtol", type=float, default=1e-4)
     p.add_argument("--atol", type=float, default=1e-5)
+    p.add_argument("--fit-atol", type=float, default=FIT_ATOL)
     a = p.parse_args()
     got = record(a.repo.resolve())
     if a.action == "record":
@@ -144,14 +158,14 @@ def main() -> None:
     want = json.loads(a.file.read_text())
     diffs: list[str] = []
     worst: dict[str, float] = {}
-    compare(want, json.loads(json.dumps(got)), "", a.rtol, a.atol, diffs, worst)
+    compare(want, json.loads(json.dumps(got)), "", a.rtol, a.atol, a.fit_atol, diffs, worst)
     for k, v in sorted(worst.items()):
         print(f"largest float difference in {k or 'output'}: {v:.3g}")
     if diffs:
         print(f"{len(diffs)} differences beyond rtol={a.rtol}, atol={a.atol}:")
         print("\n".join(diffs[:40]))
         raise SystemExit(1)
-    print("outputs identical up to float tolerance")
+    print(f"outputs identical up to float tolerance (rtol {a.rtol}, atol {a.atol}; {a.fit_atol} after a fit)")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def digits_model():
 
 @pytest.fixture(scope="session")
 def digits_test():
-    from raydetect.data import load_digits_images
+    from raydetect.images import load_digits_images
 
     return load_digits_images("test")
 
@@ -67,15 +67,13 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def digits_bundle(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real detector bundle for digits_cnn: attack + features on 120 digits, then LR (no Ray Train)."""
-    from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig, ModelConfig, ResourceConfig
-    from raydetect.data import Source
-    from raydetect.detector import run_training
-    from raydetect.pipeline import run_pipeline_job
+    from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig, ModelConfig, ResourceConfig, Source
+    from raydetect.stages.runner import FusedJob, run_job
+    from raydetect.stages.train import run_training
 
     base = tmp_path_factory.mktemp("bundle")
     attacks = [AttackConfig(eps=0.3, steps=5), AttackConfig(mode="second", eps=0.3, steps=5)]
-    run_pipeline_job(
-        Source("digits", limit=120), str(base / "f"), ModelConfig(name="digits_cnn"), attacks,
-        AttributionConfig(n_steps=4), FeatureConfig(quantiles=8), ResourceConfig(batch_size=32),
-    )  # fmt: skip
+    job = FusedJob(str(base / "f"), ModelConfig(name="digits_cnn"), Source("digits", limit=120), attacks,
+                   AttributionConfig(n_steps=4), FeatureConfig(quantiles=8))  # fmt: skip
+    run_job(job, ResourceConfig(batch_size=32))
     return Path(run_training(str(base / "f"), str(base / "t"), kinds=("lr",), use_ray=False, n_boot=50).bundle)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from raydetect.data import digits_split
+from raydetect.images import digits_split
 
 BROKEN_FILES = {
     "zero.png": "empty",

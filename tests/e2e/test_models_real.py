@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from raydetect.config import ModelConfig
-from raydetect.data import batches, load_image_folder
+from raydetect.images import batches, load_image_folder
 from raydetect.models import load_model
 from tests.conftest import imagenet_sample_or_skip
 

@@ -9,15 +9,24 @@ from pathlib import Path
 
 import pytest
 
-from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig, ModelConfig, ResourceConfig
-from raydetect.data import Source, output_files, read_output
-from raydetect.pipeline import run_attack_job, run_feature_job
+from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig, ModelConfig, ResourceConfig, Source
+from raydetect.stages.runner import AttackJob, FeatureJob, JobSummary, run_job
+from raydetect.store import output_files, read_output
 from tests.helpers import BROKEN_FILES, write_digit_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ModelConfig(name="digits_cnn")
 ATTACKS = [AttackConfig(eps=0.3, steps=5), AttackConfig(mode="second", eps=0.3, steps=5)]
 RES = ResourceConfig(batch_size=8)
+
+
+def run_attack_job(source: Source, out: str, model: ModelConfig, attacks: list[AttackConfig], res: ResourceConfig) -> JobSummary:
+    return run_job(AttackJob(out, model, source, attacks), res)
+
+
+def run_feature_job(attacks_dir: str, out: str, model: ModelConfig, attribution: AttributionConfig, features: FeatureConfig,
+                    res: ResourceConfig) -> JobSummary:  # fmt: skip
+    return run_job(FeatureJob(out, model, attacks_dir, attribution, features), res)
 
 
 def _raw_ids(out: Path) -> list[str]:
@@ -75,10 +84,9 @@ def test_a_killed_job_resumes_with_no_missing_and_no_duplicate_ids(ray_cluster, 
     out = tmp_path / "attacks"
     n = 240
     script = (
-        "import sys; from raydetect.pipeline import run_attack_job; from raydetect.data import Source;"
-        "from raydetect.config import *;"
-        f"run_attack_job(Source('digits', limit={n}), {str(out)!r}, ModelConfig(name='digits_cnn'),"
-        " [AttackConfig(eps=0.3, steps=60)], ResourceConfig(batch_size=8), address=sys.argv[1])"
+        "import sys; from raydetect.stages.runner import AttackJob, run_job; from raydetect.config import *;"
+        f"run_job(AttackJob({str(out)!r}, ModelConfig(name='digits_cnn'), Source('digits', limit={n}),"
+        " [AttackConfig(eps=0.3, steps=60)]), ResourceConfig(batch_size=8), address=sys.argv[1])"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = tmp_path / "driver.log"

@@ -7,9 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raydetect.data import Source, read_source
+from raydetect.config import Source
 from raydetect.errors import RaydetectError
-from raydetect.models import Preprocess
+from raydetect.images import Preprocess
+from raydetect.stages.read import read_source
 from tests.helpers import BROKEN_FILES, digit_png, write_digit_folder
 
 GREY8 = Preprocess(resize=8, crop=8, channels=1)

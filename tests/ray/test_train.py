@@ -3,10 +3,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig, ModelConfig, ResourceConfig
-from raydetect.data import Source
-from raydetect.detector import Detector, fit_model, fit_on_ray, pair_split, run_training
-from raydetect.pipeline import run_pipeline_job
+from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig, ModelConfig, ResourceConfig, Source
+from raydetect.detect import Detector
+from raydetect.detect.fit import FitJob, fit_head
+from raydetect.detect.ray_fit import fit_on_ray
+from raydetect.detect.splits import pair_split
+from raydetect.stages.runner import FusedJob, run_job
+from raydetect.stages.train import run_training
 
 
 @pytest.mark.parametrize("kind", ["lr", "rf", "xgboost"])
@@ -14,8 +17,9 @@ def test_each_detector_kind_trains_through_ray_train(ray_cluster, kind, tmp_path
     rng = np.random.default_rng(1)
     X = rng.normal(size=(200, 6)).astype(np.float32)
     y = (X[:, 0] > 0).astype(np.int64)
-    remote = fit_on_ray(kind, X, y, {"n_estimators": 20} if kind == "rf" else None, storage=str(tmp_path))
-    local = fit_model(kind, X, y, {"n_estimators": 20} if kind == "rf" else None)
+    params = {"n_estimators": 20} if kind == "rf" else None
+    (remote,) = fit_on_ray([FitJob(kind, X, y, params)], storage=str(tmp_path))
+    local = fit_head(kind, X, y, params)
     assert np.allclose(remote.predict_proba(X), local.predict_proba(X), atol=1e-6)
 
 
@@ -23,27 +27,21 @@ def test_training_job_writes_tables_transfer_matrix_and_a_bundle(ray_cluster, tm
     monkeypatch.chdir(tmp_path)  # relative output paths, as users type them (Ray Train wants absolute URIs)
     attacks = [AttackConfig(eps=0.3, steps=5), AttackConfig(mode="second", eps=0.3, steps=5)]
     fcfg = FeatureConfig(quantiles=8)
-    run_pipeline_job(
-        Source("digits", limit=120),
-        "f",
-        ModelConfig(name="digits_cnn"),
-        attacks,
-        AttributionConfig(n_steps=4),
-        fcfg,
-        ResourceConfig(batch_size=32),
-    )
-    rep = run_training("f", "t", kinds=("lr", "rf"), use_ray=True, n_boot=50)
+    job = FusedJob("f", ModelConfig(name="digits_cnn"), Source("digits", limit=120), attacks, AttributionConfig(n_steps=4), fcfg)
+    run_job(job, ResourceConfig(batch_size=32))
+    trained = run_training("f", "t", kinds=("lr", "rf"), use_ray=True, n_boot=50)
+    rep = trained.result
     assert {r["attack"] for r in rep.attack_rows} == {a.name for a in attacks}
     assert all(0 < r["success_rate"] <= 1 for r in rep.attack_rows)
     assert len(rep.detection_rows) == 4 and set(rep.transfer["rf"]) == {a.name for a in attacks}
-    det = Detector.load(rep.bundle)
+    det = Detector.load(trained.bundle)
     det.check_compatible("digits_cnn", det.attribution, det.features)
     assert det.trained_on == sorted(a.name for a in attacks)
     assert det.metrics["overall"]["n_test_pairs"] > 0
 
     # Attacks with too few successful pairs get no detector row or transfer cell, but feed the bundle.
     few = run_training("f", "t2", kinds=("lr",), use_ray=False, n_boot=10, min_pairs=10_000)
-    assert few.detection_rows == [] and few.transfer == {}
+    assert few.result.detection_rows == [] and few.result.transfer == {}
     assert Detector.load(few.bundle).trained_on == sorted(a.name for a in attacks)
 
 

@@ -28,6 +28,17 @@ def test_perturbation_stays_in_eps_ball_and_pixel_range(digits_model, batch, met
     assert r.success.dtype == torch.bool and r.success.shape == (len(x),)
 
 
+def test_results_are_8bit_images_inside_the_ball_judged_as_such(digits_model, batch) -> None:
+    x, y = batch
+    x8 = torch.round(x * 255) / 255  # what an auditor receives is 8-bit from the start
+    r = make_attack(digits_model, AttackConfig(eps=4 / 255, steps=10))(x8, y)
+    assert torch.equal(r.adversarial, torch.round(r.adversarial * 255) / 255)  # on the 8-bit grid
+    assert (r.adversarial - x8).abs().max() <= 4 / 255 + 1e-6
+    with torch.no_grad():
+        assert torch.equal(r.adv_pred, digits_model(r.adversarial).argmax(1))  # judged on the returned image
+    assert torch.equal(r.success, r.adv_pred != y)
+
+
 def test_bim_beats_fgsm_at_the_same_eps(digits_model, batch) -> None:
     x, y = batch
     fgsm = make_attack(digits_model, AttackConfig(method="fgsm", eps=0.2))(x, y).success_rate()
@@ -38,8 +49,8 @@ def test_bim_beats_fgsm_at_the_same_eps(digits_model, batch) -> None:
 def test_bim_really_iterates(digits_model, batch) -> None:
     """Unlike the paper's code, more BIM steps change the result (it does not restart from x)."""
     x, y = batch
-    one = make_attack(digits_model, AttackConfig(method="bim", eps=0.2, steps=1, alpha=0.05))(x, y)
-    many = make_attack(digits_model, AttackConfig(method="bim", eps=0.2, steps=8, alpha=0.05))(x, y)
+    one = make_attack(digits_model, AttackConfig(method="bim", eps=0.2, steps=1, alpha=0.05), quantize=False)(x, y)
+    many = make_attack(digits_model, AttackConfig(method="bim", eps=0.2, steps=8, alpha=0.05), quantize=False)(x, y)
     assert (one.adversarial - x).abs().max() <= 0.05 + 1e-6
     assert (many.adversarial - x).abs().max() > 0.05 + 1e-3
     assert many.success_rate() > one.success_rate()
@@ -47,8 +58,8 @@ def test_bim_really_iterates(digits_model, batch) -> None:
 
 def test_paper_bim_is_one_fgsm_step_whatever_the_steps(digits_model, batch) -> None:
     x, y = batch
-    paper = make_attack(digits_model, AttackConfig(method="paper_bim", eps=0.1, steps=20))(x, y)
-    fgsm = make_attack(digits_model, AttackConfig(method="fgsm", eps=0.1))(x, y)
+    paper = make_attack(digits_model, AttackConfig(method="paper_bim", eps=0.1, steps=20), quantize=False)(x, y)
+    fgsm = make_attack(digits_model, AttackConfig(method="fgsm", eps=0.1), quantize=False)(x, y)
     assert torch.equal(paper.adversarial, fgsm.adversarial)
     # Every pixel that moved moved by exactly eps (or hit the [0,1] boundary).
     d = (paper.adversarial - x).abs()

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from raydetect.attribution import Explainer, gaussian_blur
 from raydetect.config import AttributionConfig
 from raydetect.errors import RaydetectError
+from raydetect.explain import Explainer, gaussian_blur
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +92,32 @@ def test_config_validation() -> None:
         AttributionConfig(baseline="train").validate()
     with pytest.raises(RaydetectError, match="steps"):
         AttributionConfig(n_steps=0).validate()
+
+
+@pytest.mark.parametrize("method", ["gausslegendre", "riemann_trapezoid", "riemann_left"])
+@pytest.mark.parametrize("chunk", [None, 8])
+def test_our_ig_equals_captums(digits_model, images, method, chunk) -> None:
+    """raydetect's torch IG (differentiable) computes what captum's IntegratedGradients does."""
+    from captum.attr import IntegratedGradients
+
+    cfg = AttributionConfig(n_steps=6, baseline="blur", integration=method, internal_batch_size=chunk)
+    ours = Explainer(digits_model, cfg)(images)
+    ref = IntegratedGradients(digits_model).attribute(
+        images, baselines=gaussian_blur(images, cfg.blur_sigma), target=ours.targets, n_steps=6, method=method
+    )
+    assert torch.allclose(ours.attributions, ref, atol=1e-5, rtol=1e-4)
+    assert not torch.equal(ref, torch.zeros_like(ref))
+
+
+def test_explanations_differentiate_through_the_image(digits_model, images) -> None:
+    """With create_graph the attribution is a function of the image; without, it is detached."""
+    cfg = AttributionConfig(n_steps=4)
+    x = images[:4].clone().requires_grad_(True)
+    e = Explainer(digits_model, cfg)(x, create_graph=True)
+    (grad,) = torch.autograd.grad(e.attributions.abs().sum(), x)
+    assert grad.abs().sum() > 0
+    plain = Explainer(digits_model, cfg)(images[:4])
+    assert not plain.attributions.requires_grad
+    assert torch.allclose(plain.attributions, e.attributions.detach(), atol=1e-6)
+    with pytest.raises(RaydetectError, match="not differentiable"):
+        Explainer(digits_model, AttributionConfig(explainer="layer_ig", layer="middle"))(x, create_graph=True)

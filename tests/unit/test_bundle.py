@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from raydetect.config import AttributionConfig, FeatureConfig, ModelConfig, to_dict
-from raydetect.detector import MODEL_FILES, Detector, FeatureSet, ForestModel, fit_model
+from raydetect.detect import HEADS, Detector, ForestHead
+from raydetect.detect.dataset import FeatureSet
+from raydetect.detect.fit import fit_head
 from raydetect.errors import RaydetectError
-from raydetect.features import feature_names
+from raydetect.explain import feature_names
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,7 @@ def test_forest_export_predicts_exactly_like_sklearn(data) -> None:
 
     X, y = data
     rf = RandomForestClassifier(n_estimators=40, random_state=0).fit(X, y)
-    assert np.array_equal(ForestModel.from_sklearn(rf).predict_proba(X), rf.predict_proba(X)[:, 1])
+    assert np.array_equal(ForestHead.from_sklearn(rf).predict_proba(X), rf.predict_proba(X)[:, 1])
 
 
 def test_linear_model_matches_sklearn_pipeline(data) -> None:
@@ -34,13 +36,13 @@ def test_linear_model_matches_sklearn_pipeline(data) -> None:
 
     X, y = data
     ref = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, random_state=0)).fit(X, y)
-    assert np.allclose(fit_model("lr", X, y).predict_proba(X), ref.predict_proba(X)[:, 1], atol=1e-9)
+    assert np.allclose(fit_head("lr", X, y).predict_proba(X), ref.predict_proba(X)[:, 1], atol=1e-9)
 
 
 def _detector(kind: str, X: np.ndarray, y: np.ndarray) -> Detector:
     fcfg = FeatureConfig(descriptors=("stats",), quantiles=8)
     return Detector(
-        model=fit_model(kind, X, y),
+        head=fit_head(kind, X, y),
         threshold=0.5,
         target_fpr=0.05,
         model_config=to_dict(ModelConfig(name="digits_cnn")),
@@ -63,7 +65,7 @@ def test_bundle_round_trip_gives_identical_scores(kind, data, tmp_path) -> None:
     assert back.kind == kind and back.threshold == det.threshold and back.trained_on == det.trained_on
     assert np.array_equal(back.predict_proba(X), det.predict_proba(X))
     files = {p.name for p in (tmp_path / "b").iterdir()}
-    assert files == {"manifest.json", "SHA256SUMS", MODEL_FILES[kind]}
+    assert files == {"manifest.json", "SHA256SUMS", HEADS[kind].file}
     assert not any(name.endswith((".pkl", ".pickle", ".joblib")) for name in files)
 
 
@@ -72,7 +74,7 @@ def test_a_tampered_bundle_is_refused(target, data, tmp_path) -> None:
     X, y = data
     _detector("lr", X, y).save(tmp_path / "b")
     if target == "model":
-        path = tmp_path / "b" / MODEL_FILES["lr"]
+        path = tmp_path / "b" / HEADS["lr"].file
         d = json.loads(path.read_text())
         d["intercept"] += 5.0  # a quiet edit that would flip many verdicts
         path.write_text(json.dumps(d))
@@ -130,3 +132,69 @@ def test_feature_set_pairs_clean_rows_with_their_attack() -> None:
     assert fs.attacks == ["x", "y"]
     _, yy, pairs = fs.for_attacks(["x"])
     assert sorted(zip(pairs, yy, strict=True)) == [("a", 0), ("a", 1)]
+
+
+@pytest.mark.parametrize("kind", ["lr", "rf", "xgboost"])
+def test_torch_heads_equal_the_fitted_libraries(kind, data) -> None:
+    """The heads score in torch; they must agree with the library that fitted them."""
+    X, y = data
+    head = fit_head(kind, X, y, {"n_estimators": 30} if kind == "rf" else {"num_boost_round": 30} if kind == "xgboost" else None)
+    if kind == "xgboost":
+        import xgboost as xgb
+
+        booster = xgb.Booster()
+        booster.load_model(bytearray(head.to_bytes()))
+        ref = booster.inplace_predict(X)
+    elif kind == "rf":
+        from sklearn.ensemble import RandomForestClassifier
+
+        ref = RandomForestClassifier(n_estimators=30, random_state=0, max_features="sqrt").fit(X, y).predict_proba(X)[:, 1]
+    else:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        s = StandardScaler().fit(X)
+        ref = LogisticRegression(max_iter=5000, random_state=0).fit(s.transform(X), y).predict_proba(s.transform(X))[:, 1]
+    np.testing.assert_allclose(head.predict_proba(X), ref, atol=1e-5)
+    assert 0.1 < head.predict_proba(X).mean() < 0.9  # not a constant
+
+
+def test_one_score_serves_the_api_the_audit_and_the_gradient(data, digits_model, digits_test) -> None:
+    """Detector.score, the audit stage and the differentiable score are one function."""
+    import torch
+
+    from raydetect.stages.audit import AuditStage
+
+    det = _detector_on_images(digits_model, digits_test)
+    x = digits_test.images[:12]
+    api = det.score(x, model=digits_model)
+    batch = {"id": np.array([f"i{i}" for i in range(12)], dtype=object), "path": np.array([""] * 12, dtype=object),
+             "label": np.full(12, -1), "image": x, "status": np.array(["ok"] * 12, dtype=object),
+             "error": np.array([""] * 12, dtype=object)}  # fmt: skip
+    audit = np.array(AuditStage(lambda: digits_model, det)(batch).column("score").to_pylist())
+    xt = torch.from_numpy(x).requires_grad_(True)
+    scored = det.scorer(digits_model).run(xt, create_graph=True)
+    np.testing.assert_allclose(audit, api, atol=1e-6)
+    np.testing.assert_allclose(scored.score.detach().numpy(), api, atol=1e-5)
+    (grad,) = torch.autograd.grad(scored.logit.sum(), xt)
+    assert grad.abs().sum() > 0  # the attacker's gradient reaches the image
+    assert api.std() > 1e-3  # a real spread of scores, not a constant
+
+
+def _detector_on_images(model, digits_test) -> Detector:
+    """An LR detector fitted on real descriptors of clean vs. noisy digits (enough to give spread)."""
+    import torch
+
+    from raydetect.explain import Explainer, describe
+
+    acfg, fcfg = AttributionConfig(n_steps=4), FeatureConfig(quantiles=8)
+    x = torch.from_numpy(digits_test.images[:80])
+    noisy = (x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    ex = Explainer(model, acfg)
+    X = torch.cat([describe(ex(x), fcfg), describe(ex(noisy), fcfg)]).numpy()
+    y = np.r_[np.zeros(80, int), np.ones(80, int)]
+    return Detector(
+        head=fit_head("lr", X, y), threshold=0.5, target_fpr=0.05, model_config=to_dict(ModelConfig(name="digits_cnn")),
+        attribution=to_dict(acfg), features=to_dict(fcfg), feature_names=feature_names(fcfg), trained_on=["noise"],
+        metrics={}, params={},
+    )  # fmt: skip

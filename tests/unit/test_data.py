@@ -6,17 +6,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raydetect.data import (
+from raydetect.attacks import quantize as quantize_tensor
+from raydetect.images import (
     ImageError,
+    Preprocess,
     decode_image,
     decode_png,
     digits_split,
     encode_png,
     imagenet_classes,
     imagenet_label,
-    quantize,
 )
-from raydetect.models import Preprocess
+
+
+def quantize(images: np.ndarray, clean: np.ndarray | None = None, eps: float | None = None) -> np.ndarray:
+    import torch
+
+    c = None if clean is None else torch.from_numpy(clean)
+    return quantize_tensor(torch.from_numpy(images), c, eps).numpy()
 
 PRE = Preprocess(resize=40, crop=32)
 

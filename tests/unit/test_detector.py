@@ -4,16 +4,10 @@ import numpy as np
 import pytest
 
 from raydetect.config import DetectorConfig
-from raydetect.detector import (
-    bootstrap_ci,
-    evaluate,
-    fit_and_evaluate,
-    grouped_folds,
-    pair_split,
-    roc_auc,
-    threshold_for_fpr,
-    tpr_at_fpr,
-)
+from raydetect.detect.dataset import FeatureSet
+from raydetect.detect.fit import fit_and_evaluate, fit_head
+from raydetect.detect.metrics import bootstrap_ci, evaluate, roc_auc, threshold_for_fpr, tpr_at_fpr
+from raydetect.detect.splits import grouped_folds, pair_split
 
 
 def test_pair_split_never_straddles() -> None:
@@ -77,8 +71,6 @@ def test_feature_rows_in_any_file_order_fit_the_same_forest(rng) -> None:
     # Ray writes part files in a different order each run; the fitted detector must not care.
     import pyarrow as pa
 
-    from raydetect.detector import FeatureSet, fit_model
-
     n = 60
     X = rng.normal(size=(2 * n, 6)).astype(np.float32)
     X[n:] += 0.7
@@ -94,5 +86,5 @@ def test_feature_rows_in_any_file_order_fit_the_same_forest(rng) -> None:
     probs = []
     for t in (table, shuffled):
         Xa, ya, _ = FeatureSet.from_table(t).for_attacks(["x"])
-        probs.append(fit_model("rf", Xa, ya, seed=0).predict_proba(X))
+        probs.append(fit_head("rf", Xa, ya, seed=0).predict_proba(X))
     np.testing.assert_array_equal(probs[0], probs[1])

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from raydetect.attribution import Explanation
 from raydetect.config import DESCRIPTORS, FeatureConfig
 from raydetect.errors import RaydetectError
-from raydetect.features import describe, feature_names, sorted_quantiles
+from raydetect.explain import Explanation, describe, feature_names
+from raydetect.explain.descriptors import sorted_quantiles
 
 
 def _explanation(n: int, c: int, h: int, w: int, seed: int = 0) -> Explanation:
@@ -27,7 +27,7 @@ def test_descriptor_length_is_fixed_whatever_the_image_size(size: int) -> None:
     cfg = FeatureConfig(descriptors=tuple(DESCRIPTORS), quantiles=32)  # type: ignore[arg-type]
     f = describe(_explanation(3, 3, size, size), cfg)
     assert f.shape == (3, len(feature_names(cfg)))
-    assert f.dtype == np.float32 and np.isfinite(f).all()
+    assert f.dtype == torch.float32 and bool(torch.isfinite(f).all())
 
 
 def test_sorted_quantiles_are_the_sorted_values_resampled() -> None:

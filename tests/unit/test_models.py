@@ -6,7 +6,9 @@ from torch import nn
 
 from raydetect.config import ModelConfig
 from raydetect.errors import RaydetectError
-from raydetect.models import fold_batchnorms, load_model, train_digits_cnn
+from raydetect.models import checked, load_model
+from raydetect.models.classifier import fold_batchnorms
+from raydetect.models.digits import train_digits_cnn
 
 
 def test_efficientnet_lite0_loads_embedded_weights_strictly() -> None:
@@ -74,7 +76,7 @@ def test_bad_weights_file_is_a_clear_error(tmp_path) -> None:
 
 def test_unknown_model_is_rejected_at_validation() -> None:
     with pytest.raises(RaydetectError, match="unknown model"):
-        ModelConfig(name="no_such_net").validate()
+        checked(ModelConfig(name="no_such_net"))
 
 
 def test_batchnorm_folding_keeps_the_function() -> None:

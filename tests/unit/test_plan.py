@@ -4,7 +4,7 @@ import pytest
 
 from raydetect.config import ResourceConfig
 from raydetect.errors import RaydetectError
-from raydetect.pipeline import plan_resources
+from raydetect.stages.plan import plan_resources
 
 
 def test_a_two_core_laptop_keeps_a_cpu_for_reads() -> None:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from raydetect.config import AttributionConfig, FeatureConfig, ModelConfig
-from raydetect.data import load_digits_images
 from raydetect.errors import RaydetectError
+from raydetect.images import load_digits_images
 from raydetect.reproduce import protocol_attacks, protocol_attribution, reproduce_local
 
 

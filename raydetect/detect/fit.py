@@ -1,0 +1,122 @@
+"""Fitting detectors in this process, choosing their threshold, evaluating them on held-out pairs.
+
+``fit_head`` runs anywhere: here, or inside a Ray Train worker (``detect.ray_fit``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from raydetect.config import DetectorConfig
+from raydetect.detect.heads import BoosterHead, ForestHead, Head, LinearHead
+from raydetect.detect.metrics import Evaluation, evaluate, threshold_for_fpr
+from raydetect.detect.splits import pair_split
+from raydetect.errors import RaydetectError
+
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "lr": {"C": 1.0, "max_iter": 5000},
+    "rf": {"n_estimators": 300, "min_samples_leaf": 1, "max_features": "sqrt"},
+    "xgboost": {"num_boost_round": 300, "max_depth": 4, "eta": 0.05, "subsample": 0.8, "colsample_bytree": 0.8},
+}
+
+
+def fit_head(
+    kind: str,
+    X: np.ndarray,
+    y: np.ndarray,
+    params: dict[str, Any] | None = None,
+    seed: int = 0,
+    n_jobs: int = 1,
+    device: str = "cpu",
+) -> Head:
+    """Fit one detector on descriptor rows X (N, D) with labels y (N,) in {0, 1}."""
+    merged = {**DEFAULT_PARAMS[kind], **(params or {})}
+    if len(np.unique(y)) < 2:
+        raise RaydetectError("the training split holds only one class; add more images or pairs")
+    if kind == "lr":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        scaler = StandardScaler().fit(X)
+        lr = LogisticRegression(random_state=seed, **merged).fit(scaler.transform(X), y)
+        return LinearHead(scaler.mean_, scaler.scale_, lr.coef_[0], float(lr.intercept_[0]))
+    if kind == "rf":
+        from sklearn.ensemble import RandomForestClassifier
+
+        return ForestHead.from_sklearn(RandomForestClassifier(random_state=seed, n_jobs=n_jobs, **merged).fit(X, y))
+    if kind == "xgboost":
+        import xgboost as xgb
+
+        rounds = int(merged.pop("num_boost_round"))
+        booster_params = {
+            "objective": "binary:logistic", "eval_metric": "logloss", "seed": seed, "nthread": n_jobs,
+            "tree_method": "hist", "device": device, **merged,
+        }  # fmt: skip
+        booster = xgb.train(booster_params, xgb.DMatrix(X, label=y), num_boost_round=rounds)
+        return BoosterHead(bytes(booster.save_raw("json")))
+    raise RaydetectError(f"unknown detector kind {kind!r}")
+
+
+@dataclass(frozen=True)
+class FitJob:
+    """One detector to fit: its kind, data and hyper-parameters."""
+
+    kind: str
+    X: np.ndarray
+    y: np.ndarray
+    params: dict[str, Any] | None = None
+    seed: int = 0
+
+
+# Fits a list of jobs and returns their heads in order: locally, or through Ray Train.
+Fitter = Callable[[Sequence[FitJob]], list[Head]]
+
+
+def fit_local(jobs: Sequence[FitJob]) -> list[Head]:
+    return [fit_head(j.kind, j.X, j.y, j.params, j.seed) for j in jobs]
+
+
+def clean_threshold(head: Head, X_clean: np.ndarray, target_fpr: float) -> float:
+    """The threshold that flags ``target_fpr`` of these clean rows (flag when score > threshold)."""
+    return threshold_for_fpr(head.predict_proba(X_clean), target_fpr)
+
+
+@dataclass
+class Split:
+    """Row indices of one pair-aware split: fit, validation (threshold), test."""
+
+    fit: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def split_rows(pairs: np.ndarray, cfg: DetectorConfig) -> Split:
+    """Test pairs first, then a validation share of the rest; every pair stays on one side."""
+    train, test = pair_split(pairs, cfg.test_fraction, cfg.seed)
+    fit_mask, val_mask = pair_split(pairs[train], cfg.val_fraction, cfg.seed + 1)
+    rest = np.flatnonzero(train)
+    return Split(rest[fit_mask], rest[val_mask], np.flatnonzero(test))
+
+
+@dataclass
+class FitResult:
+    model: Head
+    threshold: float
+    evaluation: Evaluation
+    train_rows: int
+    val_rows: int
+
+
+def fit_and_evaluate(
+    X: np.ndarray, y: np.ndarray, pairs: np.ndarray, cfg: DetectorConfig, n_boot: int = 1000, fitter: Fitter = fit_local
+) -> FitResult:
+    """Fit on training pairs, choose the threshold on validation clean rows, evaluate on test pairs."""
+    s = split_rows(pairs, cfg)
+    (model,) = fitter([FitJob(cfg.kind, X[s.fit], y[s.fit], cfg.params, cfg.seed)])
+    thr = clean_threshold(model, X[s.val][y[s.val] == 0], cfg.target_fpr)
+    ev = evaluate(y[s.test], model.predict_proba(X[s.test]), pairs[s.test], thr, n_boot, cfg.seed)
+    return FitResult(model, thr, ev, len(s.fit), len(s.val))

@@ -1,0 +1,154 @@
+"""Per-attack detectors (Table 2), the transfer matrix, and the one detector users audit with.
+
+Pure computation over descriptor rows; the job around it (reading outputs, Ray Train, writing
+the bundle and report) is ``stages.train``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from raydetect.config import DetectorConfig, FeatureConfig, from_dict
+from raydetect.detect.bundle import Detector
+from raydetect.detect.dataset import FeatureSet
+from raydetect.detect.fit import DEFAULT_PARAMS, FitJob, Fitter, clean_threshold, fit_local, split_rows
+from raydetect.detect.heads import Head
+from raydetect.detect.metrics import evaluate, roc_auc
+from raydetect.detect.splits import pair_split
+from raydetect.errors import RaydetectError
+from raydetect.explain import feature_names
+
+# Fewest successful pairs an attack needs for a detector (and table row) of its own: an AUC
+# over one or two held-out pairs is noise.
+MIN_PAIRS = 10
+MODE_ORDER = ("untargeted", "random", "second")
+
+
+def attack_table(table: Any) -> list[dict[str, Any]]:
+    """Table 1 rows from feature (or attack) output: success over correctly classified images."""
+    rows: dict[str, dict[str, Any]] = {}
+    cols = [c for c in ("kind", "attack", "method", "mode", "eps", "steps", "status", "success") if c in table.column_names]
+    for r in table.select(cols).to_pylist():
+        if r["kind"] != "adversarial":
+            continue
+        row = rows.setdefault(
+            r["attack"],
+            {"attack": r["attack"], "method": r["method"], "mode": r["mode"], "eps": r["eps"], "steps": r.get("steps", 0),
+             "n_correct": 0, "n_success": 0},
+        )  # fmt: skip
+        row["n_correct"] += 1
+        row["n_success"] += int(bool(r["success"]))
+    out = sorted(
+        rows.values(), key=lambda r: (r["eps"], r["method"], MODE_ORDER.index(r["mode"]) if r["mode"] in MODE_ORDER else 9)
+    )
+    for r in out:
+        r["success_rate"] = r["n_success"] / r["n_correct"] if r["n_correct"] else float("nan")
+    return out
+
+
+@dataclass
+class TrainingResult:
+    attack_rows: list[dict[str, Any]]
+    detection_rows: list[dict[str, Any]]
+    transfer: dict[str, dict[str, dict[str, float]]]  # detector -> train attack -> test attack -> AUC
+    detector: Detector  # trained on every chosen attack; not yet saved
+    bundle_metrics: dict[str, Any]
+
+
+def train_detectors(
+    table: Any,
+    job: dict[str, Any],
+    kinds: tuple[str, ...] = ("lr",),
+    cfg: DetectorConfig | None = None,
+    attacks: list[str] | None = None,
+    bundle_kind: str | None = None,
+    fitter: Fitter = fit_local,
+    n_boot: int = 1000,
+    transfer: bool = True,
+    progress: Callable[[str], None] | None = None,
+    min_pairs: int = MIN_PAIRS,
+) -> TrainingResult:
+    """Fit every detector kind per attack, evaluate on held-out pairs, and build one bundle.
+
+    ``table``: feature-job rows; ``job``: the feature job's recorded config (model, attribution,
+    features), which the bundle carries. The bundle (kind ``bundle_kind``, default the first of
+    ``kinds``) is trained on all selected attacks together, as an auditor needs one detector for
+    whatever attack comes. Attacks with fewer than ``min_pairs`` successful pairs still feed the
+    bundle, but get no detector and no row of their own.
+    """
+    cfg = cfg or DetectorConfig()
+    say = progress or (lambda msg: None)
+    fs = FeatureSet.from_table(table)
+    chosen = attacks or fs.attacks
+    unknown = set(chosen) - set(fs.attacks)
+    if unknown:
+        raise RaydetectError(
+            f"no successful adversarial rows for {', '.join(sorted(unknown))}; present: {', '.join(fs.attacks) or 'none'}"
+        )
+    if not chosen:
+        raise RaydetectError("the features hold no successful adversarial images to learn from")
+
+    # (X, y, pairs) per attack and for all of them, selected once: the fits, the transfer
+    # matrix and the bundle's evaluation all read the same rows.
+    bkind = bundle_kind or kinds[0]
+    by_attack = {a: fs.for_attacks([a]) for a in chosen}
+    all_rows = fs.for_attacks(chosen)
+    n_pairs = {a: len(set(by_attack[a][2])) for a in chosen}
+    evaluable = [a for a in chosen if n_pairs[a] >= min_pairs]
+    for a in chosen:
+        if a not in evaluable:
+            say(f"{a}: only {n_pairs[a]} successful pairs (< {min_pairs}); no detector of its own")
+    # Plan every fit first (per attack and kind, plus the bundle "*"), then fit them in one go.
+    plans = [(kind, a, *by_attack[a]) for kind in kinds for a in evaluable]
+    plans.append((bkind, "*", *all_rows))
+    splits = [split_rows(pairs, cfg) for _, _, _, _, pairs in plans]
+    jobs = [FitJob(kind, X[s.fit], y[s.fit], cfg.params, cfg.seed) for (kind, _, X, y, _), s in zip(plans, splits, strict=True)]
+    say(f"fitting {len(jobs)} detectors ({', '.join(kinds)}) on {len(chosen)} attack(s)")
+    heads = fitter(jobs)
+
+    detection_rows: list[dict[str, Any]] = []
+    fitted: dict[tuple[str, str], tuple[Head, float]] = {}
+    for (kind, a, X, y, pairs), head, s in zip(plans, heads, splits, strict=True):
+        thr = clean_threshold(head, X[s.val][y[s.val] == 0], cfg.target_fpr)
+        fitted[(kind, a)] = (head, thr)
+        if a != "*":
+            ev = evaluate(y[s.test], head.predict_proba(X[s.test]), pairs[s.test], thr, n_boot, cfg.seed)
+            detection_rows.append({"attack": a, "detector": kind, "train_rows": len(s.fit), **ev.to_dict()})
+
+    def test_rows(a: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        X, y, pairs = all_rows if a is None else by_attack[a]
+        _, test = pair_split(pairs, cfg.test_fraction, cfg.seed)
+        return X[test], y[test], pairs[test]
+
+    matrix: dict[str, dict[str, dict[str, float]]] = {}
+    if transfer and len(evaluable) > 1:
+        for kind in kinds:
+            matrix[kind] = {}
+            for a in evaluable:
+                head = fitted[(kind, a)][0]
+                matrix[kind][a] = {}
+                for b in evaluable:
+                    Xb, yb, _ = test_rows(b)
+                    matrix[kind][a][b] = roc_auc(yb, head.predict_proba(Xb))
+
+    head, thr = fitted[(bkind, "*")]
+    per_attack = {}
+    for a in evaluable:
+        Xa, ya, pa = test_rows(a)
+        per_attack[a] = evaluate(ya, head.predict_proba(Xa), pa, thr, n_boot, cfg.seed).to_dict()
+    Xt, yt, pt = test_rows(None)
+    metrics = {"overall": evaluate(yt, head.predict_proba(Xt), pt, thr, n_boot, cfg.seed).to_dict(), "per_attack": per_attack}
+    fcfg = job.get("features", {})
+    names = feature_names(from_dict(FeatureConfig, fcfg)) if fcfg else [f"f{i}" for i in range(all_rows[0].shape[1])]
+    if len(names) != all_rows[0].shape[1]:
+        raise RaydetectError(f"feature output has {all_rows[0].shape[1]} columns but its config names {len(names)}")
+    detector = Detector(
+        head=head, threshold=thr, target_fpr=cfg.target_fpr, model_config=job.get("model", {}),
+        attribution=job.get("attribution", {}), features=fcfg, feature_names=names, trained_on=list(chosen),
+        metrics=metrics, params={**DEFAULT_PARAMS[bkind], **cfg.params},
+    )  # fmt: skip
+    return TrainingResult(attack_table(table), detection_rows, matrix, detector, metrics)

@@ -1,0 +1,175 @@
+"""Explainers, one registry: name -> how it attributes a batch, and whether it is differentiable.
+
+Each image is explained on its own, for the model's predicted class (an auditor has no label),
+against a baseline built from that image alone (black, blurred, noise), from clean reference
+images (GradientShap), or from its twin (the paper's leaky protocol, replication only).
+``ig`` and ``saliency`` are plain torch and can keep the graph for attacks that differentiate
+through the explanation; the others run through captum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from raydetect.config import AttributionConfig
+from raydetect.errors import RaydetectError
+from raydetect.explain.baselines import baselines
+from raydetect.explain.ig import integrated_gradients
+from raydetect.models import ImageClassifier
+
+# Scaled inputs per forward/backward chunk when the user sets none. On CPU, chunks of 16-32 run
+# as fast as 64 (measured 44.5 vs 42.1 passes/s, efficientnet_lite0, 2 cores) with half the
+# memory (3.0 vs 5.2 GB peak); 128 is slower. GPUs want larger chunks.
+DEFAULT_CHUNK = {"cpu": 32, "cuda": 256}
+
+
+@dataclass
+class Explanation:
+    """Attributions for a batch, plus the logits a descriptor may use; tensors on the model's device."""
+
+    attributions: torch.Tensor  # (N, C, H, W): input space, or the layer's activation shape
+    targets: torch.Tensor  # (N,) explained class (the model's prediction unless given)
+    logits: torch.Tensor  # (N, K) at the input
+    baseline_logits: torch.Tensor  # (N, K) at the (mean) baseline
+    delta: torch.Tensor | None  # (N,) IG completeness error, where defined
+
+
+@dataclass(frozen=True)
+class Call:
+    """One explanation request, as every method receives it."""
+
+    model: ImageClassifier
+    x: torch.Tensor  # (N, C, H, W)
+    base: torch.Tensor  # (N, C, H, W), or (R, C, H, W) references for 'train'
+    targets: torch.Tensor  # (N,)
+    cfg: AttributionConfig
+    keys: np.ndarray  # (N,) per-image seeds
+    chunk: int
+    create_graph: bool
+
+
+def _ig(c: Call) -> tuple[torch.Tensor, torch.Tensor | None]:
+    attr = integrated_gradients(c.model, c.x, c.base, c.targets, c.cfg.n_steps, c.cfg.integration, c.chunk, c.create_graph)
+    return attr, None  # delta follows from the logits (see Explainer.__call__)
+
+
+def _saliency(c: Call) -> tuple[torch.Tensor, torch.Tensor | None]:
+    x = c.x if c.create_graph else c.x.detach().requires_grad_(True)
+    out = c.model(x).gather(1, c.targets.view(-1, 1)).sum()
+    (grad,) = torch.autograd.grad(out, x, create_graph=c.create_graph)
+    return grad * x, None  # gradient x input
+
+
+def _layer_ig(c: Call) -> tuple[torch.Tensor, torch.Tensor | None]:
+    from captum.attr import LayerIntegratedGradients
+
+    method = LayerIntegratedGradients(c.model, c.model.layer(c.cfg.layer or ""))
+    return method.attribute(
+        c.x, baselines=c.base, target=c.targets, n_steps=c.cfg.n_steps, method=c.cfg.integration,
+        internal_batch_size=c.chunk, return_convergence_delta=True,
+    )  # fmt: skip
+
+
+def _ig_smoothgrad(c: Call) -> tuple[torch.Tensor, torch.Tensor | None]:
+    from captum.attr import IntegratedGradients, NoiseTunnel
+
+    # The noise tunnel hands IG n * samples inputs at once; chunks must hold them all.
+    attr = NoiseTunnel(IntegratedGradients(c.model)).attribute(
+        c.x, nt_type="smoothgrad", nt_samples=c.cfg.samples, stdevs=c.cfg.noise_std, baselines=c.base, target=c.targets,
+        n_steps=c.cfg.n_steps, method=c.cfg.integration, internal_batch_size=max(c.chunk, len(c.x) * c.cfg.samples),
+    )  # fmt: skip
+    return attr, None
+
+
+def _gradient_shap(c: Call) -> tuple[torch.Tensor, torch.Tensor | None]:
+    from captum.attr import GradientShap
+
+    n = len(c.x)
+    base = c.base
+    if c.cfg.baseline != "train":
+        base = base if len(base) > 1 else base.expand(2, *base.shape[1:])
+    # captum draws baselines and path points from numpy's global RNG; pin it, then restore.
+    state = np.random.get_state()
+    np.random.seed((c.cfg.seed * 1_000_003 + (int(c.keys[0]) if n else 0)) % 2**32)
+    try:
+        attr, delta = GradientShap(c.model).attribute(
+            c.x, baselines=base, n_samples=c.cfg.samples, stdevs=0.0, target=c.targets, return_convergence_delta=True
+        )
+    finally:
+        np.random.set_state(state)
+    return attr, delta.view(n, c.cfg.samples).mean(1)
+
+
+@dataclass(frozen=True)
+class Method:
+    attribute: Callable[[Call], tuple[torch.Tensor, torch.Tensor | None]]
+    differentiable: bool  # can keep the graph (create_graph=True)
+    completeness: bool  # attributions sum to f(x) - f(baseline): delta follows from the logits
+
+
+METHODS: dict[str, Method] = {
+    "ig": Method(_ig, differentiable=True, completeness=True),
+    "saliency": Method(_saliency, differentiable=True, completeness=False),
+    "layer_ig": Method(_layer_ig, differentiable=False, completeness=False),
+    "ig_smoothgrad": Method(_ig_smoothgrad, differentiable=False, completeness=False),
+    "gradient_shap": Method(_gradient_shap, differentiable=False, completeness=False),
+}
+
+
+class Explainer:
+    """Explains batches of [0,1] images with one :class:`AttributionConfig`.
+
+    ``references`` (R, C, H, W) are clean images that GradientShap draws baselines from
+    (``baseline='train'``); they must come from the training side of any split.
+    """
+
+    def __init__(self, model: ImageClassifier, cfg: AttributionConfig, references: torch.Tensor | None = None) -> None:
+        if cfg.baseline == "train" and (references is None or len(references) == 0):
+            raise RaydetectError("baseline 'train' needs reference clean images")
+        self.model = model.eval()
+        self.cfg = cfg
+        self.method = METHODS[cfg.explainer]
+        self.references = references
+
+    @property
+    def differentiable(self) -> bool:
+        return self.method.differentiable
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        keys: np.ndarray | None = None,
+        twins: torch.Tensor | None = None,
+        create_graph: bool = False,
+    ) -> Explanation:
+        """Explain a batch (N, C, H, W) in [0,1] for ``targets`` (default: the predicted class).
+
+        With ``create_graph`` (differentiable methods only) every output stays a function of
+        ``images``, for attacks that optimise against the explanation.
+        """
+        if create_graph and not self.method.differentiable:
+            raise RaydetectError(f"explainer {self.cfg.explainer} is not differentiable; use ig or saliency")
+        cfg = self.cfg
+        x = images.to(self.model.device, torch.float32)
+        n = len(x)
+        keys = np.arange(n) if keys is None else keys
+        with torch.set_grad_enabled(create_graph):
+            logits = self.model(x)
+        t = logits.argmax(1).detach() if targets is None else targets.to(x.device)
+        base = baselines(x, cfg, keys, twins, self.references)
+        chunk = cfg.internal_batch_size or max(DEFAULT_CHUNK.get(x.device.type, 64), 2 * n)
+        attr, delta = self.method.attribute(Call(self.model, x, base, t, cfg, keys, chunk, create_graph))
+        mean_base = base.mean(0, keepdim=True).expand_as(x) if cfg.baseline == "train" else base
+        with torch.set_grad_enabled(create_graph):
+            baseline_logits = self.model(mean_base)
+        if self.method.completeness:
+            gain = (logits.gather(1, t.view(-1, 1)) - baseline_logits.gather(1, t.view(-1, 1))).squeeze(1)
+            delta = attr.detach().flatten(1).sum(1) - gain.detach()
+        if not create_graph:
+            attr, logits, baseline_logits = attr.detach(), logits.detach(), baseline_logits.detach()
+        return Explanation(attr, t, logits, baseline_logits, None if delta is None else delta.detach())

@@ -1,0 +1,33 @@
+"""Training and reproduction reports: Tables 1 and 2 and transfer matrices per experiment."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from raydetect.config import AttributionConfig, FeatureConfig
+from raydetect.report.document import Report
+from raydetect.report.tables import FOOTNOTE, results_section
+
+
+def training_report(features_dir: str, attack_rows: list[dict[str, Any]], detection_rows: list[dict[str, Any]],
+                    transfer: dict[str, dict[str, dict[str, float]]], bundle: str | None) -> Report:  # fmt: skip
+    report = Report("raydetect training")
+    report.add(*results_section("Detection", f"Features: `{features_dir}`.", attack_rows, detection_rows, transfer, bundle))
+    return report.add(FOOTNOTE)
+
+
+def reproduction_report(results: Sequence[Any], attribution: AttributionConfig, features: FeatureConfig) -> Report:
+    """``results``: one ``reproduce.ReproResult`` per protocol."""
+    report = Report("raydetect reproduction")
+    for r in results:
+        title = "Paper protocol (replication)" if r.protocol == "paper" else "Corrected protocol"
+        baseline = "pair (each image against its twin)" if r.protocol == "paper" else attribution.baseline
+        description = (
+            f"Model `{r.model}`; {r.n_images} images, {r.n_correct} classified correctly (attacked). "
+            f"Explainer `{attribution.explainer}` ({attribution.n_steps} steps, baseline `{baseline}`); "
+            f"descriptors {', '.join(features.descriptors)} (K={features.quantiles}). Took {r.seconds:.0f} s"
+            + (f" ({r.resumed} images done by an earlier run were not redone)." if r.resumed else ".")
+        )
+        report.add(*results_section(title, description, r.attack_rows, r.detection_rows, r.transfer, r.bundle))
+    return report.add(FOOTNOTE)

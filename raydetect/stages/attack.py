@@ -1,0 +1,92 @@
+"""Attack actor: one input row per image becomes one "clean" row plus one "adversarial" row per attack.
+
+Images travel as lossless 8-bit PNG: the adversarial image an auditor would receive, on which
+the attack judged its own success.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from raydetect.attacks import make_attack, quantize, stable_key
+from raydetect.config import AttackConfig
+from raydetect.images import encode_png
+from raydetect.models import ImageClassifier
+from raydetect.models.runtime import set_threads
+from raydetect.stages.rows import rows_to_batch
+
+
+def clean_row(image_id: str, path: str, label: int, status: str, error: str) -> dict[str, Any]:
+    return {
+        "id": image_id, "pair_id": image_id, "kind": "clean", "path": path, "label": label, "status": status,
+        "error": error, "attack": "", "method": "", "mode": "", "eps": 0.0, "alpha": 0.0, "steps": 0, "target": -1,
+        "clean_pred": -1, "clean_conf": 0.0, "pred": -1, "conf": 0.0, "correct": False, "success": False,
+        "success_float": False, "linf": 0.0, "png": b"",
+    }  # fmt: skip
+
+
+class AttackStage:
+    """Loads the model once (``model_loader``), then attacks each batch with every configured attack.
+
+    ``only_correct`` skips attacks on images the model already gets wrong (the paper's protocol;
+    unlabeled images count as correct). Call it directly on a numpy batch to test it without Ray.
+    """
+
+    def __init__(
+        self,
+        model_loader: Callable[[], ImageClassifier],
+        attacks: Sequence[AttackConfig],
+        only_correct: bool = True,
+        threads: int | None = None,
+    ) -> None:
+        self.threads = threads  # set in __call__, not here: see set_threads
+        self.model = model_loader()
+        self.configs = list(attacks)
+        self.attacks = [make_attack(self.model, cfg) for cfg in self.configs]
+        self.only_correct = only_correct
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        set_threads(self.threads)
+        rows = [
+            clean_row(str(i), str(p), int(lb), str(s), str(e))
+            for i, p, lb, s, e in zip(batch["id"], batch["path"], batch["label"], batch["status"], batch["error"], strict=True)
+        ]
+        ok = np.flatnonzero(batch["status"] == "ok")
+        if len(ok) == 0:
+            return rows_to_batch(rows)
+        # What is stored is 8-bit; attack and judge exactly that image.
+        x = quantize(torch.from_numpy(np.asarray(batch["image"][ok], dtype=np.float32)))
+        labels = torch.from_numpy(np.asarray(batch["label"][ok], dtype=np.int64))
+        keys = np.array([stable_key(str(batch["id"][i])) for i in ok])
+        with torch.no_grad():
+            conf, pred = self.model(x.to(self.model.device)).softmax(1).max(1)
+        pred, conf = pred.cpu(), conf.cpu()
+        correct = pred == torch.where(labels >= 0, labels, pred)
+        for j, i in enumerate(ok):
+            rows[i].update(clean_pred=int(pred[j]), clean_conf=float(conf[j]), pred=int(pred[j]), conf=float(conf[j]),
+                           correct=bool(correct[j]), png=encode_png(x[j].numpy()))  # fmt: skip
+        sel = np.flatnonzero(correct.numpy()) if self.only_correct else np.arange(len(ok))
+        if len(sel) == 0:
+            return rows_to_batch(rows)
+        xs = x[sel]
+        for cfg, attack in zip(self.configs, self.attacks, strict=True):
+            res = attack(xs, labels[sel], keys[sel])
+            linf = (res.adversarial - xs).flatten(1).abs().max(1).values
+            for j, s in enumerate(sel):
+                base = rows[ok[s]]
+                rows.append(
+                    {
+                        **base,
+                        "id": f"{base['pair_id']}|{cfg.name}", "kind": "adversarial", "attack": cfg.name,
+                        "method": cfg.method, "mode": cfg.mode, "eps": cfg.eps, "alpha": cfg.step_size,
+                        "steps": cfg.effective_steps, "target": int(res.targets[j]), "pred": int(res.adv_pred[j]),
+                        "conf": float(res.adv_conf[j]), "success": bool(res.success[j]),
+                        "success_float": bool(res.success_float[j]), "linf": float(linf[j]),
+                        "png": encode_png(res.adversarial[j].numpy()),
+                    }
+                )  # fmt: skip
+        return rows_to_batch(rows)

@@ -1,0 +1,269 @@
+"""The one job runner: plan the actors, skip what is done, stream rows to the sink, account.
+
+A job says where its inputs come from, which actor maps them and what decides its rows; the
+runner does the rest the same way for every job (attack, features, attack+features, audit):
+
+    plan resources -> record the config (refusing a mismatched resume) -> read inputs not yet
+    done -> map them on an actor pool -> write atomic Parquet parts -> count every input once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig, ModelConfig, ResourceConfig, Source, to_dict
+from raydetect.detect import Detector
+from raydetect.detect.bundle import load_for_audit
+from raydetect.errors import RaydetectError
+from raydetect.models import ConfiguredLoader, model_info
+from raydetect.models.runtime import actor_runtime_env
+from raydetect.report import write_report
+from raydetect.report.audit import audit_report
+from raydetect.stages.attack import AttackStage
+from raydetect.stages.audit import AuditStage
+from raydetect.stages.explain import FeatureStage
+from raydetect.stages.fused import AttackFeatureStage
+from raydetect.stages.plan import Plan, init_ray, map_actors, plan_resources
+from raydetect.stages.read import read_source
+from raydetect.stages.sink import ParquetSink
+from raydetect.store import SUMMARY_FILE, claim_output, done_ids, join, open_filesystem, output_files, read_output, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobSummary:
+    """Accounting of one job run: every input row is in ``rows_by_status`` exactly once."""
+
+    job: str
+    output: str
+    inputs: int
+    skipped_done: int
+    rows_written: int
+    rows_total: int
+    rows_by_status: dict[str, int]
+    duplicate_ids: int
+    seconds: float
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Job:
+    """What differs between jobs. ``out`` holds the rows; ``resume_key`` is the column whose
+    values mark an input as done."""
+
+    name: str
+    resume_key = "pair_id"
+
+    def __init__(self, out: str, model: ModelConfig) -> None:
+        self.out = out
+        self.model = model
+
+    def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def read(self, model: ModelConfig, done: set[str]) -> Any:
+        """The input dataset without the inputs already done; None when nothing is left."""
+        raise NotImplementedError
+
+    def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
+        raise NotImplementedError
+
+    def inputs(self) -> int:
+        """Inputs accounted for in the output once the job has run."""
+        return len(done_ids(self.out, self.resume_key))
+
+
+def run_job(job: Job, resources: ResourceConfig = ResourceConfig(), address: str | None = None) -> JobSummary:
+    start = time.perf_counter()
+    init_ray(address)
+    plan = plan_resources(resources)
+    model = plan.model_config(job.model)
+    config = {**job.config(model, plan), "plan": asdict(plan)}
+    claim_output(job.out, config)
+    done = done_ids(job.out, job.resume_key)
+    ds = job.read(model, done)
+    written = 0
+    if ds is None:
+        log.info("%s job: all %d inputs already done in %s", job.name, len(done), job.out)
+    else:
+        log.info("%s job: %d actors x %d threads on %s, batch %d; %d inputs already done", job.name, plan.num_actors,
+                 plan.threads, plan.device, plan.batch_size, len(done))  # fmt: skip
+        sink = ParquetSink(job.out)
+        job.map(ds, model, plan).write_datasink(sink)
+        written = sink.rows_written
+    return _summarize(job, start, len(done), written, config)
+
+
+def _summarize(job: Job, start: float, skipped: int, written: int, config: dict[str, Any]) -> JobSummary:
+    raw = read_output(job.out, columns=["id", "status"], dedupe_on=None)
+    deduped = read_output(job.out, columns=["id", "status"])
+    counts = deduped.group_by("status").aggregate([("id", "count")]).to_pylist()
+    summary = JobSummary(
+        job=job.name, output=job.out, inputs=job.inputs(), skipped_done=skipped, rows_written=written,
+        rows_total=deduped.num_rows, rows_by_status={c["status"]: c["id_count"] for c in counts},
+        duplicate_ids=raw.num_rows - len(pc.unique(raw.column("id"))), seconds=time.perf_counter() - start, config=config,
+    )  # fmt: skip
+    write_json(join(job.out, SUMMARY_FILE), summary.to_dict())
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# The jobs
+
+
+class _FromSource(Job):
+    """Jobs that read images from a source; an image is done once its clean row is written."""
+
+    def __init__(self, out: str, model: ModelConfig, source: Source) -> None:
+        super().__init__(out, model)
+        self.source = source
+
+    def read(self, model: ModelConfig, done: set[str]) -> Any:
+        return read_source(self.source, model_info(model.name).preprocess, skip_ids=done)
+
+
+class AttackJob(_FromSource):
+    name = "attack"
+
+    def __init__(
+        self, out: str, model: ModelConfig, source: Source, attacks: Sequence[AttackConfig], only_correct: bool = True
+    ) -> None:
+        if not attacks:
+            raise RaydetectError("no attack configured")
+        super().__init__(out, model, source)
+        self.attacks, self.only_correct = tuple(attacks), only_correct
+
+    def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
+        return {"source": asdict(self.source), "model": to_dict(model), "attacks": [to_dict(a) for a in self.attacks]}
+
+    def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
+        return map_actors(ds, AttackStage, (ConfiguredLoader(model), self.attacks, self.only_correct, plan.threads), plan)
+
+
+class FusedJob(AttackJob):
+    """Attack and explain in one pass; the fast path for a full run (no intermediate output)."""
+
+    name = "attack+features"
+
+    def __init__(self, out: str, model: ModelConfig, source: Source, attacks: Sequence[AttackConfig],
+                 attribution: AttributionConfig, features: FeatureConfig, only_correct: bool = True,
+                 keep_png: bool = False) -> None:  # fmt: skip
+        super().__init__(out, model, source, attacks, only_correct)
+        self.attribution, self.features, self.keep_png = attribution, features, keep_png
+
+    def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
+        return {**super().config(model, plan), "attribution": to_dict(self.attribution), "features": to_dict(self.features)}
+
+    def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
+        args = (ConfiguredLoader(model), self.attacks, self.attribution, self.features, self.only_correct, plan.threads,
+                plan.batch_size, self.keep_png)  # fmt: skip
+        return map_actors(ds, AttackFeatureStage, args, plan)
+
+
+class FeatureJob(Job):
+    """Explain every row an attack job wrote."""
+
+    name = "features"
+
+    def __init__(self, out: str, model: ModelConfig, attacks_dir: str, attribution: AttributionConfig, features: FeatureConfig,
+                 references: np.ndarray | None = None, maps_fraction: float = 0.0) -> None:  # fmt: skip
+        super().__init__(out, model)
+        self.files = output_files(attacks_dir)
+        if not self.files:
+            raise RaydetectError(f"no attack output under {attacks_dir}; run the attack job first")
+        self.attacks_dir, self.attribution, self.features = attacks_dir, attribution, features
+        self.references, self.maps_fraction = references, maps_fraction
+        # The paper protocol's output ids are per (pair, attack): resume whole pairs.
+        self.resume_key = "pair_id" if attribution.baseline == "pair" else "id"
+
+    def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
+        return {"attacks_dir": self.attacks_dir, "model": to_dict(model), "attribution": to_dict(self.attribution),
+                "features": to_dict(self.features)}  # fmt: skip
+
+    def read(self, model: ModelConfig, done: set[str]) -> Any:
+        ds = ray.data.read_parquet(self.files, filesystem=open_filesystem(self.attacks_dir)[0])
+        if done:
+            ds = ds.map_batches(_DropDone(ray.put(done), self.resume_key), batch_format="pyarrow")
+        return ds
+
+    def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
+        args = (ConfiguredLoader(model), self.attribution, self.features, self.references, self.maps_fraction, plan.threads,
+                plan.batch_size)  # fmt: skip
+        if self.attribution.baseline != "pair":
+            return map_actors(ds, FeatureStage, args, plan)
+        # The paper's protocol needs each clean image beside its twins: one group per pair.
+        return ds.groupby("pair_id").map_groups(
+            FeatureStage, fn_constructor_args=args, batch_format="numpy", num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.num_actors), runtime_env=actor_runtime_env(),
+        )  # fmt: skip
+
+    def inputs(self) -> int:
+        return read_output(self.attacks_dir, columns=["id"]).num_rows
+
+
+class AuditJob(_FromSource):
+    """Score every input with a detector bundle; rows go to ``<out>/rows``."""
+
+    name = "audit"
+    resume_key = "id"
+
+    def __init__(self, out: str, model: ModelConfig, source: Source, detector: Detector, bundle: str) -> None:
+        super().__init__(join(out, "rows"), model, source)
+        self.detector, self.bundle = detector, bundle
+
+    def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
+        return {
+            "source": asdict(self.source),
+            "bundle": self.bundle,
+            "model": to_dict(model),
+            "threshold": self.detector.threshold,
+        }
+
+    def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
+        return map_actors(ds, AuditStage, (ConfiguredLoader(model), self.detector, plan.threads, plan.batch_size), plan)
+
+
+class _DropDone:
+    """Filter rows whose key is already in the output (resume), as a picklable callable."""
+
+    def __init__(self, done_ref: Any, key: str) -> None:
+        self.done_ref = done_ref
+        self.key = key
+        self._done: set[str] | None = None
+
+    def __call__(self, table: Any) -> Any:
+        if self._done is None:
+            self._done = ray.get(self.done_ref)
+        keep = [v not in self._done for v in table.column(self.key).to_pylist()]
+        return table.filter(pa.array(keep, type=pa.bool_()))
+
+
+def run_audit(
+    source: Source,
+    out: str,
+    bundle: str,
+    resources: ResourceConfig = ResourceConfig(),
+    model: str | None = None,
+    weights: str | None = None,
+    top: int = 20,
+    address: str | None = None,
+) -> tuple[JobSummary, str]:
+    """Audit every input of ``source`` with the bundle: rows under ``<out>/rows``, then the report.
+
+    Returns the job's accounting and the report's location.
+    """
+    det, mcfg = load_for_audit(bundle, model, weights)
+    summary = run_job(AuditJob(out, mcfg, source, det, bundle), resources, address)
+    return summary, write_report(out, audit_report(out, det, bundle, top))
