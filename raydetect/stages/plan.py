@@ -90,8 +90,8 @@ def plan_resources(res: ResourceConfig, nodes: Sequence[Mapping[str, float]] | N
 
     An actor runs on one node, so its CPUs, GPUs and threads must fit one node, not the cluster's
     totals. GPU clusters: one actor per ``gpus_per_actor`` (default 1) GPU on each node, with at
-    most one CPU, and never more than the node's CPUs per actor. CPU only: the nodes that host
-    actors are the workers (the head too on a one-node cluster); each actor runs ``threads`` torch
+    most one CPU, and never more than the node's CPUs per actor. CPU only: actors are counted on
+    the workers (on the head only in a one-node cluster); each actor runs ``threads`` torch
     threads, as many as the smallest host gives one actor (8-15 on big nodes), and reserves one CPU
     fewer, so each node hosts ``cpus // threads`` actors and the reads on that node still find a
     free CPU (an actor pool that takes every CPU starves its own input). A 2-core laptop gets one
@@ -129,7 +129,7 @@ def _cpu_plan(res: ResourceConfig, nodes: list[dict[str, float]]) -> Plan:
     if not with_cpus:
         raise RaydetectError("no node of the cluster has a CPU (an autoscaling cluster with no worker yet?)")
     total = sum(int(n["CPU"]) for n in with_cpus)
-    # The head schedules (GCS, job drivers): it hosts actors only when it is the only node.
+    # The head schedules (GCS, job drivers): its CPUs count for actors only when it is the only node.
     sizes = [int(n["CPU"]) for n in with_cpus if not n.get(HEAD)] or [int(n["CPU"]) for n in with_cpus]
     if res.num_actors:  # share each host's CPUs among the actors it will hold
         share = math.ceil(res.num_actors / len(sizes))
