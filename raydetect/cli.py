@@ -506,6 +506,9 @@ def train(
     ] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the 95% intervals.")] = 1000,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Fit in this process instead of through Ray Train.")] = False,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Ray Train workers for XGBoost (one model, data split across them; LR/RF use 1).")
+    ] = 1,
     address: AddressOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
@@ -525,6 +528,8 @@ def train(
             raise RaydetectError(f"detector must be lr, rf or xgboost; got {k!r}")
     if bootstrap < 0:
         raise RaydetectError("--bootstrap must be >= 0")
+    if workers < 1:
+        raise RaydetectError("--workers must be >= 1")
     if not is_remote(features_dir) and not Path(features_dir).expanduser().is_dir():
         raise RaydetectError(f"features directory does not exist: {features_dir}")
     cfg = DetectorConfig(
@@ -542,6 +547,7 @@ def train(
         use_ray=not no_ray,
         n_boot=bootstrap,
         progress=logging.getLogger("raydetect").info,
+        workers=workers,
     )
     rep = trained.result
     report = training_report(features_dir, rep.attack_rows, rep.detection_rows, rep.transfer, trained.bundle)

@@ -214,7 +214,7 @@ class FeatureJob(Job):
         # The paper's protocol needs each clean image beside its twins: one group per pair.
         return ds.groupby("pair_id").map_groups(
             FeatureStage, fn_constructor_args=args, batch_format="numpy", num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.num_actors), runtime_env=actor_runtime_env(),
+            compute=plan.compute(), runtime_env=actor_runtime_env(),
         )  # fmt: skip
 
     def inputs(self) -> int:

@@ -33,16 +33,18 @@ def run_training(
     transfer: bool = True,
     progress: Callable[[str], None] | None = None,
     min_pairs: int = MIN_PAIRS,
+    workers: int = 1,
 ) -> Trained:
     """Fit detectors on a feature job's output (see ``detect.training.train_detectors``) and save
-    the bundle under ``<out>/detector``. ``use_ray`` fits through Ray Train (Ray must be running)."""
+    the bundle under ``<out>/detector``. ``use_ray`` fits through Ray Train (Ray must be running),
+    XGBoost on ``workers`` Ray Train workers."""
     table = read_output(features_uri)
     if table is None:
         raise RaydetectError(f"no feature output under {features_uri}; run the feature job first")
     fitter: Callable[[Sequence[FitJob]], list[Head]] = fit_local
     if use_ray:
         storage = None if is_remote(out) else join(out, ".ray_train")
-        fitter = lambda jobs: fit_on_ray(jobs, storage)  # noqa: E731
+        fitter = lambda jobs: fit_on_ray(jobs, storage, workers)  # noqa: E731
     result = train_detectors(table, job_config(features_uri) or {}, kinds, cfg, attacks, bundle_kind, fitter, n_boot,
                              transfer, progress, min_pairs)  # fmt: skip
     return Trained(result, result.detector.save(join(out, "detector")))

@@ -139,6 +139,7 @@ def test_bad_option_values(tmp_path) -> None:
     )
     assert_clean_error(run("reproduce", "--model", "digits_cnn", "--detector", "svm", "--out", str(tmp_path / "o")), "detector")
     assert_clean_error(run("train", str(tmp_path), "--out", str(tmp_path / "o"), "--param", "oops"), "key=value")
+    assert_clean_error(run("train", str(tmp_path), "--out", str(tmp_path / "o"), "--workers", "0"), "--workers")
 
 
 def test_audit_with_a_bundle_from_another_model(digits_bundle, tmp_path) -> None:
