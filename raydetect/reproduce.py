@@ -248,7 +248,8 @@ def reproduce_local(
     if shown:
         pick = np.array([i for _, (i, _) in shown])
         adv_shown = torch.stack([a for _, (_, a) in shown]).numpy()
-        figures.pairs = explain_pairs(explainer, [a for a, _ in shown], x[pick].numpy(), adv_shown, idx[pick], idx[pick])
+        names = [Path(images.ids[i]).name for i in idx[pick]]
+        figures.pairs = explain_pairs(explainer, [a for a, _ in shown], x[pick].numpy(), adv_shown, idx[pick], idx[pick], names)
     result.figures = figures
     result.seconds = time.perf_counter() - start
     return result

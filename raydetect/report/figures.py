@@ -70,6 +70,7 @@ class ExamplePair:
     clean_conf: float
     adversarial_pred: str
     adversarial_conf: float
+    name: str = ""  # the clean image's id
 
 
 def round_robin(groups: dict[str, list[Any]], k: int = PAIRS) -> list[tuple[str, Any]]:
@@ -87,6 +88,7 @@ def explain_pairs(
     adversarial: np.ndarray,
     clean_keys: np.ndarray,
     adversarial_keys: np.ndarray,
+    names: Sequence[str] | None = None,
 ) -> list[ExamplePair]:
     """Explain each clean image and its twin (N, C, H, W) as the experiment did; twins are passed
     for the paper's ``pair`` baseline and ignored by every other baseline."""
@@ -101,7 +103,7 @@ def explain_pairs(
             ExamplePair(
                 attack, np.asarray(clean[i]), np.asarray(adversarial[i]), ec.attributions[i].sum(0).cpu().numpy(),
                 ea.attributions[i].sum(0).cpu().numpy(), class_name(tc, n_classes), float(pc[tc]),
-                class_name(ta, n_classes), float(pa[ta]),
+                class_name(ta, n_classes), float(pa[ta]), names[i] if names is not None else "",
             )
         )  # fmt: skip
     return out
@@ -123,7 +125,7 @@ def pairs_figure(pairs: Sequence[ExamplePair]) -> bytes:
             ax[1].imshow(hwc(img).mean(2), cmap="gray", interpolation="nearest")
             heat = ax[1].imshow(amap, cmap="bwr", vmin=-scale, vmax=scale, alpha=0.6, interpolation="nearest")
             ax[1].set_title(f"sum |attribution| = {np.abs(amap).sum():.3g}", fontsize=9)
-        row[0].set_ylabel(_short(p.attack, 28), fontsize=9)
+        row[0].set_ylabel(_short(p.attack, 28) + (f"\n{_tail(p.name, 28)}" if p.name else ""), fontsize=9)
         fig.colorbar(heat, ax=list(row), fraction=0.02, pad=0.01)
     for ax in axes.ravel():
         ax.set_xticks([])
@@ -134,6 +136,10 @@ def pairs_figure(pairs: Sequence[ExamplePair]) -> bytes:
 
 def _short(text: str, n: int = 40) -> str:
     return text if len(text) <= n else text[: n - 1] + "\u2026"
+
+
+def _tail(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else "\u2026" + text[1 - n :]
 
 
 # --------------------------------------------------------------------------------------------

@@ -142,6 +142,7 @@ def example_pairs(table: Any, job: dict[str, Any], attacks: Sequence[str], k: in
     return explain_pairs(
         Explainer(model, acfg), [r["attack"] for r in chosen], clean, advs,
         np.array([stable_key(r["pair_id"]) for r in chosen]), np.array([stable_key(r["id"]) for r in chosen]),
+        [r["pair_id"] for r in chosen],
     )  # fmt: skip
 
 
