@@ -167,7 +167,7 @@ def distribution_figure(dists: dict[str, tuple[np.ndarray, np.ndarray]], what: s
     n = len(dists)
     cols = min(3, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(6.5, 4.2 * cols), 3.4 * rows), dpi=100, squeeze=False)
     for ax, (attack, (clean, adv)) in zip(axes.ravel(), dists.items(), strict=False):
         pos = np.concatenate([clean[clean > 0], adv[adv > 0]])
         if len(pos) == 0:
@@ -207,7 +207,7 @@ def roc_figure(curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> b
     n = len(curves)
     cols = min(3, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.8 * rows), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(6.5, 4 * cols), 3.8 * rows), dpi=100, squeeze=False)
     for ax, (attack, by_kind) in zip(axes.ravel(), curves.items(), strict=False):
         for kind, (y, s) in by_kind.items():
             if len(np.unique(y)) < 2:
