@@ -85,29 +85,32 @@ def _thumbs(rows: list[dict[str, Any]], det: Detector, load_model: Callable[[], 
     files: dict[str, bytes] = {}
     notes: dict[int, str] = {}
     images: dict[int, np.ndarray] = {}
-    model = load_model() if rows and load_model is not None else None
-    for i, r in enumerate(rows):
-        if model is None:
-            notes[i] = "no thumbnail: no model to explain it with"
-            continue
+    model, why = None, "no model to explain it with"
+    if rows and load_model is not None:
         try:
+            model = load_model()
+        except (RaydetectError, OSError) as exc:  # e.g. weights only the workers can read: the report goes on
+            why = f"the model does not load here: {exc}"
+    for i, r in enumerate(rows):
+        try:
+            if model is None:
+                raise RaydetectError(why)
             images[i] = reread_image(r["path"], r["id"], model.info.preprocess)
         except RaydetectError as exc:
             notes[i] = f"no thumbnail: {exc}"
-    if model is not None and images:
-        scorer = det.scorer(model)
-        idx = sorted(images)
-        for start in range(0, len(idx), batch_size):
-            part = idx[start : start + batch_size]
-            x = torch.from_numpy(np.stack([images[i] for i in part]).astype(np.float32))
-            scored = scorer.run(x, keys=np.array([stable_key(rows[i]["id"]) for i in part]))
-            maps = scored.explanation.attributions.sum(1).cpu().numpy()
-            again = scored.score.cpu().numpy()
-            for j, i in enumerate(part):
-                files[f"thumbs/{i + 1:03d}-image.png"] = thumbnail(images[i])
-                files[f"thumbs/{i + 1:03d}-map.png"] = heatmap_thumbnail(images[i], maps[j])
-                if abs(float(again[j]) - rows[i]["score"]) > 0.01:
-                    notes[i] = f"scores {again[j]:.3f} when read again now: the file may have changed"
+    idx = sorted(images)
+    scorer = det.scorer(model) if model is not None and idx else None
+    for start in range(0, len(idx) if scorer else 0, batch_size):
+        part = idx[start : start + batch_size]
+        x = torch.from_numpy(np.stack([images[i] for i in part]).astype(np.float32))
+        scored = scorer.run(x, keys=np.array([stable_key(rows[i]["id"]) for i in part]))  # type: ignore[union-attr]
+        maps = scored.explanation.attributions.sum(1).cpu().numpy()
+        again = scored.score.cpu().numpy()
+        for j, i in enumerate(part):
+            files[f"thumbs/{i + 1:03d}-image.png"] = thumbnail(images[i])
+            files[f"thumbs/{i + 1:03d}-map.png"] = heatmap_thumbnail(images[i], maps[j])
+            if abs(float(again[j]) - rows[i]["score"]) > 0.01:
+                notes[i] = f"scores {again[j]:.3f} when read again now: the file may have changed"
     cards = []
     for i, r in enumerate(rows):
         shown = [(f"thumbs/{i + 1:03d}-image.png", "image"), (f"thumbs/{i + 1:03d}-map.png", "attribution heatmap")]

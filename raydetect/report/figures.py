@@ -47,6 +47,17 @@ def png_bytes(fig: Any, **kwargs: Any) -> bytes:
     return buf.getvalue()
 
 
+def fit_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A (h, w) attribution map resized to the image's (H, W): layer explainers attribute to a
+    coarser grid than the pixels."""
+    if amap.shape == size:
+        return amap
+    from PIL import Image as PILImage
+
+    img = PILImage.fromarray(np.asarray(amap, np.float32), mode="F")
+    return np.asarray(img.resize((size[1], size[0]), PILImage.Resampling.BILINEAR), np.float32)
+
+
 def hwc(image: np.ndarray) -> np.ndarray:
     """(C, H, W) in [0,1] -> (H, W, 3) for display (grey images repeat their channel)."""
     img = np.asarray(image, np.float32).transpose(1, 2, 0)
@@ -123,7 +134,9 @@ def pairs_figure(pairs: Sequence[ExamplePair]) -> bytes:
             ax[0].imshow(hwc(img), interpolation="nearest")
             ax[0].set_title(_short(title), fontsize=9)
             ax[1].imshow(hwc(img).mean(2), cmap="gray", interpolation="nearest")
-            heat = ax[1].imshow(amap, cmap="bwr", vmin=-scale, vmax=scale, alpha=0.6, interpolation="nearest")
+            heat = ax[1].imshow(
+                fit_map(amap, img.shape[1:]), cmap="bwr", vmin=-scale, vmax=scale, alpha=0.6, interpolation="nearest"
+            )
             ax[1].set_title(f"sum |attribution| = {np.abs(amap).sum():.3g}", fontsize=9)
         row[0].set_ylabel(_short(p.attack, 28) + (f"\n{_tail(p.name, 28)}" if p.name else ""), fontsize=9)
         fig.colorbar(heat, ax=list(row), fraction=0.02, pad=0.01)
@@ -322,7 +335,8 @@ def heatmap_thumbnail(image: np.ndarray, attribution: np.ndarray, size: int = TH
     dpi = 64
     fig = Figure(figsize=(size / dpi, size / dpi), dpi=dpi)
     ax = fig.add_axes((0, 0, 1, 1))
-    viz.visualize_image_attr(np.asarray(attribution, np.float64)[:, :, None], hwc(image), method="blended_heat_map",
+    amap = fit_map(np.asarray(attribution, np.float32), image.shape[1:]).astype(np.float64)
+    viz.visualize_image_attr(amap[:, :, None], hwc(image), method="blended_heat_map",
                              sign="all", plt_fig_axis=(fig, ax), cmap="bwr", alpha_overlay=0.6, use_pyplot=False)  # fmt: skip
     ax.axis("off")
     buf = io.BytesIO()

@@ -86,6 +86,24 @@ def test_report_shows_thumbnails_flagged_rows_classes_and_limits(audited) -> Non
     assert not re.search(r"<img src='(?!data:)", page) and not re.search(r"(src|href)=['\"]?https?:", page)
 
 
+def test_images_inside_parquet_get_no_thumbnail_but_a_reason(ray_cluster, digits_bundle, tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.helpers import digit_png
+
+    (tmp_path / "in").mkdir()
+    ids = [f"img-{i}" for i in range(4)]
+    pq.write_table(pa.table({"id": ids, "image": [digit_png(300 + i) for i in range(4)]}), tmp_path / "in" / "part.parquet")
+    r = run("audit", str(tmp_path / "in"), "--detector", str(digits_bundle), "--out", str(tmp_path / "o"), "--top", "2")
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert md.count("no thumbnail: the image lives inside a Parquet file") == 2
+    assert not (tmp_path / "o" / "thumbs").exists()
+    with open(tmp_path / "o" / "rows.csv", newline="") as f:
+        assert sorted(row["shown_path"] for row in csv.DictReader(f)) == [f"part.parquet: {i}" for i in ids]
+
+
 def test_adaptive_measurements_in_the_bundle_are_reported(digits_bundle) -> None:
     det = Detector.load(digits_bundle)
     adaptive = {"bim-adaptive-0.3": {"n_pairs": 40, "auc": 0.61, "tpr": 0.2, "evasion_rate": 0.8}}
@@ -113,9 +131,12 @@ window.addEventListener('load', function () {
   out.thumbs = imgs.length;
   out.loaded = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
   var t = document.getElementById('rd-table-1'), heads = all(t.querySelectorAll('thead th'));
-  var col = heads.map(function (h) { return h.textContent.trim(); }).indexOf('score');
+  var names = heads.map(function (h) { return h.textContent.trim(); });
+  var col = names.indexOf('score'), pathCol = names.indexOf('path');
   function scores() { return all(t.tBodies[0].rows).map(function (r) { return Number(r.cells[col].getAttribute('data-v')); }); }
+  function paths() { return all(t.tBodies[0].rows).map(function (r) { return r.cells[pathCol].textContent.trim(); }); }
   out.before = scores();
+  heads[pathCol].click(); out.paths = paths(); out.byPath = scores();
   heads[col].click(); out.asc = scores();
   heads[col].click(); out.desc = scores();
   var box = document.getElementById('rd-table-1-filter');
@@ -159,7 +180,10 @@ def test_report_works_in_a_real_browser(audited, chromium, tmp_path) -> None:
     before = res["before"]
     assert len(before) >= 5 and len(set(before)) > 1
     assert before == sorted(before, reverse=True)  # the report lists the highest score first
-    assert res["asc"] == sorted(before) and res["asc"] != before  # one click: ascending, order changed
-    assert res["desc"] == sorted(before, reverse=True)
+    # Sorting by path reorders the rows by path (and so out of score order) ...
+    assert res["paths"] == sorted(res["paths"], key=str.lower)
+    assert res["byPath"] not in (sorted(before), sorted(before, reverse=True))
+    # ... then one click on score sorts ascending, a second descending.
+    assert res["asc"] == sorted(before) and res["desc"] == sorted(before, reverse=True)
     assert res["visible"] == [res["query"]] and res["total"] == len(before)
     assert res["count"] == f"1 of {len(before)} rows"

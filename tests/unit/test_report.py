@@ -157,3 +157,18 @@ def test_interactive_table_and_gallery_render_self_contained(tmp_path) -> None:
     write_report(str(tmp_path / "r"), report)
     assert (tmp_path / "r" / "thumbs" / "001-image.png").read_bytes() == png
     assert (tmp_path / "r" / "report.html").read_text() == page
+
+
+def test_coarse_layer_maps_are_fitted_to_the_image(pairs) -> None:
+    """Layer explainers attribute to a coarser grid than the pixels; the overlays resize it."""
+    from dataclasses import replace
+
+    from raydetect.report.figures import fit_map
+
+    coarse = np.arange(16, dtype=np.float32).reshape(4, 4)
+    fitted = fit_map(coarse, (32, 32))
+    assert fitted.shape == (32, 32) and fitted[0, 0] < fitted[-1, -1]
+    image = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
+    assert png_size(heatmap_thumbnail(image, coarse)) == (128, 128)
+    p = replace(pairs[0], clean_map=coarse, adversarial_map=coarse)
+    assert png_size(pairs_figure([p]))[0] >= 800
