@@ -21,7 +21,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from raydetect.attacks import AttackResult, make_attack
+from raydetect.attacks import AttackResult, make_attack, stable_key
+from raydetect.attacks.suite import robustness_suite
 from raydetect.config import (
     AttackConfig,
     AttributionConfig,
@@ -32,7 +33,9 @@ from raydetect.config import (
     Source,
     to_dict,
 )
+from raydetect.detect import Detector
 from raydetect.detect.fit import fit_and_evaluate
+from raydetect.detect.splits import pair_split
 from raydetect.detect.training import MIN_PAIRS
 from raydetect.errors import RaydetectError
 from raydetect.explain import Explainer, describe, feature_names
@@ -41,8 +44,9 @@ from raydetect.models import ImageClassifier, load_model
 from raydetect.report import write_report
 from raydetect.report.experiments import reproduction_report
 from raydetect.report.figures import PAIRS, Figures, attribution_values, explain_pairs, round_robin
-from raydetect.stages.runner import FusedJob, run_job
+from raydetect.stages.runner import FusedJob, run_evaluation, run_job
 from raydetect.stages.train import run_training
+from raydetect.store import read_output
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +64,7 @@ def protocol_attacks(protocol: Protocol, eps: float, steps: int = 10, seed: int 
 def protocol_attribution(protocol: Protocol, base: AttributionConfig) -> AttributionConfig:
     """The paper explained each image against its twin; the corrected protocol never does."""
     if protocol == "paper":
-        return replace(base, baseline="pair", explainer="ig")
+        return replace(base, baseline="pair", explainer="ig", views=(), jitter=0.0)
     if base.baseline == "pair":
         raise RaydetectError("baseline 'pair' is the paper's leak; the corrected protocol cannot use it")
     return base
@@ -90,6 +94,8 @@ class ReproResult:
     transfer: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     bundle: str | None = None
     resumed: int = 0  # images an earlier run of the same job had already done
+    robustness: list[dict[str, Any]] = field(default_factory=list)  # per attack: see detect.evaluation
+    robustness_images: int = 0
     figures: Figures | None = None
 
 
@@ -231,7 +237,7 @@ def reproduce_local(
             pred=np.concatenate([cp, ap]),
         )
         result.features.append(pf)
-        values = attribution_values(pf.X, feature_names(features))
+        values = attribution_values(pf.X, feature_names(features, attribution))
         if values is not None:
             figures.distributions[cfg.name] = (values[0][pf.y == 0].ravel(), values[0][pf.y == 1].ravel())
             figures.values = values[1]
@@ -266,6 +272,35 @@ def load_local_data(data: str, model: ImageClassifier, limit: int | None) -> Loc
     return load_image_folder(data, model.info.preprocess, limit)
 
 
+@dataclass(frozen=True)
+class Robustness:
+    """How ``reproduce --adaptive`` evaluates the bundle (see ``attacks.suite.robustness_suite``)."""
+
+    images: int = 32
+    steps: int = 100
+    restarts: int = 1
+    eot: int = 1
+    smooth: float = 10.0
+
+    def suite(self, eps: float, model: str) -> tuple[AttackConfig, ...]:
+        return robustness_suite(eps, model, adaptive_steps=self.steps, restarts=self.restarts, eot=self.eot, smooth=self.smooth)
+
+
+def held_out_ids(features_uri: str, seed: int) -> list[str]:
+    """Correctly classified images on the test side of the bundle's pair split, in a fixed random order."""
+    table = read_output(features_uri, columns=["id", "kind", "status", "correct"])
+    ids = np.array([r["id"] for r in table.to_pylist() if r["kind"] == "clean" and r["status"] == "ok" and r["correct"]])
+    _, test = pair_split(ids, DetectorConfig().test_fraction, seed)
+    return sorted(ids[test].tolist(), key=stable_key)
+
+
+def add_metrics(bundle: str, metrics: dict[str, Any]) -> None:
+    """Record more measured figures in a bundle (rewrites its manifest and checksums)."""
+    det = Detector.load(bundle)
+    det.metrics = {**det.metrics, **metrics}
+    det.save(bundle)
+
+
 def protocol_plan(protocol: Protocol, eps: list[float], steps: int, seed: int) -> tuple[AttackConfig, ...]:
     if protocol == "paper":
         return protocol_attacks("paper", PAPER_EPS, seed=seed)
@@ -288,8 +323,10 @@ def _reproduce_ray(
     resources: ResourceConfig,
     seed: int,
     address: str | None,
+    robustness: Robustness | None = None,
 ) -> ReproResult:
-    """One protocol through Ray: the fused attack+feature job, then Ray Train per attack and detector."""
+    """One protocol through Ray: the fused attack+feature job, then Ray Train per attack and detector,
+    then (``robustness``) attacks of every strength and adaptive ones on held-out images."""
     start = time.perf_counter()
     feats = str(out / protocol / "features")
     job = FusedJob(feats, model_cfg, Source(data, limit=limit), attacks, protocol_attribution(protocol, attribution), features)
@@ -300,8 +337,18 @@ def _reproduce_ray(
     rep = trained.result
     n_correct = rep.attack_rows[0]["n_correct"] if rep.attack_rows else 0
     result = ReproResult(protocol, model_cfg.name, summary.inputs, n_correct, rep.attack_rows, rep.detection_rows)
-    result.transfer, result.bundle, result.seconds = rep.transfer, trained.bundle, time.perf_counter() - start
+    result.transfer, result.bundle = rep.transfer, trained.bundle
     result.resumed, result.figures = summary.skipped_done, trained.figures
+    if robustness is not None and protocol == "corrected":
+        ids = held_out_ids(feats, seed)[: robustness.images]
+        suite = tuple(a for e in sorted({a.eps for a in attacks}) for a in robustness.suite(e, model_cfg.name))
+        log.info("robustness: %d attacks on %d held-out images", len(suite), len(ids))
+        _, result.robustness = run_evaluation(
+            Source(data), str(out / protocol / "robustness"), trained.bundle, suite, resources, set(ids), address
+        )
+        result.robustness_images = len(ids)
+        add_metrics(trained.bundle, {"robustness": result.robustness})
+    result.seconds = time.perf_counter() - start
     return result
 
 
@@ -321,6 +368,7 @@ def run_reproduction(
     engine: str = "ray",
     resources: ResourceConfig | None = None,
     address: str | None = None,
+    robustness: Robustness | None = None,
 ) -> Path:
     """Run each protocol (through Ray, or in this process), write ``report.md`` and ``results.json``."""
     results: list[ReproResult] = []
@@ -346,7 +394,19 @@ def run_reproduction(
             log.info("protocol %s: %d attacks through Ray", protocol, len(attacks))
             results.append(
                 _reproduce_ray(
-                    data, out, model_cfg, protocol, attacks, attribution, features, detectors, limit, res, seed, address
+                    data,
+                    out,
+                    model_cfg,
+                    protocol,
+                    attacks,
+                    attribution,
+                    features,
+                    detectors,
+                    limit,
+                    res,
+                    seed,
+                    address,
+                    robustness,
                 )
             )
     report = write_report(
@@ -370,6 +430,8 @@ def run_reproduction(
                     "detection": r.detection_rows,
                     "transfer": r.transfer,
                     "bundle": r.bundle,
+                    "robustness": r.robustness,
+                    "robustness_images": r.robustness_images,
                 }
                 for r in results
             ],

@@ -23,11 +23,12 @@ from raydetect.errors import RaydetectError
 from raydetect.models import ImageClassifier
 from raydetect.report.document import Block, Cell, Gallery, Heading, Image, Paragraph, Report, Table, Thumb
 from raydetect.report.figures import heatmap_thumbnail, reread_image, shown_path, thumbnail
-from raydetect.report.tables import interval, num, pct
+from raydetect.report.tables import ROBUSTNESS_NOTE, interval, num, pct, robustness_table
 from raydetect.store import join, open_filesystem, read_output
 
 ROWS_CSV = "rows.csv"
 TABLE_ROWS = 50_000  # flagged rows the HTML table holds (the browser stays usable); the CSV has all
+KNOWS_DETECTOR = ("adaptive", "squeeze_eot")  # attack methods that optimise against the detector
 CSV_COLUMNS = ["id", "shown_path", "path", "label", "pred", "pred_name", "conf", "score", "adversarial", "status", "error"]
 
 
@@ -166,10 +167,18 @@ def quality_blocks(det: Detector, bundle: str) -> list[Block]:
         if rows
         else Paragraph("_The bundle records no held-out measurements._"),
     ]
-    adaptive = m.get("adaptive")
+    # Measured by `reproduce --adaptive` (key "robustness"), or any other record under "adaptive".
+    robust, adaptive = m.get("robustness"), m.get("adaptive")
+    if robust:
+        try:
+            table: Block = robustness_table(robust)
+        except (KeyError, TypeError):  # a record of another shape: show it as it is
+            table = _generic_table(robust)
+        blocks += [Heading("Against attacks it never trained on, and attackers who know it", 3), table, ROBUSTNESS_NOTE]
     if adaptive:
         blocks += [Heading("Against adaptive attacks (the attacker knows the detector)", 3), _generic_table(adaptive)]
-    else:
+    knew = adaptive or any(isinstance(r, dict) and r.get("method") in KNOWS_DETECTOR for r in robust or [])
+    if not knew:
         blocks.append(
             Paragraph(
                 "**No adaptive attack was measured for this bundle**: an attacker who knows the detector and optimises "

@@ -98,8 +98,8 @@ def training_figures(table: Any, job: dict[str, Any], result: TrainingResult, pa
     note saying why; the training itself never fails for a figure."""
     figs = Figures(roc=result.test_scores)
     fs = FeatureSet.from_table(table)
-    fcfg = job.get("features")
-    names = feature_names(from_dict(FeatureConfig, fcfg)) if fcfg else []
+    fcfg, acfg = job.get("features"), job.get("attribution")
+    names = feature_names(from_dict(FeatureConfig, fcfg), from_dict(AttributionConfig, acfg) if acfg else None) if fcfg else []
     order = [r["attack"] for r in result.attack_rows if r["attack"] in fs.attacks]
     for attack in order:
         X, y, _ = fs.for_attacks([attack])

@@ -106,10 +106,23 @@ def test_images_inside_parquet_get_no_thumbnail_but_a_reason(ray_cluster, digits
 
 def test_adaptive_measurements_in_the_bundle_are_reported(digits_bundle) -> None:
     det = Detector.load(digits_bundle)
-    adaptive = {"bim-adaptive-0.3": {"n_pairs": 40, "auc": 0.61, "tpr": 0.2, "evasion_rate": 0.8}}
-    md = to_markdown(Report("q", quality_blocks(replace(det, metrics={**det.metrics, "adaptive": adaptive}), "b")))
-    assert "adaptive attacks" in md and "bim-adaptive-0.3" in md and "0.610" in md and "evasion_rate" in md
+
+    def limits(**metrics) -> str:
+        return to_markdown(Report("q", quality_blocks(replace(det, metrics={**det.metrics, **metrics}), "b")))
+
+    # What `reproduce --adaptive` records (detect.evaluation.robustness_rows), attackers who know the detector included.
+    row = {"attack": "adaptive-untargeted-0.3", "method": "adaptive", "mode": "untargeted", "eps": 0.3, "n_attacked": 32,
+           "n_success": 30, "n_clean": 32, "success_rate": 0.9375, "auc": 0.41, "tpr_at_1fpr": float("nan"),
+           "tpr_at_5fpr": 0.1, "flagged": 0.05, "clean_fpr": 0.06, "evaded": 0.88, "passes": 812.0}  # fmt: skip
+    md = limits(robustness=[row])
+    assert "attackers who know it" in md and "adaptive-untargeted-0.3" in md and "white box" in md and "88.0%" in md
     assert "No adaptive attack" not in md
+    # Only attacks that do not know the detector: still no adaptive figure.
+    md = limits(robustness=[{**row, "attack": "pgd-untargeted-0.3", "method": "pgd"}])
+    assert "pgd-untargeted-0.3" in md and "No adaptive attack was measured" in md
+    # Any other record under "adaptive" is shown as it is.
+    md = limits(adaptive={"bim-adaptive-0.3": {"n_pairs": 40, "auc": 0.61, "evasion_rate": 0.8}})
+    assert "bim-adaptive-0.3" in md and "0.610" in md and "evasion_rate" in md and "No adaptive attack" not in md
 
 
 def out_uri(out: Path) -> str:
