@@ -217,8 +217,7 @@ def reproduce_local(
                 "max_linf": float((adv - x).abs().max()),
             }
         )
-        # Each attack starts at another image, so the figure shows several.
-        examples[cfg.name] = [(int(i), adv[i]) for i in np.roll(ok, -len(examples))[:PAIRS]]
+        examples[cfg.name] = [(int(i), adv[i]) for i in ok[: PAIRS * len(attacks)]]
         if len(ok) < MIN_PAIRS:
             log.warning("attack %s succeeded on %d images only (< %d); no detector of its own", cfg.name, len(ok), MIN_PAIRS)
             continue
@@ -250,7 +249,7 @@ def reproduce_local(
     if not figures.distributions:
         figures.notes.append("Figure 2 needs quantile descriptors (signed_quantiles, abs_quantiles or channel_quantiles).")
     # Figure 1: a few pairs, one attack after another, explained again for their maps.
-    shown = round_robin(examples, PAIRS)
+    shown = round_robin(examples, PAIRS, key=lambda e: e[0])
     if shown:
         pick = np.array([i for _, (i, _) in shown])
         adv_shown = torch.stack([a for _, (_, a) in shown]).numpy()

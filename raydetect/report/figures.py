@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,12 +84,20 @@ class ExamplePair:
     name: str = ""  # the clean image's id
 
 
-def round_robin(groups: dict[str, list[Any]], k: int = PAIRS) -> list[tuple[str, Any]]:
-    """Up to k (group, item) taking one item per group in turn, so every group shows."""
+def round_robin(groups: dict[str, list[Any]], k: int = PAIRS, key: Callable[[Any], Any] | None = None) -> list[tuple[str, Any]]:
+    """Up to k (group, item) taking one item per group in turn, so every group shows; with ``key``,
+    each group takes its first item whose key none before had (the same image, not twice)."""
+    queues = {g: list(items) for g, items in groups.items()}
+    seen: set[Any] = set()
     out: list[tuple[str, Any]] = []
-    for i in range(max((len(v) for v in groups.values()), default=0)):
-        out += [(g, items[i]) for g, items in groups.items() if i < len(items)]
-    return out[:k]
+    while len(out) < k and any(queues.values()):
+        for g, queue in queues.items():
+            if len(out) < k and queue:
+                fresh = next((i for i, item in enumerate(queue) if key is None or key(item) not in seen), 0)
+                item = queue.pop(fresh)
+                seen.add(key(item) if key else None)
+                out.append((g, item))
+    return out
 
 
 def explain_pairs(
@@ -270,7 +278,7 @@ def figure_blocks(figs: Figures, prefix: str = "") -> tuple[list[Block], dict[st
     for name, title, data, draw in parts:
         if data:
             files[prefix + name] = draw()
-            blocks += [Heading(title, 3), Image(prefix + name, title)]
+            blocks += [Heading(title, 4), Image(prefix + name, title)]
     blocks += [Paragraph(f"_{note}_") for note in figs.notes]
     return blocks, files
 

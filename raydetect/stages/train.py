@@ -128,10 +128,8 @@ def example_pairs(table: Any, job: dict[str, Any], attacks: Sequence[str], k: in
         raise RaydetectError("the 'train' baseline needs the feature job's reference images")
     adv = table.filter(pc.and_(pc.equal(table.column("status"), "ok"), pc.equal(table.column("kind"), "adversarial")))
     rows = adv.select(["id", "pair_id", "attack", "label", "path"]).sort_by("id").to_pylist()
-    # Each attack starts at another image, so the figure shows several.
     groups = {a: [r for r in rows if r["attack"] == a] for a in attacks}
-    groups = {a: g[j % len(g) :] + g[: j % len(g)] for j, (a, g) in enumerate(groups.items()) if g}
-    chosen = [r for _, r in round_robin(groups, k)]
+    chosen = [r for _, r in round_robin(groups, k, key=lambda r: r["pair_id"])]
     if not chosen:
         raise RaydetectError("no successful adversarial image to show")
     model = load_model(from_dict(ModelConfig, job["model"]))

@@ -106,6 +106,9 @@ def test_attribution_values_come_from_the_quantile_descriptors() -> None:
 def test_round_robin_takes_one_per_group_in_turn() -> None:
     assert round_robin({"a": [1, 2, 3], "b": [4], "c": [5, 6]}, 4) == [("a", 1), ("b", 4), ("c", 5), ("a", 2)]
     assert round_robin({}, 4) == []
+    # With a key, the same image is not shown twice while another is left.
+    same = {"a": ["x", "y"], "b": ["x", "z"], "c": ["x"]}
+    assert round_robin(same, 4, key=str) == [("a", "x"), ("b", "z"), ("c", "x"), ("a", "y")]
 
 
 def test_paths_are_shown_relative_to_the_audited_root(tmp_path) -> None:
