@@ -36,7 +36,9 @@ def paper(digits_model, digits_test):
 
 def test_paper_attack_success_matches_the_documented_rates(paper) -> None:
     rates = {r["mode"]: r["success_rate"] for r in paper.attack_rows}
-    assert paper.n_correct == 353
+    # The digits model is trained where the suite runs; CPUs differ in float order, so a digit or
+    # two near the boundary can change sides (353 here, 354 on CI's machine).
+    assert abs(paper.n_correct - 353) <= 5
     assert rates["untargeted"] == pytest.approx(0.28, abs=0.03)
     assert rates["random"] == pytest.approx(0.05, abs=0.02)
     assert rates["second"] == pytest.approx(0.30, abs=0.03)
