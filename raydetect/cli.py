@@ -409,18 +409,26 @@ def train(
         float, typer.Option("--target-fpr", help="False-positive rate the threshold is chosen for, on clean validation images.")
     ] = 0.05,
     test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of image pairs held out for testing.")] = 0.3,
+    val_fraction: Annotated[
+        float,
+        typer.Option("--val-fraction", help="Share of the other images whose clean rows choose the threshold (never fitted)."),
+    ] = DetectorConfig.val_fraction,
     param: Annotated[
         list[str] | None, typer.Option("--param", help="Detector hyper-parameter key=value (e.g. n_estimators=500); repeat.")
     ] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the 95% intervals.")] = 1000,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Fit in this process instead of through Ray Train.")] = False,
+    sign_key: Annotated[
+        Path | None, typer.Option("--sign-key", help="Ed25519 private key (from `raydetect keygen`) to sign the bundle with.")
+    ] = None,
     address: AddressOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Fit detectors per attack (Table 2, transfer matrix) and save one detector bundle trained on all attacks.
 
-    Splits keep each clean image and its adversarial twin on the same side; the threshold is chosen on clean
-    validation images for --target-fpr. The bundle loads without executing code and is verified by checksum.
+    Splits keep each clean image and its adversarial twin on the same side; the threshold is chosen on the clean
+    validation images (all correctly classified ones) for --target-fpr, and the bundle states the FPR range that
+    promises. The bundle loads without executing code, is verified by checksum, and with --sign-key is signed.
     """
     from raydetect.report import write_report  # matplotlib, Ray and torch: only once a command runs
     from raydetect.report.experiments import training_report
@@ -436,8 +444,18 @@ def train(
     if not is_remote(features_dir) and not Path(features_dir).expanduser().is_dir():
         raise RaydetectError(f"features directory does not exist: {features_dir}")
     cfg = DetectorConfig(
-        kind=kinds[0], target_fpr=target_fpr, test_fraction=test_fraction, seed=seed, params=parse_params(param)
+        kind=kinds[0],
+        target_fpr=target_fpr,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        params=parse_params(param),
     ).validate()  # type: ignore[arg-type]
+    key = None
+    if sign_key is not None:
+        from raydetect.detect.signing import load_private_key  # cryptography: only once a command runs
+
+        key = load_private_key(sign_key)  # fail before hours of fitting, not after
     if not no_ray:
         init_ray(address)
     trained = run_training(
@@ -450,15 +468,44 @@ def train(
         use_ray=not no_ray,
         n_boot=bootstrap,
         progress=logging.getLogger("raydetect").info,
+        signing_key=key,
     )
     rep = trained.result
-    report = training_report(features_dir, rep.attack_rows, rep.detection_rows, rep.transfer, trained.bundle)
+    cal = rep.detector.calibration
+    report = training_report(features_dir, rep.attack_rows, rep.detection_rows, rep.transfer, trained.bundle, cal,
+                             rep.bundle_metrics)  # fmt: skip
     path = write_report(str(out), report, training_results(trained))
     overall = rep.bundle_metrics["overall"]
+    signed = f", signed by key {_key_id(key)}" if key is not None else ", unsigned"
     typer.echo(
-        f"bundle: {trained.bundle} (held-out ROC AUC {overall['auc']:.3f}, TPR {overall['tpr']:.1%} at FPR {overall['fpr']:.1%})"
+        f"bundle: {trained.bundle} (held-out ROC AUC {overall['auc']:.3f}, TPR {overall['tpr']:.1%} at FPR {overall['fpr']:.1%}; "
+        f"threshold for {cal['target_fpr']:.0%} FPR: expected {cal['expected_fpr']:.1%}, 95% range "
+        f"{cal['fpr_range'][0]:.1%}-{cal['fpr_range'][1]:.1%} from {cal['rows']} clean images{signed})"
     )
     typer.echo(f"report: {path}")
+
+
+def _key_id(key: Any) -> str:
+    from raydetect.detect.signing import key_id  # cryptography: only once a command runs
+
+    return key_id(key.public_key())
+
+
+@app.command()
+@handle_errors
+def keygen(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Private key file to write; the public key goes to OUT.pub.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace existing key files.")] = False,
+) -> None:
+    """Make an Ed25519 key pair for signing detector bundles (train --sign-key OUT; audit --trust-key OUT.pub).
+
+    The private key file is readable by its owner only; keep it off the machines that audit. Give the .pub file to
+    whoever audits, or list it in the file named by RAYDETECT_TRUSTED_KEYS.
+    """
+    from raydetect.detect.signing import generate_key  # cryptography: only once a command runs
+
+    private, public, kid = generate_key(out, overwrite=force)
+    typer.echo(f"key {kid}: private {private}, public {public}")
 
 
 @app.command()
@@ -478,6 +525,14 @@ def audit(
     limit: LimitOpt = None,
     offset: OffsetOpt = 0,
     top: Annotated[int, typer.Option("--top", help="How many of the most suspicious images the report lists.")] = 20,
+    trust_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--trust-key",
+            help="Public key file (from keygen) the bundle must be signed by; repeat for several. "
+            "Default: the key files named by $RAYDETECT_TRUSTED_KEYS; with neither, an unsigned bundle loads with a warning.",
+        ),
+    ] = None,
     batch_size: BatchOpt = None,
     actors: ActorsOpt = None,
     gpus_per_actor: GpusOpt = 0.0,
@@ -486,20 +541,23 @@ def audit(
 ) -> None:
     """Score every image of a dataset with a detector bundle; write one row per input and a report.
 
-    Unreadable or broken inputs become rows with status=error and the reason; the job goes on. Re-running with
-    the same --out resumes where it stopped.
+    With --trust-key (or $RAYDETECT_TRUSTED_KEYS) the bundle must be signed by a trusted key and unchanged since,
+    or the audit refuses to start. Unreadable or broken inputs become rows with status=error and the reason; the
+    job goes on. Re-running with the same --out resumes where it stopped.
     """
     from raydetect.detect.bundle import load_for_audit  # Ray and torch: only once a command runs
+    from raydetect.detect.signing import public_keys
     from raydetect.stages.runner import run_audit
 
     src = source_config(input, kind, image_column, id_column, label_column, limit, offset)
     if model is not None:
         model_config(model, None, False, "auto")
-    load_for_audit(detector, model, str(weights) if weights else None)  # fail fast, before Ray starts
+    trusted = public_keys(trust_key) if trust_key else None  # None: $RAYDETECT_TRUSTED_KEYS decides
+    load_for_audit(detector, model, str(weights) if weights else None, trusted)  # fail fast, before Ray starts
     if top < 0:
         raise RaydetectError("--top must be >= 0")
     resources = resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor)
-    s, report = run_audit(src, out, detector, resources, model, str(weights) if weights else None, top, address)
+    s, report = run_audit(src, out, detector, resources, model, str(weights) if weights else None, top, address, trusted)
     status = ", ".join(f"{k}: {v}" for k, v in sorted(s.rows_by_status.items()))
     typer.echo(f"audit: {s.rows_total} inputs ({status}) in {s.seconds:.0f} s")
     typer.echo(f"report: {report}")

@@ -33,7 +33,7 @@ from raydetect.config import (
     to_dict,
 )
 from raydetect.detect.fit import fit_and_evaluate
-from raydetect.detect.training import MIN_PAIRS
+from raydetect.detect.training import MIN_PAIRS, calibration_fields
 from raydetect.errors import RaydetectError
 from raydetect.explain import Explainer, describe
 from raydetect.images import LocalImages, batches, load_digits_images, load_image_folder
@@ -62,18 +62,28 @@ def protocol_attribution(protocol: Protocol, base: AttributionConfig) -> Attribu
         return replace(base, baseline="pair", explainer="ig")
     if base.baseline == "pair":
         raise RaydetectError("baseline 'pair' is the paper's leak; the corrected protocol cannot use it")
+    if base.baseline == "train":
+        raise RaydetectError(
+            "baseline 'train' draws GradientShap references from attacked clean images: run `raydetect attack`, then "
+            "`raydetect features` (reproduce cannot)"
+        )
     return base
 
 
 @dataclass
 class PairFeatures:
-    """Descriptor rows for one attack: clean and adversarial twins share a pair id."""
+    """Descriptor rows for one attack: clean and adversarial twins share a pair id.
+
+    Corrected protocol: a clean row for every correctly classified image (thresholds and FPR are
+    measured on all of them, as in ``detect.dataset.FeatureSet``) and an adversarial row for each
+    successful attack. Paper protocol: clean rows only beside a successful twin.
+    """
 
     attack: AttackConfig
-    X: np.ndarray  # (2P, D)
-    y: np.ndarray  # (2P,) 0 clean, 1 adversarial
-    pairs: np.ndarray  # (2P,) index of the clean image
-    pred: np.ndarray  # (2P,) model prediction explained
+    X: np.ndarray  # (C + P, D): C clean rows, then P adversarial rows
+    y: np.ndarray  # (C + P,) 0 clean, 1 adversarial
+    pairs: np.ndarray  # (C + P,) index of the clean image
+    pred: np.ndarray  # (C + P,) model prediction explained
 
 
 @dataclass
@@ -89,6 +99,8 @@ class ReproResult:
     transfer: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     bundle: str | None = None
     resumed: int = 0  # images an earlier run of the same job had already done
+    bundle_calibration: dict[str, Any] = field(default_factory=dict)
+    bundle_metrics: dict[str, Any] = field(default_factory=dict)
 
 
 Progress = Callable[[str, int, int], None]
@@ -214,22 +226,24 @@ def reproduce_local(
             cf, cp = explain_all(
                 explainer, x[ok], features, batch_size, progress, f"explain clean ({cfg.name})", idx[ok], twins=adv[ok]
             )
-        else:
-            cf, cp = clean_feats[0][ok], clean_feats[1][ok]
+            clean_ids = idx[ok]
+        else:  # every correctly classified image, also where this attack failed
+            (cf, cp), clean_ids = clean_feats, idx
         af, ap = explain_all(explainer, adv[ok], features, batch_size, progress, f"explain {cfg.name}", idx[ok], twins=x[ok])
         pf = PairFeatures(
             attack=cfg,
             X=np.concatenate([cf, af]),
-            y=np.concatenate([np.zeros(len(ok), np.int64), np.ones(len(ok), np.int64)]),
-            pairs=np.concatenate([idx[ok], idx[ok]]),
+            y=np.concatenate([np.zeros(len(clean_ids), np.int64), np.ones(len(ok), np.int64)]),
+            pairs=np.concatenate([clean_ids, idx[ok]]),
             pred=np.concatenate([cp, ap]),
         )
         result.features.append(pf)
         for kind in detectors:
             fit = fit_and_evaluate(pf.X, pf.y, pf.pairs, DetectorConfig(kind=kind, seed=seed), n_boot=n_boot)  # type: ignore[arg-type]
             result.detection_rows.append(
-                {"attack": cfg.name, "mode": cfg.mode, "eps": cfg.eps, "detector": kind, **fit.evaluation.to_dict()}
-            )
+                {"attack": cfg.name, "mode": cfg.mode, "eps": cfg.eps, "detector": kind, **fit.evaluation.to_dict(),
+                 **calibration_fields(fit.calibration)}
+            )  # fmt: skip
     result.seconds = time.perf_counter() - start
     return result
 
@@ -279,6 +293,7 @@ def _reproduce_ray(
     result = ReproResult(protocol, model_cfg.name, summary.inputs, n_correct, rep.attack_rows, rep.detection_rows)
     result.transfer, result.bundle, result.seconds = rep.transfer, trained.bundle, time.perf_counter() - start
     result.resumed = summary.skipped_done
+    result.bundle_calibration, result.bundle_metrics = rep.detector.calibration, rep.bundle_metrics
     return result
 
 
@@ -347,6 +362,7 @@ def run_reproduction(
                     "detection": r.detection_rows,
                     "transfer": r.transfer,
                     "bundle": r.bundle,
+                    "bundle_calibration": r.bundle_calibration,
                 }
                 for r in results
             ],

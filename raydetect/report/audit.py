@@ -36,6 +36,20 @@ def score_histogram(scores: np.ndarray, threshold: float, target_fpr: float, fla
     return buf.getvalue()
 
 
+def bundle_note(det: Detector) -> str:
+    """What the threshold promises on clean images, and who signed the bundle (as far as was checked)."""
+    cal = det.calibration
+    note = ""
+    if cal.get("fpr_range"):
+        lo, hi = cal["fpr_range"]
+        note = (
+            f"On clean images like those it was calibrated on ({cal['rows']} clean validation images), the threshold's "
+            f"expected false-positive rate is {pct(cal['expected_fpr'])}, between {pct(lo)} and {pct(hi)} with 95% "
+            "probability. "
+        )
+    return note + f"Bundle: {det.provenance or 'provenance not checked'}."
+
+
 def audit_report(out: str, det: Detector, bundle: str, top: int = 20) -> Report:
     """The report of the audit rows under ``<out>/rows``."""
     table = read_output(join(out, "rows"))
@@ -79,6 +93,7 @@ def audit_report(out: str, det: Detector, bundle: str, top: int = 20) -> Report:
     )
     if reasons:
         report.add(Heading("Inputs not scored"), Table(["reason", "count"], sorted(reasons.items(), key=lambda kv: -kv[1])))
+    report.add(Paragraph(bundle_note(det)))
     report.add(
         Paragraph(
             "A flag means the image's explanation looks like those of the adversarial images the detector was trained on. "

@@ -12,6 +12,7 @@ from raydetect.detect.heads import Head
 from raydetect.detect.ray_fit import fit_on_ray
 from raydetect.detect.training import MIN_PAIRS, TrainingResult, train_detectors
 from raydetect.errors import RaydetectError
+from raydetect.stages.references import load_references
 from raydetect.store import is_remote, job_config, join, read_output
 
 
@@ -33,23 +34,32 @@ def run_training(
     transfer: bool = True,
     progress: Callable[[str], None] | None = None,
     min_pairs: int = MIN_PAIRS,
+    signing_key: Any = None,
 ) -> Trained:
     """Fit detectors on a feature job's output (see ``detect.training.train_detectors``) and save
-    the bundle under ``<out>/detector``. ``use_ray`` fits through Ray Train (Ray must be running)."""
+    the bundle under ``<out>/detector``. ``use_ray`` fits through Ray Train (Ray must be running).
+    ``signing_key`` (an Ed25519 private key or its PEM file) signs the bundle."""
     table = read_output(features_uri)
     if table is None:
         raise RaydetectError(f"no feature output under {features_uri}; run the feature job first")
+    job = job_config(features_uri) or {}
+    references = None
+    if job.get("attribution", {}).get("baseline") == "train":
+        saved = load_references(features_uri)
+        if saved is None:
+            raise RaydetectError(f"{features_uri} was explained against GradientShap references that were not saved with it")
+        references = saved[1]
     fitter: Callable[[Sequence[FitJob]], list[Head]] = fit_local
     if use_ray:
         storage = None if is_remote(out) else join(out, ".ray_train")
         fitter = lambda jobs: fit_on_ray(jobs, storage)  # noqa: E731
-    result = train_detectors(table, job_config(features_uri) or {}, kinds, cfg, attacks, bundle_kind, fitter, n_boot,
-                             transfer, progress, min_pairs)  # fmt: skip
-    return Trained(result, result.detector.save(join(out, "detector")))
+    result = train_detectors(table, job, kinds, cfg, attacks, bundle_kind, fitter, n_boot, transfer, progress, min_pairs,
+                             references)  # fmt: skip
+    return Trained(result, result.detector.save(join(out, "detector"), signing_key))
 
 
 def training_results(t: Trained) -> dict[str, Any]:
     """The JSON record of a training run (``results.json``)."""
     r = t.result
     return {"attacks": r.attack_rows, "detection": r.detection_rows, "transfer": r.transfer, "bundle": t.bundle,
-            "bundle_metrics": r.bundle_metrics}  # fmt: skip
+            "bundle_metrics": r.bundle_metrics, "bundle_calibration": r.detector.calibration}  # fmt: skip
