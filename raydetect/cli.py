@@ -330,6 +330,9 @@ def reproduce(
     gpus_per_actor: GpusOpt = 0.0,
     cpus_per_actor: CpusOpt = None,
     address: AddressOpt = None,
+    sign_key: Annotated[
+        Path | None, typer.Option("--sign-key", help="Ed25519 private key (from `raydetect keygen`) to sign the bundles with.")
+    ] = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Run the paper's experiment end to end: attack, explain, fit detectors, write Tables 1 and 2.
@@ -355,6 +358,11 @@ def reproduce(
         data = "digits"
     if data != "digits" and not is_remote(data) and not Path(data).expanduser().is_dir():
         raise RaydetectError(f"data folder does not exist: {data}")
+    key = None
+    if sign_key is not None:
+        from raydetect.detect.signing import load_private_key  # cryptography: only once a command runs
+
+        key = load_private_key(sign_key)
     path = run_reproduction(
         data=data,
         out=out,
@@ -371,6 +379,7 @@ def reproduce(
         engine=engine,
         resources=resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor),
         address=address,
+        signing_key=key,
     )
     typer.echo(f"report: {path}")
 

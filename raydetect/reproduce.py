@@ -281,13 +281,15 @@ def _reproduce_ray(
     resources: ResourceConfig,
     seed: int,
     address: str | None,
+    signing_key: Any = None,
 ) -> ReproResult:
     """One protocol through Ray: the fused attack+feature job, then Ray Train per attack and detector."""
     start = time.perf_counter()
     feats = str(out / protocol / "features")
     job = FusedJob(feats, model_cfg, Source(data, limit=limit), attacks, protocol_attribution(protocol, attribution), features)
     summary = run_job(job, resources, address)
-    trained = run_training(feats, str(out / protocol), kinds=detectors, cfg=DetectorConfig(seed=seed), progress=log.info)
+    trained = run_training(feats, str(out / protocol), kinds=detectors, cfg=DetectorConfig(seed=seed), progress=log.info,
+                           signing_key=signing_key)  # fmt: skip
     rep = trained.result
     n_correct = rep.attack_rows[0]["n_correct"] if rep.attack_rows else 0
     result = ReproResult(protocol, model_cfg.name, summary.inputs, n_correct, rep.attack_rows, rep.detection_rows)
@@ -313,8 +315,13 @@ def run_reproduction(
     engine: str = "ray",
     resources: ResourceConfig | None = None,
     address: str | None = None,
+    signing_key: Any = None,
 ) -> Path:
-    """Run each protocol (through Ray, or in this process), write ``report.md`` and ``results.json``."""
+    """Run each protocol (through Ray, or in this process), write ``report.md`` and ``results.json``.
+
+    ``signing_key`` signs the bundles the Ray engine writes (the local engine writes none)."""
+    if signing_key is not None and engine == "local":
+        raise RaydetectError("--sign-key signs the Ray engine's bundles; the local engine writes none")
     results: list[ReproResult] = []
     skipped: dict[str, str] = {}
     if engine == "local":
@@ -338,7 +345,19 @@ def run_reproduction(
             log.info("protocol %s: %d attacks through Ray", protocol, len(attacks))
             results.append(
                 _reproduce_ray(
-                    data, out, model_cfg, protocol, attacks, attribution, features, detectors, limit, res, seed, address
+                    data,
+                    out,
+                    model_cfg,
+                    protocol,
+                    attacks,
+                    attribution,
+                    features,
+                    detectors,
+                    limit,
+                    res,
+                    seed,
+                    address,
+                    signing_key,
                 )
             )
     report = write_report(
