@@ -72,6 +72,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debu
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
+        force=True,  # this invocation's stderr, also when one process runs several commands (tests, notebooks)
     )
 
 

@@ -322,6 +322,8 @@ def run_reproduction(
     ``signing_key`` signs the bundles the Ray engine writes (the local engine writes none)."""
     if signing_key is not None and engine == "local":
         raise RaydetectError("--sign-key signs the Ray engine's bundles; the local engine writes none")
+    for protocol in protocols:
+        protocol_attribution(protocol, attribution)  # refuse a baseline the protocol cannot use before any work
     results: list[ReproResult] = []
     skipped: dict[str, str] = {}
     if engine == "local":

@@ -92,9 +92,7 @@ class Detector:
         covers every file written here.
         """
         out = os.fspath(path)
-        key = signing_key if isinstance(signing_key, Ed25519PrivateKey) or signing_key is None else None
-        if signing_key is not None and key is None:
-            key = signing.load_private_key(signing_key)  # type: ignore[arg-type]
+        key = signing.load_private_key(signing_key) if isinstance(signing_key, (str, os.PathLike)) else signing_key
         files = {
             MANIFEST: json.dumps(self.manifest(), indent=2, default=json_default).encode(),
             self.head.file: self.head.to_bytes(),
@@ -119,9 +117,16 @@ class Detector:
 
         ``trusted_keys`` (public keys, PEM/base64 bytes or key files; default: the files named by
         ``RAYDETECT_TRUSTED_KEYS``): when there are any, the bundle must carry a signature by one of
-        them over its ``SHA256SUMS``, or it is refused. Every file is then checked against
-        ``SHA256SUMS``. Without trusted keys an unsigned bundle loads with a warning.
+        them over its ``SHA256SUMS``, or it is refused. Every file is checked against ``SHA256SUMS``.
+        Without trusted keys an unsigned bundle loads with a one-line warning (once per bundle).
         """
+        det, warning = cls._load(path, trusted_keys)
+        _warn_once(os.fspath(path), warning)
+        return det
+
+    @classmethod
+    def _load(cls, path: str | os.PathLike[str], trusted_keys: Sequence[signing.PublicKeyLike] | None) -> tuple[Detector, str]:
+        """The verified bundle, and the warning to give about its provenance ("" for none)."""
         base = os.fspath(path)
         if not exists(base):
             raise RaydetectError(f"detector bundle not found: {base}")
@@ -131,7 +136,6 @@ class Detector:
             sums = raw_sums.decode()
         except (OSError, RaydetectError, UnicodeDecodeError):
             raise RaydetectError(f"{base} is not a raydetect detector bundle (no {CHECKSUMS})") from None
-        provenance = _check_signature(base, raw_sums, keys)
         expected = {}
         for line in sums.splitlines():
             digest, _, name = line.strip().partition("  ")
@@ -149,6 +153,8 @@ class Detector:
                 raise RaydetectError(f"bundle file {name} is missing from {base}") from None
             if _sha256(files[name]) != digest:
                 raise RaydetectError(f"bundle file {name} does not match its checksum: the bundle was altered or damaged")
+        # Files match SHA256SUMS; the signature says whether SHA256SUMS is what its signer wrote.
+        provenance, warning = _check_signature(base, raw_sums, keys)
         m = json.loads(files[MANIFEST])
         if m.get("format") != "raydetect-detector" or m.get("version") != BUNDLE_VERSION:
             raise RaydetectError(f"{base}: unsupported bundle format {m.get('format')!r} version {m.get('version')!r}")
@@ -160,7 +166,7 @@ class Detector:
             if m["references_file"] != REFERENCES or REFERENCES not in files:
                 raise RaydetectError(f"{base}: manifest names unknown or unverified reference images")
             references = np.load(io.BytesIO(files[REFERENCES]), allow_pickle=False).astype(np.float32) / 255
-        return cls(
+        det = cls(
             head=head_cls.from_bytes(files[m["model_file"]]),
             threshold=float(m["threshold"]),
             target_fpr=float(m["target_fpr"]),
@@ -175,6 +181,7 @@ class Detector:
             references=references,
             provenance=provenance,
         )
+        return det, warning
 
     # -- compatibility -----------------------------------------------------------------------
     def check_compatible(
@@ -246,9 +253,13 @@ class Detector:
 def load_for_audit(
     bundle: str, model: str | None = None, weights: str | None = None, trusted_keys: Sequence[signing.PublicKeyLike] | None = None
 ) -> tuple[Detector, ModelConfig]:
-    """Load and verify a bundle; the model comes from the bundle (``model`` must agree if given)."""
-    det = Detector.load(bundle, trusted_keys)
+    """Load and verify a bundle; the model comes from the bundle (``model`` must agree if given).
+
+    Its unsigned-bundle warning comes only once everything else passed, so a bad input is one line.
+    """
+    det, warning = Detector._load(bundle, trusted_keys)
     det.check_compatible(model)
+    _warn_once(bundle, warning)
     mcfg = det.configs()[0]
     if weights:
         mcfg = replace(mcfg, weights=weights, random_weights=False)
@@ -273,26 +284,29 @@ def _remove(uri: str) -> None:
 
 
 def _warn_once(base: str, message: str) -> None:
-    if base not in _warned:
+    if message and base not in _warned:
         _warned.add(base)
         log.warning(message)
 
 
-def _check_signature(base: str, sums: bytes, keys: list[Any]) -> str:
-    """Verify ``SIGNATURE`` against the trusted keys (refusing the bundle if that fails); returns provenance."""
+def _check_signature(base: str, sums: bytes, keys: list[Any]) -> tuple[str, str]:
+    """Verify ``SIGNATURE`` against the trusted keys, refusing the bundle if that fails; returns
+    (provenance, warning to give or "")."""
     raw = _read_optional(join(base, signing.SIGNATURE))
     if keys:
         if raw is None:
             raise RaydetectError(f"{base} is not signed, and trusted keys are set: refusing an unsigned bundle")
         signer = signing.verify(sums, signing.read_signature(raw, base), keys, base)
-        return f"signed by trusted key {signer}"
+        return f"signed by trusted key {signer}", ""
     if raw is None:
-        _warn_once(base, f"detector bundle {base} is unsigned: its checksums catch accidents, not tampering "
-                         "(sign with `train --sign-key`, require it with `--trust-key`)")  # fmt: skip
-        return "unsigned"
+        return "unsigned", (
+            f"detector bundle {base} is unsigned: its checksums catch accidents, not tampering "
+            "(sign with `train --sign-key`, require it with `--trust-key`)"
+        )
     sig = signing.read_signature(raw, base)
     if not signing.self_consistent(sums, sig):
         raise RaydetectError(f"{base}: the signature does not verify; the bundle's files changed after it was signed")
-    _warn_once(base, f"detector bundle {base} is signed by key {sig.key_id}, but no trusted key was given to check "
-                     "who signed it (--trust-key or RAYDETECT_TRUSTED_KEYS)")  # fmt: skip
-    return f"signed by key {sig.key_id} (not checked against a trusted key)"
+    return f"signed by key {sig.key_id} (not checked against a trusted key)", (
+        f"detector bundle {base} is signed by key {sig.key_id}, but no trusted key was given to check who signed it "
+        "(--trust-key or RAYDETECT_TRUSTED_KEYS)"
+    )

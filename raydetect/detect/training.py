@@ -150,6 +150,8 @@ def train_detectors(
 
     head, cal = fitted[(bkind, "*")]
     thr = cal.threshold
+    say(f"bundle threshold {cal.threshold:.4f} from {cal.rows} clean validation images: expected FPR {cal.expected_fpr:.1%}, "
+        f"95% range {cal.fpr_range[0]:.1%}-{cal.fpr_range[1]:.1%} for a {cal.target_fpr:.0%} target")  # fmt: skip
     per_attack = {}
     for a in evaluable:
         Xa, ya, pa = test_rows(a)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -112,10 +113,10 @@ def test_gradient_shap_with_the_train_baseline_through_the_cli(ray_cluster, tmp_
     assert 1 <= len(refs) <= 8 and all(r["status"] == "skipped" for r in rows if r["pair_id"] in refs)
     t = run("train", str(tmp_path / "f"), "--out", str(tmp_path / "t"), "--no-ray", "--bootstrap", "20")
     assert t.exit_code == 0, err(t)
-    from raydetect.detect import Detector
-
-    det = Detector.load(tmp_path / "t" / "detector")
-    assert det.references is not None and len(det.references) == len(refs)
+    manifest = json.loads((tmp_path / "t" / "detector" / "manifest.json").read_text())
+    assert manifest["references_file"] == "references.npy"
+    assert len(np.load(tmp_path / "t" / "detector" / "references.npy")) == len(refs)
+    assert "references.npy" in (tmp_path / "t" / "detector" / "SHA256SUMS").read_text()
     write_digit_folder(tmp_path / "imgs", n=3, broken=False)
     r = run("audit", str(tmp_path / "imgs"), "--detector", str(tmp_path / "t" / "detector"), "--out", str(tmp_path / "o"))
     assert r.exit_code == 0, err(r)
