@@ -27,9 +27,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from raydetect.config import AttributionConfig, FeatureConfig, ModelConfig, from_dict, json_default
 from raydetect.detect import signing
-from raydetect.detect.heads import HEADS, Head
-from raydetect.detect.score import Scorer
+from raydetect.detect.heads import HEADS, Head, LinearHead
+from raydetect.detect.score import AttackLogit, Scorer
 from raydetect.errors import RaydetectError
+from raydetect.explain.baselines import View, views
 from raydetect.images import decode_image
 from raydetect.models import ImageClassifier, checked, load_model
 from raydetect.store import exists, join, open_filesystem, read_bytes, write_bytes
@@ -40,6 +41,7 @@ BUNDLE_VERSION = 1
 CHECKSUMS = "SHA256SUMS"
 MANIFEST = "manifest.json"
 REFERENCES = "references.npy"  # uint8 (R, C, H, W): GradientShap's 'train' baseline draws
+SURROGATE = "surrogate_lr.json"
 _warned: set[str] = set()  # bundles already warned about in this process (the CLI loads twice)
 
 
@@ -70,6 +72,11 @@ class Detector:
     calibration: dict[str, Any] = field(default_factory=dict)  # see metrics.Calibration.to_dict
     references: np.ndarray | None = None  # (R, C, H, W) in [0,1], for GradientShap's 'train' baseline
     provenance: str = ""  # set by load: who signed it, as far as was checked
+    # For heads without gradients: an LR fitted to the same features, and its threshold at the same
+    # target FPR, which a white-box attacker differentiates instead (BPDA). Shipped in the bundle
+    # because the attacker is assumed to have everything the auditor has.
+    surrogate: Head | None = None
+    surrogate_threshold: float | None = None
 
     @property
     def kind(self) -> str:
@@ -83,6 +90,8 @@ class Detector:
             "attribution": self.attribution, "features": self.features, "feature_names": self.feature_names,
             "trained_on": self.trained_on, "params": self.params, "metrics": self.metrics,
             "calibration": self.calibration, "references_file": REFERENCES if self.references is not None else None,
+            "surrogate_file": SURROGATE if self.surrogate is not None else None,
+            "surrogate_threshold": self.surrogate_threshold,
         }  # fmt: skip
 
     def save(self, path: str | os.PathLike[str], signing_key: Ed25519PrivateKey | str | os.PathLike[str] | None = None) -> str:
@@ -101,6 +110,8 @@ class Detector:
             buf = io.BytesIO()
             np.save(buf, np.rint(np.clip(self.references, 0, 1) * 255).astype(np.uint8), allow_pickle=False)
             files[REFERENCES] = buf.getvalue()
+        if self.surrogate is not None:
+            files[SURROGATE] = self.surrogate.to_bytes()
         for name, data in files.items():
             write_bytes(join(out, name), data)
         sums = "".join(f"{_sha256(d)}  {n}\n" for n, d in files.items()).encode()
@@ -158,6 +169,11 @@ class Detector:
         m = json.loads(files[MANIFEST])
         if m.get("format") != "raydetect-detector" or m.get("version") != BUNDLE_VERSION:
             raise RaydetectError(f"{base}: unsupported bundle format {m.get('format')!r} version {m.get('version')!r}")
+        surrogate = None
+        if m.get("surrogate_file"):
+            if m["surrogate_file"] != SURROGATE or SURROGATE not in files:
+                raise RaydetectError(f"{base}: manifest names an unverified surrogate file")
+            surrogate = LinearHead.from_bytes(files[SURROGATE])
         head_cls = HEADS.get(m.get("kind", ""))
         if head_cls is None or m["model_file"] != head_cls.file or m["model_file"] not in files:
             raise RaydetectError(f"{base}: manifest names an unknown or unverified model file")
@@ -180,6 +196,8 @@ class Detector:
             calibration=m.get("calibration", {}),
             references=references,
             provenance=provenance,
+            surrogate=surrogate,
+            surrogate_threshold=m.get("surrogate_threshold"),
         )
         return det, warning
 
@@ -220,6 +238,18 @@ class Detector:
         _, acfg, fcfg = self.configs()
         refs = None if self.references is None else torch.from_numpy(np.asarray(self.references, np.float32))
         return Scorer(model, acfg, fcfg, self.head, refs)
+
+    def views(self) -> list[View]:
+        """The transformed views of an image this detector classifies (what squeeze_eot attacks)."""
+        return views(self.configs()[1])
+
+    def attack_logit(self, model: ImageClassifier) -> AttackLogit:
+        """The differentiable detector logit a white-box attacker uses (the surrogate for tree heads)."""
+        if self.head.differentiable:
+            return AttackLogit(self.scorer(model), self.threshold)
+        if self.surrogate is None or self.surrogate_threshold is None:
+            raise RaydetectError(f"this {self.kind} bundle has no differentiable surrogate; retrain it to attack it")
+        return AttackLogit(self.scorer(model), self.surrogate_threshold, self.surrogate)
 
     def load_model(self, device: str | None = None) -> ImageClassifier:
         """The bundle's classifier, loaded once per device and kept."""

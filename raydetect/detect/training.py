@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from raydetect.config import DetectorConfig, FeatureConfig, from_dict
+from raydetect.config import AttributionConfig, DetectorConfig, FeatureConfig, from_dict
 from raydetect.detect.bundle import Detector
 from raydetect.detect.dataset import FeatureSet
 from raydetect.detect.fit import DEFAULT_PARAMS, FitJob, Fitter, clean_threshold, fit_local, split_rows
@@ -117,8 +117,13 @@ def train_detectors(
     # Plan every fit first (per attack and kind, plus the bundle "*"), then fit them in one go.
     plans = [(kind, a, *by_attack[a]) for kind in kinds for a in evaluable]
     plans.append((bkind, "*", *all_rows))
+    if bkind != "lr":  # a differentiable surrogate of the bundle, for white-box attacks on it (BPDA)
+        plans.append(("lr", "*surrogate", *all_rows))
     splits = [split_rows(pairs, cfg) for _, _, _, _, pairs in plans]
-    jobs = [FitJob(kind, X[s.fit], y[s.fit], cfg.params, cfg.seed) for (kind, _, X, y, _), s in zip(plans, splits, strict=True)]
+    jobs = [
+        FitJob(kind, X[s.fit], y[s.fit], None if a == "*surrogate" else cfg.params, cfg.seed)
+        for (kind, a, X, y, _), s in zip(plans, splits, strict=True)
+    ]
     say(f"fitting {len(jobs)} detectors ({', '.join(kinds)}) on {len(chosen)} attack(s)")
     heads = fitter(jobs)
 
@@ -127,7 +132,7 @@ def train_detectors(
     for (kind, a, X, y, pairs), head, s in zip(plans, heads, splits, strict=True):
         cal = clean_threshold(head, X[s.val][y[s.val] == 0], cfg.target_fpr)
         fitted[(kind, a)] = (head, cal)
-        if a != "*":
+        if not a.startswith("*"):
             ev = evaluate(y[s.test], head.predict_proba(X[s.test]), pairs[s.test], cal.threshold, n_boot, cfg.seed)
             detection_rows.append({"attack": a, "detector": kind, "train_rows": len(s.fit), **ev.to_dict(),
                                    **calibration_fields(cal)})  # fmt: skip
@@ -162,7 +167,7 @@ def train_detectors(
         "per_attack": per_attack,
         "accuracy": "balanced: mean of TPR and 1-FPR, whatever the ratio of adversarial to clean rows",
     }
-    bundle_split = splits[-1].pair_ids(all_rows[2])
+    bundle_split = splits[[a for _, a, *_ in plans].index("*")].pair_ids(all_rows[2])
     calibration = {
         **cal.to_dict(),
         "split": {"fit_images": len(bundle_split["fit"]), "val_images": len(bundle_split["val"]),
@@ -170,12 +175,15 @@ def train_detectors(
                   "test_fraction": cfg.test_fraction, "seed": cfg.seed},
     }  # fmt: skip
     fcfg = job.get("features", {})
-    names = feature_names(from_dict(FeatureConfig, fcfg)) if fcfg else [f"f{i}" for i in range(all_rows[0].shape[1])]
+    acfg = from_dict(AttributionConfig, job["attribution"]) if job.get("attribution") else None
+    names = feature_names(from_dict(FeatureConfig, fcfg), acfg) if fcfg else [f"f{i}" for i in range(all_rows[0].shape[1])]
     if len(names) != all_rows[0].shape[1]:
         raise RaydetectError(f"feature output has {all_rows[0].shape[1]} columns but its config names {len(names)}")
     detector = Detector(
         head=head, threshold=thr, target_fpr=cfg.target_fpr, model_config=job.get("model", {}),
         attribution=job.get("attribution", {}), features=fcfg, feature_names=names, trained_on=list(chosen),
         metrics=metrics, params={**DEFAULT_PARAMS[bkind], **cfg.params}, calibration=calibration, references=references,
+        surrogate=fitted[("lr", "*surrogate")][0] if bkind != "lr" else None,
+        surrogate_threshold=fitted[("lr", "*surrogate")][1].threshold if bkind != "lr" else None,
     )  # fmt: skip
     return TrainingResult(attack_table(table), detection_rows, matrix, detector, metrics, bundle_split)

@@ -162,15 +162,26 @@ class ReadImages:
         return rows_to_batch(rows)
 
 
-def read_source(source: Source, pre: Preprocess, skip_ids: set[str] | None = None, parallelism: int | None = None) -> Any:
+def read_source(
+    source: Source,
+    pre: Preprocess,
+    skip_ids: set[str] | None = None,
+    parallelism: int | None = None,
+    keep_ids: set[str] | None = None,
+) -> Any:
     """A Ray Dataset of decoded image rows for ``source`` (schema at the top of this module).
 
     ``skip_ids`` drops work items already done (resume); for Parquet the skip happens per row
-    after reading, since row ids are only known then. None when nothing is left to read.
+    after reading, since row ids are only known then. ``keep_ids`` reads only those files (not
+    for Parquet). None when nothing is left to read.
     """
     kind, items = plan_inputs(source)
     if not items:
         raise RaydetectError(f"no input files under {source.uri}")
+    if keep_ids is not None:
+        if kind == "parquet":
+            raise RaydetectError("selecting images by id needs a folder input, not Parquet")
+        items = [it for it in items if it["item"] in keep_ids]
     if skip_ids and kind != "parquet":
         items = [it for it in items if it["item"] not in skip_ids]
     if not items:
