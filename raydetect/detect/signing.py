@@ -2,7 +2,7 @@
 
 A bundle's ``SHA256SUMS`` lists the hash of every file that decides a verdict (the manifest,
 with the threshold, the configurations and the feature names; the model file; the reference
-images when there are any). ``SIGNATURE`` signs exactly those bytes, after a domain prefix, so
+images and the LR surrogate when there are any). ``SIGNATURE`` signs exactly those bytes, after a domain prefix, so
 changing any file, or rewriting ``SHA256SUMS`` to match, breaks the signature.
 
 Keys are files: ``raydetect keygen --out KEY`` writes the private key (PKCS#8 PEM, mode 0600)
