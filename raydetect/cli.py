@@ -520,6 +520,9 @@ def train(
     ] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the 95% intervals.")] = 1000,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Fit in this process instead of through Ray Train.")] = False,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Ray Train workers for XGBoost (one model, data split across them; LR/RF use 1).")
+    ] = 1,
     sign_key: Annotated[
         Path | None, typer.Option("--sign-key", help="Ed25519 private key (from `raydetect keygen`) to sign the bundle with.")
     ] = None,
@@ -532,10 +535,8 @@ def train(
     validation images (all correctly classified ones) for --target-fpr, and the bundle states the FPR range that
     promises. The bundle loads without executing code, is verified by checksum, and with --sign-key is signed.
     """
-    from raydetect.report import write_report  # matplotlib, Ray and torch: only once a command runs
-    from raydetect.report.experiments import training_report
-    from raydetect.stages.plan import init_ray
-    from raydetect.stages.train import run_training, training_results
+    from raydetect.stages.plan import init_ray  # matplotlib, Ray and torch: only once a command runs
+    from raydetect.stages.train import run_training, write_training_report
 
     kinds = tuple(detector or ["lr"])
     for k in (*kinds, bundle_detector or kinds[0]):
@@ -543,6 +544,8 @@ def train(
             raise RaydetectError(f"detector must be lr, rf or xgboost; got {k!r}")
     if bootstrap < 0:
         raise RaydetectError("--bootstrap must be >= 0")
+    if workers < 1:
+        raise RaydetectError("--workers must be >= 1")
     if not is_remote(features_dir) and not Path(features_dir).expanduser().is_dir():
         raise RaydetectError(f"features directory does not exist: {features_dir}")
     cfg = DetectorConfig(
@@ -570,13 +573,13 @@ def train(
         use_ray=not no_ray,
         n_boot=bootstrap,
         progress=logging.getLogger("raydetect").info,
+        workers=workers,
+        figures=True,
         signing_key=key,
     )
     rep = trained.result
     cal = rep.detector.calibration
-    report = training_report(features_dir, rep.attack_rows, rep.detection_rows, rep.transfer, trained.bundle, cal,
-                             rep.bundle_metrics)  # fmt: skip
-    path = write_report(str(out), report, training_results(trained))
+    path = write_training_report(features_dir, str(out), trained)
     overall = rep.bundle_metrics["overall"]
     signed = f", signed by key {_key_id(key)}" if key is not None else ", unsigned"
     typer.echo(
@@ -615,7 +618,9 @@ def keygen(
 def audit(
     input: Annotated[str, typer.Argument(help="Images to audit: folder tree, Parquet file/folder, s3:// or gs:// URI.")],
     detector: Annotated[str, typer.Option("--detector", "-d", help="Detector bundle directory (from train or reproduce).")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Output directory: rows/ (Parquet), report.md, report.html, figures.")],
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Output directory: rows/ (Parquet), rows.csv, report.html (one file), report.md.")
+    ],
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Must match the bundle's model if given (the bundle decides).")
     ] = None,
@@ -626,7 +631,9 @@ def audit(
     label_column: LabelColOpt = "label",
     limit: LimitOpt = None,
     offset: OffsetOpt = 0,
-    top: Annotated[int, typer.Option("--top", help="How many of the most suspicious images the report lists.")] = 20,
+    top: Annotated[
+        int, typer.Option("--top", help="How many of the most suspicious images the report shows, with thumbnail and heatmap.")
+    ] = 20,
     trust_key: Annotated[
         list[Path] | None,
         typer.Option(

@@ -117,6 +117,8 @@ class FitResult:
     evaluation: Evaluation
     train_rows: int
     val_rows: int
+    test_labels: np.ndarray  # the held-out rows' labels and scores (ROC curves)
+    test_scores: np.ndarray
 
     @property
     def threshold(self) -> float:
@@ -130,5 +132,6 @@ def fit_and_evaluate(
     s = split_rows(pairs, cfg)
     (model,) = fitter([FitJob(cfg.kind, X[s.fit], y[s.fit], cfg.params, cfg.seed)])
     cal = clean_threshold(model, X[s.val][y[s.val] == 0], cfg.target_fpr)
-    ev = evaluate(y[s.test], model.predict_proba(X[s.test]), pairs[s.test], cal.threshold, n_boot, cfg.seed)
-    return FitResult(model, cal, ev, len(s.fit), len(s.val))
+    scores = model.predict_proba(X[s.test])
+    ev = evaluate(y[s.test], scores, pairs[s.test], cal.threshold, n_boot, cfg.seed)
+    return FitResult(model, cal, ev, len(s.fit), len(s.val), y[s.test], scores)

@@ -7,7 +7,7 @@ the bundle and report) is ``stages.train``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,8 @@ class TrainingResult:
     detector: Detector  # trained on every chosen attack; not yet saved
     bundle_metrics: dict[str, Any]
     bundle_split: dict[str, list[str]]  # the bundle's images (pair ids) per side: fit, val, test
+    # attack -> detector kind -> (labels, scores) of its held-out test rows: the ROC curves
+    test_scores: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
 
 
 def calibration_fields(cal: Calibration) -> dict[str, Any]:
@@ -128,14 +130,17 @@ def train_detectors(
     heads = fitter(jobs)
 
     detection_rows: list[dict[str, Any]] = []
+    test_scores: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     fitted: dict[tuple[str, str], tuple[Head, Calibration]] = {}
     for (kind, a, X, y, pairs), head, s in zip(plans, heads, splits, strict=True):
         cal = clean_threshold(head, X[s.val][y[s.val] == 0], cfg.target_fpr)
         fitted[(kind, a)] = (head, cal)
         if not a.startswith("*"):
-            ev = evaluate(y[s.test], head.predict_proba(X[s.test]), pairs[s.test], cal.threshold, n_boot, cfg.seed)
+            scores = head.predict_proba(X[s.test])
+            ev = evaluate(y[s.test], scores, pairs[s.test], cal.threshold, n_boot, cfg.seed)
             detection_rows.append({"attack": a, "detector": kind, "train_rows": len(s.fit), **ev.to_dict(),
                                    **calibration_fields(cal)})  # fmt: skip
+            test_scores.setdefault(a, {})[kind] = (y[s.test], scores)
 
     def test_rows(a: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         X, y, pairs = all_rows if a is None else by_attack[a]
@@ -186,4 +191,4 @@ def train_detectors(
         surrogate=fitted[("lr", "*surrogate")][0] if bkind != "lr" else None,
         surrogate_threshold=fitted[("lr", "*surrogate")][1].threshold if bkind != "lr" else None,
     )  # fmt: skip
-    return TrainingResult(attack_table(table), detection_rows, matrix, detector, metrics, bundle_split)
+    return TrainingResult(attack_table(table), detection_rows, matrix, detector, metrics, bundle_split, test_scores)
