@@ -73,6 +73,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debu
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
+        force=True,  # this invocation's stderr, also when one process runs several commands (tests, notebooks)
     )
 
 
@@ -417,6 +418,9 @@ def reproduce(
     gpus_per_actor: GpusOpt = 0.0,
     cpus_per_actor: CpusOpt = None,
     address: AddressOpt = None,
+    sign_key: Annotated[
+        Path | None, typer.Option("--sign-key", help="Ed25519 private key (from `raydetect keygen`) to sign the bundles with.")
+    ] = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Run the paper's experiment end to end: attack, explain, fit detectors, write Tables 1 and 2.
@@ -446,6 +450,11 @@ def reproduce(
         data = "digits"
     if data != "digits" and not is_remote(data) and not Path(data).expanduser().is_dir():
         raise RaydetectError(f"data folder does not exist: {data}")
+    key = None
+    if sign_key is not None:
+        from raydetect.detect.signing import load_private_key  # cryptography: only once a command runs
+
+        key = load_private_key(sign_key)
     path = run_reproduction(
         data=data,
         out=out,
@@ -463,6 +472,7 @@ def reproduce(
         resources=resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor),
         address=address,
         robustness=Robustness(adaptive_images, adaptive_steps, restarts, eot, smooth) if adaptive else None,
+        signing_key=key,
     )
     typer.echo(f"report: {path}")
 
@@ -501,6 +511,10 @@ def train(
         float, typer.Option("--target-fpr", help="False-positive rate the threshold is chosen for, on clean validation images.")
     ] = 0.05,
     test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of image pairs held out for testing.")] = 0.3,
+    val_fraction: Annotated[
+        float,
+        typer.Option("--val-fraction", help="Share of the other images whose clean rows choose the threshold (never fitted)."),
+    ] = DetectorConfig.val_fraction,
     param: Annotated[
         list[str] | None, typer.Option("--param", help="Detector hyper-parameter key=value (e.g. n_estimators=500); repeat.")
     ] = None,
@@ -509,13 +523,17 @@ def train(
     workers: Annotated[
         int, typer.Option("--workers", help="Ray Train workers for XGBoost (one model, data split across them; LR/RF use 1).")
     ] = 1,
+    sign_key: Annotated[
+        Path | None, typer.Option("--sign-key", help="Ed25519 private key (from `raydetect keygen`) to sign the bundle with.")
+    ] = None,
     address: AddressOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Fit detectors per attack (Table 2, transfer matrix) and save one detector bundle trained on all attacks.
 
-    Splits keep each clean image and its adversarial twin on the same side; the threshold is chosen on clean
-    validation images for --target-fpr. The bundle loads without executing code and is verified by checksum.
+    Splits keep each clean image and its adversarial twin on the same side; the threshold is chosen on the clean
+    validation images (all correctly classified ones) for --target-fpr, and the bundle states the FPR range that
+    promises. The bundle loads without executing code, is verified by checksum, and with --sign-key is signed.
     """
     from raydetect.stages.plan import init_ray  # matplotlib, Ray and torch: only once a command runs
     from raydetect.stages.train import run_training, write_training_report
@@ -531,8 +549,18 @@ def train(
     if not is_remote(features_dir) and not Path(features_dir).expanduser().is_dir():
         raise RaydetectError(f"features directory does not exist: {features_dir}")
     cfg = DetectorConfig(
-        kind=kinds[0], target_fpr=target_fpr, test_fraction=test_fraction, seed=seed, params=parse_params(param)
+        kind=kinds[0],
+        target_fpr=target_fpr,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        params=parse_params(param),
     ).validate()  # type: ignore[arg-type]
+    key = None
+    if sign_key is not None:
+        from raydetect.detect.signing import load_private_key  # cryptography: only once a command runs
+
+        key = load_private_key(sign_key)  # fail before hours of fitting, not after
     if not no_ray:
         init_ray(address)
     trained = run_training(
@@ -547,14 +575,42 @@ def train(
         progress=logging.getLogger("raydetect").info,
         workers=workers,
         figures=True,
+        signing_key=key,
     )
     rep = trained.result
+    cal = rep.detector.calibration
     path = write_training_report(features_dir, str(out), trained)
     overall = rep.bundle_metrics["overall"]
+    signed = f", signed by key {_key_id(key)}" if key is not None else ", unsigned"
     typer.echo(
-        f"bundle: {trained.bundle} (held-out ROC AUC {overall['auc']:.3f}, TPR {overall['tpr']:.1%} at FPR {overall['fpr']:.1%})"
+        f"bundle: {trained.bundle} (held-out ROC AUC {overall['auc']:.3f}, TPR {overall['tpr']:.1%} at FPR {overall['fpr']:.1%}; "
+        f"threshold for {cal['target_fpr']:.0%} FPR: expected {cal['expected_fpr']:.1%}, 95% range "
+        f"{cal['fpr_range'][0]:.1%}-{cal['fpr_range'][1]:.1%} from {cal['rows']} clean images{signed})"
     )
     typer.echo(f"report: {path}")
+
+
+def _key_id(key: Any) -> str:
+    from raydetect.detect.signing import key_id  # cryptography: only once a command runs
+
+    return key_id(key.public_key())
+
+
+@app.command()
+@handle_errors
+def keygen(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Private key file to write; the public key goes to OUT.pub.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace existing key files.")] = False,
+) -> None:
+    """Make an Ed25519 key pair for signing detector bundles (train --sign-key OUT; audit --trust-key OUT.pub).
+
+    The private key file is readable by its owner only; keep it off the machines that audit. Give the .pub file to
+    whoever audits, or list it in the file named by RAYDETECT_TRUSTED_KEYS.
+    """
+    from raydetect.detect.signing import generate_key  # cryptography: only once a command runs
+
+    private, public, kid = generate_key(out, overwrite=force)
+    typer.echo(f"key {kid}: private {private}, public {public}")
 
 
 @app.command()
@@ -578,6 +634,14 @@ def audit(
     top: Annotated[
         int, typer.Option("--top", help="How many of the most suspicious images the report shows, with thumbnail and heatmap.")
     ] = 20,
+    trust_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--trust-key",
+            help="Public key file (from keygen) the bundle must be signed by; repeat for several. "
+            "Default: the key files named by $RAYDETECT_TRUSTED_KEYS; with neither, an unsigned bundle loads with a warning.",
+        ),
+    ] = None,
     batch_size: BatchOpt = None,
     actors: ActorsOpt = None,
     gpus_per_actor: GpusOpt = 0.0,
@@ -586,20 +650,23 @@ def audit(
 ) -> None:
     """Score every image of a dataset with a detector bundle; write one row per input and a report.
 
-    Unreadable or broken inputs become rows with status=error and the reason; the job goes on. Re-running with
-    the same --out resumes where it stopped.
+    With --trust-key (or $RAYDETECT_TRUSTED_KEYS) the bundle must be signed by a trusted key and unchanged since,
+    or the audit refuses to start. Unreadable or broken inputs become rows with status=error and the reason; the
+    job goes on. Re-running with the same --out resumes where it stopped.
     """
     from raydetect.detect.bundle import load_for_audit  # Ray and torch: only once a command runs
+    from raydetect.detect.signing import public_keys
     from raydetect.stages.runner import run_audit
 
     src = source_config(input, kind, image_column, id_column, label_column, limit, offset)
     if model is not None:
         model_config(model, None, False, "auto")
-    load_for_audit(detector, model, str(weights) if weights else None)  # fail fast, before Ray starts
+    trusted = public_keys(trust_key) if trust_key else None  # None: $RAYDETECT_TRUSTED_KEYS decides
+    load_for_audit(detector, model, str(weights) if weights else None, trusted)  # fail fast, before Ray starts
     if top < 0:
         raise RaydetectError("--top must be >= 0")
     resources = resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor)
-    s, report = run_audit(src, out, detector, resources, model, str(weights) if weights else None, top, address)
+    s, report = run_audit(src, out, detector, resources, model, str(weights) if weights else None, top, address, trusted)
     status = ", ".join(f"{k}: {v}" for k, v in sorted(s.rows_by_status.items()))
     typer.echo(f"audit: {s.rows_total} inputs ({status}) in {s.seconds:.0f} s")
     typer.echo(f"report: {report}")

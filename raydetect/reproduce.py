@@ -36,7 +36,7 @@ from raydetect.config import (
 from raydetect.detect import Detector
 from raydetect.detect.fit import fit_and_evaluate
 from raydetect.detect.splits import pair_split
-from raydetect.detect.training import MIN_PAIRS
+from raydetect.detect.training import MIN_PAIRS, calibration_fields
 from raydetect.errors import RaydetectError
 from raydetect.explain import Explainer, describe, feature_names
 from raydetect.images import LocalImages, batches, load_digits_images, load_image_folder
@@ -67,18 +67,28 @@ def protocol_attribution(protocol: Protocol, base: AttributionConfig) -> Attribu
         return replace(base, baseline="pair", explainer="ig", views=(), jitter=0.0)
     if base.baseline == "pair":
         raise RaydetectError("baseline 'pair' is the paper's leak; the corrected protocol cannot use it")
+    if base.baseline == "train":
+        raise RaydetectError(
+            "baseline 'train' draws GradientShap references from attacked clean images: run `raydetect attack`, then "
+            "`raydetect features` (reproduce cannot)"
+        )
     return base
 
 
 @dataclass
 class PairFeatures:
-    """Descriptor rows for one attack: clean and adversarial twins share a pair id."""
+    """Descriptor rows for one attack: clean and adversarial twins share a pair id.
+
+    Corrected protocol: a clean row for every correctly classified image (thresholds and FPR are
+    measured on all of them, as in ``detect.dataset.FeatureSet``) and an adversarial row for each
+    successful attack. Paper protocol: clean rows only beside a successful twin.
+    """
 
     attack: AttackConfig
-    X: np.ndarray  # (2P, D)
-    y: np.ndarray  # (2P,) 0 clean, 1 adversarial
-    pairs: np.ndarray  # (2P,) index of the clean image
-    pred: np.ndarray  # (2P,) model prediction explained
+    X: np.ndarray  # (C + P, D): C clean rows, then P adversarial rows
+    y: np.ndarray  # (C + P,) 0 clean, 1 adversarial
+    pairs: np.ndarray  # (C + P,) index of the clean image
+    pred: np.ndarray  # (C + P,) model prediction explained
 
 
 @dataclass
@@ -94,6 +104,8 @@ class ReproResult:
     transfer: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     bundle: str | None = None
     resumed: int = 0  # images an earlier run of the same job had already done
+    bundle_calibration: dict[str, Any] = field(default_factory=dict)
+    bundle_metrics: dict[str, Any] = field(default_factory=dict)
     robustness: list[dict[str, Any]] = field(default_factory=list)  # per attack: see detect.evaluation
     robustness_images: int = 0
     figures: Figures | None = None
@@ -225,14 +237,15 @@ def reproduce_local(
             cf, cp = explain_all(
                 explainer, x[ok], features, batch_size, progress, f"explain clean ({cfg.name})", idx[ok], twins=adv[ok]
             )
-        else:
-            cf, cp = clean_feats[0][ok], clean_feats[1][ok]
+            clean_ids = idx[ok]
+        else:  # every correctly classified image, also where this attack failed
+            (cf, cp), clean_ids = clean_feats, idx
         af, ap = explain_all(explainer, adv[ok], features, batch_size, progress, f"explain {cfg.name}", idx[ok], twins=x[ok])
         pf = PairFeatures(
             attack=cfg,
             X=np.concatenate([cf, af]),
-            y=np.concatenate([np.zeros(len(ok), np.int64), np.ones(len(ok), np.int64)]),
-            pairs=np.concatenate([idx[ok], idx[ok]]),
+            y=np.concatenate([np.zeros(len(clean_ids), np.int64), np.ones(len(ok), np.int64)]),
+            pairs=np.concatenate([clean_ids, idx[ok]]),
             pred=np.concatenate([cp, ap]),
         )
         result.features.append(pf)
@@ -243,8 +256,9 @@ def reproduce_local(
         for kind in detectors:
             fit = fit_and_evaluate(pf.X, pf.y, pf.pairs, DetectorConfig(kind=kind, seed=seed), n_boot=n_boot)  # type: ignore[arg-type]
             result.detection_rows.append(
-                {"attack": cfg.name, "mode": cfg.mode, "eps": cfg.eps, "detector": kind, **fit.evaluation.to_dict()}
-            )
+                {"attack": cfg.name, "mode": cfg.mode, "eps": cfg.eps, "detector": kind, **fit.evaluation.to_dict(),
+                 **calibration_fields(fit.calibration)}
+            )  # fmt: skip
             figures.roc.setdefault(cfg.name, {})[kind] = (fit.test_labels, fit.test_scores)
     if not figures.distributions:
         figures.notes.append("Figure 2 needs quantile descriptors (signed_quantiles, abs_quantiles or channel_quantiles).")
@@ -293,11 +307,11 @@ def held_out_ids(features_uri: str, seed: int) -> list[str]:
     return sorted(ids[test].tolist(), key=stable_key)
 
 
-def add_metrics(bundle: str, metrics: dict[str, Any]) -> None:
-    """Record more measured figures in a bundle (rewrites its manifest and checksums)."""
-    det = Detector.load(bundle)
+def add_metrics(det: Detector, bundle: str, metrics: dict[str, Any], signing_key: Any = None) -> None:
+    """Record more measured figures in the bundle ``det`` was saved as (rewrites its manifest and
+    checksums, and signs again with ``signing_key``: a bundle signed once stays signed)."""
     det.metrics = {**det.metrics, **metrics}
-    det.save(bundle)
+    det.save(bundle, signing_key)
 
 
 def protocol_plan(protocol: Protocol, eps: list[float], steps: int, seed: int) -> tuple[AttackConfig, ...]:
@@ -323,6 +337,7 @@ def _reproduce_ray(
     seed: int,
     address: str | None,
     robustness: Robustness | None = None,
+    signing_key: Any = None,
 ) -> ReproResult:
     """One protocol through Ray: the fused attack+feature job, then Ray Train per attack and detector,
     then (``robustness``) attacks of every strength and adaptive ones on held-out images."""
@@ -331,13 +346,20 @@ def _reproduce_ray(
     job = FusedJob(feats, model_cfg, Source(data, limit=limit), attacks, protocol_attribution(protocol, attribution), features)
     summary = run_job(job, resources, address)
     trained = run_training(
-        feats, str(out / protocol), kinds=detectors, cfg=DetectorConfig(seed=seed), progress=log.info, figures=True
+        feats,
+        str(out / protocol),
+        kinds=detectors,
+        cfg=DetectorConfig(seed=seed),
+        progress=log.info,
+        figures=True,
+        signing_key=signing_key,
     )
     rep = trained.result
     n_correct = rep.attack_rows[0]["n_correct"] if rep.attack_rows else 0
     result = ReproResult(protocol, model_cfg.name, summary.inputs, n_correct, rep.attack_rows, rep.detection_rows)
     result.transfer, result.bundle = rep.transfer, trained.bundle
     result.resumed, result.figures = summary.skipped_done, trained.figures
+    result.bundle_calibration, result.bundle_metrics = rep.detector.calibration, rep.bundle_metrics
     if robustness is not None and protocol == "corrected":
         ids = held_out_ids(feats, seed)[: robustness.images]
         suite = tuple(a for e in sorted({a.eps for a in attacks}) for a in robustness.suite(e, model_cfg.name))
@@ -346,7 +368,7 @@ def _reproduce_ray(
             Source(data), str(out / protocol / "robustness"), trained.bundle, suite, resources, set(ids), address
         )
         result.robustness_images = len(ids)
-        add_metrics(trained.bundle, {"robustness": result.robustness})
+        add_metrics(rep.detector, trained.bundle, {"robustness": result.robustness}, signing_key)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -368,8 +390,15 @@ def run_reproduction(
     resources: ResourceConfig | None = None,
     address: str | None = None,
     robustness: Robustness | None = None,
+    signing_key: Any = None,
 ) -> Path:
-    """Run each protocol (through Ray, or in this process), write ``report.md`` and ``results.json``."""
+    """Run each protocol (through Ray, or in this process), write ``report.md`` and ``results.json``.
+
+    ``signing_key`` signs the bundles the Ray engine writes (the local engine writes none)."""
+    if signing_key is not None and engine == "local":
+        raise RaydetectError("--sign-key signs the Ray engine's bundles; the local engine writes none")
+    for protocol in protocols:
+        protocol_attribution(protocol, attribution)  # refuse a baseline the protocol cannot use before any work
     results: list[ReproResult] = []
     skipped: dict[str, str] = {}
     if engine == "local":
@@ -406,6 +435,7 @@ def run_reproduction(
                     seed,
                     address,
                     robustness,
+                    signing_key,
                 )
             )
     report = write_report(
@@ -429,6 +459,7 @@ def run_reproduction(
                     "detection": r.detection_rows,
                     "transfer": r.transfer,
                     "bundle": r.bundle,
+                    "bundle_calibration": r.bundle_calibration,
                     "robustness": r.robustness,
                     "robustness_images": r.robustness_images,
                 }

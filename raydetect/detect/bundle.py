@@ -1,34 +1,48 @@
 """Detector bundles: a fitted head plus everything needed to use it on new images.
 
-A bundle is a folder (local, or on s3:// / gs://: the same code reads both) holding
-``manifest.json`` (threshold, the model, attribution and feature configuration, feature names,
-measured metrics), the head in a format that loads without executing code, and ``SHA256SUMS``.
+A bundle is a folder (local, or on s3:// / gs://: the same code reads and verifies both) holding
+``manifest.json`` (threshold and its calibration, the model, attribution and feature
+configuration, feature names, measured metrics), the head in a format that loads without
+executing code, the GradientShap reference images if the explainer draws on them, ``SHA256SUMS``
+over all of these and, when signed, ``SIGNATURE`` (Ed25519 over ``SHA256SUMS``; see
+``detect.signing``). Loading with trusted keys refuses unsigned, wrongly signed or altered
+bundles; without them it verifies checksums and warns, once, that nothing proves who made it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
 import os
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from raydetect.config import AttributionConfig, FeatureConfig, ModelConfig, from_dict, json_default
+from raydetect.detect import signing
 from raydetect.detect.heads import HEADS, Head, LinearHead
 from raydetect.detect.score import AttackLogit, Scorer
 from raydetect.errors import RaydetectError
 from raydetect.explain.baselines import View, views
 from raydetect.images import decode_image
 from raydetect.models import ImageClassifier, checked, load_model
-from raydetect.store import exists, join, read_bytes, write_bytes
+from raydetect.store import exists, join, open_filesystem, read_bytes, write_bytes
+
+log = logging.getLogger(__name__)
 
 BUNDLE_VERSION = 1
 CHECKSUMS = "SHA256SUMS"
 MANIFEST = "manifest.json"
+REFERENCES = "references.npy"  # uint8 (R, C, H, W): GradientShap's 'train' baseline draws
 SURROGATE = "surrogate_lr.json"
+_warned: set[str] = set()  # bundles already warned about in this process (the CLI loads twice)
 
 
 def _sha256(data: bytes) -> str:
@@ -39,9 +53,10 @@ def _sha256(data: bytes) -> str:
 class Detector:
     """A fitted detector with its configuration and measured quality.
 
-    ``Detector.load(path)`` verifies checksums and refuses altered bundles; ``score(images)`` runs
-    the classifier, the explainer and the descriptor it was trained with and returns
-    P(adversarial) per image; ``flag(images)`` applies the bundle's threshold.
+    ``Detector.load(path, trusted_keys=[...])`` verifies the signature and checksums and refuses
+    unsigned or altered bundles; ``score(images)`` runs the classifier, the explainer and the
+    descriptor it was trained with and returns P(adversarial) per image; ``flag(images)`` applies
+    the bundle's threshold, whose expected false-positive rate and 95% range are in ``calibration``.
     """
 
     head: Head
@@ -54,6 +69,9 @@ class Detector:
     trained_on: list[str]
     metrics: dict[str, Any]
     params: dict[str, Any]
+    calibration: dict[str, Any] = field(default_factory=dict)  # see metrics.Calibration.to_dict
+    references: np.ndarray | None = None  # (R, C, H, W) in [0,1], for GradientShap's 'train' baseline
+    provenance: str = ""  # set by load: who signed it, as far as was checked
     # For heads without gradients: an LR fitted to the same features, and its threshold at the same
     # target FPR, which a white-box attacker differentiates instead (BPDA). Shipped in the bundle
     # because the attacker is assumed to have everything the auditor has.
@@ -71,33 +89,63 @@ class Detector:
             "threshold": self.threshold, "target_fpr": self.target_fpr, "model": self.model_config,
             "attribution": self.attribution, "features": self.features, "feature_names": self.feature_names,
             "trained_on": self.trained_on, "params": self.params, "metrics": self.metrics,
+            "calibration": self.calibration, "references_file": REFERENCES if self.references is not None else None,
             "surrogate_file": SURROGATE if self.surrogate is not None else None,
             "surrogate_threshold": self.surrogate_threshold,
         }  # fmt: skip
 
-    def save(self, path: str | os.PathLike[str]) -> str:
-        """Write the bundle to a folder or object-storage prefix; returns its location."""
+    def save(self, path: str | os.PathLike[str], signing_key: Ed25519PrivateKey | str | os.PathLike[str] | None = None) -> str:
+        """Write the bundle to a folder or object-storage prefix; returns its location.
+
+        ``signing_key`` (a key or a PEM file from ``raydetect keygen``) signs ``SHA256SUMS``, which
+        covers every file written here.
+        """
         out = os.fspath(path)
+        key = signing.load_private_key(signing_key) if isinstance(signing_key, (str, os.PathLike)) else signing_key
         files = {
             MANIFEST: json.dumps(self.manifest(), indent=2, default=json_default).encode(),
             self.head.file: self.head.to_bytes(),
         }
+        if self.references is not None:
+            buf = io.BytesIO()
+            np.save(buf, np.rint(np.clip(self.references, 0, 1) * 255).astype(np.uint8), allow_pickle=False)
+            files[REFERENCES] = buf.getvalue()
         if self.surrogate is not None:
             files[SURROGATE] = self.surrogate.to_bytes()
         for name, data in files.items():
             write_bytes(join(out, name), data)
-        write_bytes(join(out, CHECKSUMS), "".join(f"{_sha256(d)}  {n}\n" for n, d in files.items()).encode())
+        sums = "".join(f"{_sha256(d)}  {n}\n" for n, d in files.items()).encode()
+        write_bytes(join(out, CHECKSUMS), sums)
+        if key is not None:
+            write_bytes(join(out, signing.SIGNATURE), signing.sign(sums, key))
+        else:
+            _remove(join(out, signing.SIGNATURE))  # a stale signature from an earlier save would not verify
         return out
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Detector:
-        """Load a bundle from a folder or s3://, gs://...; every file is checked against SHA256SUMS."""
+    def load(cls, path: str | os.PathLike[str], trusted_keys: Sequence[signing.PublicKeyLike] | None = None) -> Detector:
+        """Load a bundle from a folder or s3://, gs://...: the same checks wherever it lives.
+
+        ``trusted_keys`` (public keys, PEM/base64 bytes or key files; default: the files named by
+        ``RAYDETECT_TRUSTED_KEYS``): when there are any, the bundle must carry a signature by one of
+        them over its ``SHA256SUMS``, or it is refused. Every file is checked against ``SHA256SUMS``.
+        Without trusted keys an unsigned bundle loads with a one-line warning (once per bundle).
+        """
+        det, warning = cls._load(path, trusted_keys)
+        _warn_once(os.fspath(path), warning)
+        return det
+
+    @classmethod
+    def _load(cls, path: str | os.PathLike[str], trusted_keys: Sequence[signing.PublicKeyLike] | None) -> tuple[Detector, str]:
+        """The verified bundle, and the warning to give about its provenance ("" for none)."""
         base = os.fspath(path)
         if not exists(base):
             raise RaydetectError(f"detector bundle not found: {base}")
+        keys = signing.trusted_from_env() if trusted_keys is None else signing.public_keys(trusted_keys)
         try:
-            sums = read_bytes(join(base, CHECKSUMS)).decode()
-        except (OSError, RaydetectError):
+            raw_sums = read_bytes(join(base, CHECKSUMS))
+            sums = raw_sums.decode()
+        except (OSError, RaydetectError, UnicodeDecodeError):
             raise RaydetectError(f"{base} is not a raydetect detector bundle (no {CHECKSUMS})") from None
         expected = {}
         for line in sums.splitlines():
@@ -116,6 +164,8 @@ class Detector:
                 raise RaydetectError(f"bundle file {name} is missing from {base}") from None
             if _sha256(files[name]) != digest:
                 raise RaydetectError(f"bundle file {name} does not match its checksum: the bundle was altered or damaged")
+        # Files match SHA256SUMS; the signature says whether SHA256SUMS is what its signer wrote.
+        provenance, warning = _check_signature(base, raw_sums, keys)
         m = json.loads(files[MANIFEST])
         if m.get("format") != "raydetect-detector" or m.get("version") != BUNDLE_VERSION:
             raise RaydetectError(f"{base}: unsupported bundle format {m.get('format')!r} version {m.get('version')!r}")
@@ -127,7 +177,12 @@ class Detector:
         head_cls = HEADS.get(m.get("kind", ""))
         if head_cls is None or m["model_file"] != head_cls.file or m["model_file"] not in files:
             raise RaydetectError(f"{base}: manifest names an unknown or unverified model file")
-        return cls(
+        references = None
+        if m.get("references_file"):
+            if m["references_file"] != REFERENCES or REFERENCES not in files:
+                raise RaydetectError(f"{base}: manifest names unknown or unverified reference images")
+            references = np.load(io.BytesIO(files[REFERENCES]), allow_pickle=False).astype(np.float32) / 255
+        det = cls(
             head=head_cls.from_bytes(files[m["model_file"]]),
             threshold=float(m["threshold"]),
             target_fpr=float(m["target_fpr"]),
@@ -138,9 +193,13 @@ class Detector:
             trained_on=list(m["trained_on"]),
             metrics=m.get("metrics", {}),
             params=m.get("params", {}),
+            calibration=m.get("calibration", {}),
+            references=references,
+            provenance=provenance,
             surrogate=surrogate,
             surrogate_threshold=m.get("surrogate_threshold"),
         )
+        return det, warning
 
     # -- compatibility -----------------------------------------------------------------------
     def check_compatible(
@@ -177,7 +236,8 @@ class Detector:
     def scorer(self, model: ImageClassifier) -> Scorer:
         """The torch score of this detector on ``model`` (which must be the bundle's model)."""
         _, acfg, fcfg = self.configs()
-        return Scorer(model, acfg, fcfg, self.head)
+        refs = None if self.references is None else torch.from_numpy(np.asarray(self.references, np.float32))
+        return Scorer(model, acfg, fcfg, self.head, refs)
 
     def views(self) -> list[View]:
         """The transformed views of an image this detector classifies (what squeeze_eot attacks)."""
@@ -220,10 +280,16 @@ class Detector:
         return self.score(images, **kwargs) > self.threshold
 
 
-def load_for_audit(bundle: str, model: str | None = None, weights: str | None = None) -> tuple[Detector, ModelConfig]:
-    """Load and verify a bundle; the model comes from the bundle (``model`` must agree if given)."""
-    det = Detector.load(bundle)
+def load_for_audit(
+    bundle: str, model: str | None = None, weights: str | None = None, trusted_keys: Sequence[signing.PublicKeyLike] | None = None
+) -> tuple[Detector, ModelConfig]:
+    """Load and verify a bundle; the model comes from the bundle (``model`` must agree if given).
+
+    Its unsigned-bundle warning comes only once everything else passed, so a bad input is one line.
+    """
+    det, warning = Detector._load(bundle, trusted_keys)
     det.check_compatible(model)
+    _warn_once(bundle, warning)
     mcfg = det.configs()[0]
     if weights:
         mcfg = replace(mcfg, weights=weights, random_weights=False)
@@ -232,3 +298,45 @@ def load_for_audit(bundle: str, model: str | None = None, weights: str | None = 
 
 def _norm(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
+
+
+def _read_optional(uri: str) -> bytes | None:
+    try:
+        return read_bytes(uri)
+    except (OSError, RaydetectError):
+        return None
+
+
+def _remove(uri: str) -> None:
+    fs, p = open_filesystem(uri)
+    with contextlib.suppress(OSError):  # nothing to remove
+        fs.delete_file(p)
+
+
+def _warn_once(base: str, message: str) -> None:
+    if message and base not in _warned:
+        _warned.add(base)
+        log.warning(message)
+
+
+def _check_signature(base: str, sums: bytes, keys: list[Any]) -> tuple[str, str]:
+    """Verify ``SIGNATURE`` against the trusted keys, refusing the bundle if that fails; returns
+    (provenance, warning to give or "")."""
+    raw = _read_optional(join(base, signing.SIGNATURE))
+    if keys:
+        if raw is None:
+            raise RaydetectError(f"{base} is not signed, and trusted keys are set: refusing an unsigned bundle")
+        signer = signing.verify(sums, signing.read_signature(raw, base), keys, base)
+        return f"signed by trusted key {signer}", ""
+    if raw is None:
+        return "unsigned", (
+            f"detector bundle {base} is unsigned: its checksums catch accidents, not tampering "
+            "(sign with `train --sign-key`, require it with `--trust-key`)"
+        )
+    sig = signing.read_signature(raw, base)
+    if not signing.self_consistent(sums, sig):
+        raise RaydetectError(f"{base}: the signature does not verify; the bundle's files changed after it was signed")
+    return f"signed by key {sig.key_id} (not checked against a trusted key)", (
+        f"detector bundle {base} is signed by key {sig.key_id}, but no trusted key was given to check who signed it "
+        "(--trust-key or RAYDETECT_TRUSTED_KEYS)"
+    )

@@ -19,6 +19,7 @@ class FeatureSet:
     kind: np.ndarray  # (N,) "clean" | "adversarial"
     pair: np.ndarray  # (N,) pair id (the clean image's id)
     attack: np.ndarray  # (N,) attack name, "" for shared clean rows
+    correct: np.ndarray  # (N,) bool: the model classified the clean image correctly (True when unknown)
 
     @classmethod
     def from_table(cls, table: Any) -> FeatureSet:
@@ -36,20 +37,30 @@ class FeatureSet:
         def arr(name: str) -> np.ndarray:
             return np.asarray(table.column(name).to_pylist(), dtype=object)
 
-        return cls(X, arr("kind"), arr("pair_id"), arr("attack"))
+        correct = (
+            np.asarray(table.column("correct").to_pylist(), bool)
+            if "correct" in table.column_names
+            else np.ones(table.num_rows, bool)
+        )
+        return cls(X, arr("kind"), arr("pair_id"), arr("attack"), correct)
 
     @property
     def attacks(self) -> list[str]:
         return sorted({a for a, k in zip(self.attack, self.kind, strict=True) if k == "adversarial"})
 
-    def for_attacks(self, attacks: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(X, y, pairs) of the given attacks' adversarial rows and their clean twins.
+    def for_attacks(self, attacks: list[str], paired_only: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(X, y, pairs) of the given attacks' adversarial rows and the clean rows beside them.
 
-        Only pairs with a successful adversarial image take part, so classes stay paired.
+        Clean rows are those of *every* correctly classified image, also where no attack
+        succeeded: an auditor's clean images are all images, so thresholds and false-positive
+        rates are measured on all of them (the pair id still keeps an image on one side of
+        every split). The paper protocol writes clean rows only beside a successful twin.
+        ``paired_only`` keeps only clean rows with a successful adversarial twin.
         """
         adv = (self.kind == "adversarial") & np.isin(self.attack, attacks)
-        pairs = set(self.pair[adv])
-        clean = (self.kind == "clean") & np.isin(self.pair, list(pairs)) & (np.isin(self.attack, attacks) | (self.attack == ""))
+        clean = (self.kind == "clean") & (np.isin(self.attack, attacks) | (self.attack == "")) & self.correct
+        if paired_only:
+            clean &= np.isin(self.pair, list(set(self.pair[adv])))
         idx = np.flatnonzero(adv | clean)
         y = (self.kind[idx] == "adversarial").astype(np.int64)
         return self.X[idx], y, self.pair[idx].astype(str)

@@ -13,7 +13,7 @@ import numpy as np
 
 from raydetect.config import DetectorConfig
 from raydetect.detect.heads import BoosterHead, ForestHead, Head, LinearHead
-from raydetect.detect.metrics import Evaluation, evaluate, threshold_for_fpr
+from raydetect.detect.metrics import Calibration, Evaluation, calibrate, evaluate
 from raydetect.detect.splits import pair_split
 from raydetect.errors import RaydetectError
 
@@ -80,22 +80,30 @@ def fit_local(jobs: Sequence[FitJob]) -> list[Head]:
     return [fit_head(j.kind, j.X, j.y, j.params, j.seed) for j in jobs]
 
 
-def clean_threshold(head: Head, X_clean: np.ndarray, target_fpr: float) -> float:
-    """The threshold that flags ``target_fpr`` of these clean rows (flag when score > threshold)."""
-    return threshold_for_fpr(head.predict_proba(X_clean), target_fpr)
+def clean_threshold(head: Head, X_clean: np.ndarray, target_fpr: float) -> Calibration:
+    """The threshold for ``target_fpr`` on new clean images, chosen on these clean calibration rows."""
+    return calibrate(head.predict_proba(X_clean), target_fpr)
 
 
 @dataclass
 class Split:
-    """Row indices of one pair-aware split: fit, validation (threshold), test."""
+    """Row indices of one pair-aware split: fit, validation (the threshold's calibration), test."""
 
     fit: np.ndarray
     val: np.ndarray
     test: np.ndarray
 
+    def pair_ids(self, pairs: np.ndarray) -> dict[str, list[str]]:
+        """The images (pair ids) on each side, for the record and for checking disjointness."""
+        return {side: sorted(set(pairs[getattr(self, side)].tolist())) for side in ("fit", "val", "test")}
+
 
 def split_rows(pairs: np.ndarray, cfg: DetectorConfig) -> Split:
-    """Test pairs first, then a validation share of the rest; every pair stays on one side."""
+    """Test pairs first, then a validation share of the rest; every pair stays on one side.
+
+    A pair's side depends only on its id and the seed, so every attack's rows and the bundle's
+    agree, and the validation clean rows (all correctly classified images there) are never fitted.
+    """
     train, test = pair_split(pairs, cfg.test_fraction, cfg.seed)
     fit_mask, val_mask = pair_split(pairs[train], cfg.val_fraction, cfg.seed + 1)
     rest = np.flatnonzero(train)
@@ -105,12 +113,16 @@ def split_rows(pairs: np.ndarray, cfg: DetectorConfig) -> Split:
 @dataclass
 class FitResult:
     model: Head
-    threshold: float
+    calibration: Calibration
     evaluation: Evaluation
     train_rows: int
     val_rows: int
     test_labels: np.ndarray  # the held-out rows' labels and scores (ROC curves)
     test_scores: np.ndarray
+
+    @property
+    def threshold(self) -> float:
+        return self.calibration.threshold
 
 
 def fit_and_evaluate(
@@ -119,7 +131,7 @@ def fit_and_evaluate(
     """Fit on training pairs, choose the threshold on validation clean rows, evaluate on test pairs."""
     s = split_rows(pairs, cfg)
     (model,) = fitter([FitJob(cfg.kind, X[s.fit], y[s.fit], cfg.params, cfg.seed)])
-    thr = clean_threshold(model, X[s.val][y[s.val] == 0], cfg.target_fpr)
+    cal = clean_threshold(model, X[s.val][y[s.val] == 0], cfg.target_fpr)
     scores = model.predict_proba(X[s.test])
-    ev = evaluate(y[s.test], scores, pairs[s.test], thr, n_boot, cfg.seed)
-    return FitResult(model, thr, ev, len(s.fit), len(s.val), y[s.test], scores)
+    ev = evaluate(y[s.test], scores, pairs[s.test], cal.threshold, n_boot, cfg.seed)
+    return FitResult(model, cal, ev, len(s.fit), len(s.val), y[s.test], scores)

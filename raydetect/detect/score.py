@@ -36,9 +36,12 @@ class Scored:
 class Scorer:
     """A classifier, the explainer and descriptor a detector was trained with, and its head."""
 
-    def __init__(self, model: ImageClassifier, attribution: AttributionConfig, features: FeatureConfig, head: Head) -> None:
+    def __init__(
+        self, model: ImageClassifier, attribution: AttributionConfig, features: FeatureConfig, head: Head,
+        references: torch.Tensor | None = None,
+    ) -> None:  # fmt: skip
         self.model = model
-        self.explainer = Explainer(model, attribution)
+        self.explainer = Explainer(model, attribution, references)  # references: GradientShap's 'train' baseline
         self.features = features
         self.head = head.to(model.device)
 

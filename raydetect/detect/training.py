@@ -17,7 +17,7 @@ from raydetect.detect.bundle import Detector
 from raydetect.detect.dataset import FeatureSet
 from raydetect.detect.fit import DEFAULT_PARAMS, FitJob, Fitter, clean_threshold, fit_local, split_rows
 from raydetect.detect.heads import Head
-from raydetect.detect.metrics import evaluate, roc_auc
+from raydetect.detect.metrics import Calibration, evaluate, roc_auc
 from raydetect.detect.splits import pair_split
 from raydetect.errors import RaydetectError
 from raydetect.explain import feature_names
@@ -57,8 +57,15 @@ class TrainingResult:
     transfer: dict[str, dict[str, dict[str, float]]]  # detector -> train attack -> test attack -> AUC
     detector: Detector  # trained on every chosen attack; not yet saved
     bundle_metrics: dict[str, Any]
+    bundle_split: dict[str, list[str]]  # the bundle's images (pair ids) per side: fit, val, test
     # attack -> detector kind -> (labels, scores) of its held-out test rows: the ROC curves
     test_scores: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+
+
+def calibration_fields(cal: Calibration) -> dict[str, Any]:
+    """What a detection row says about its threshold."""
+    return {"target_fpr": cal.target_fpr, "calibration_rows": cal.rows, "expected_fpr": cal.expected_fpr,
+            "fpr_range": list(cal.fpr_range), "calibration_achievable": cal.achievable}  # fmt: skip
 
 
 def train_detectors(
@@ -73,14 +80,19 @@ def train_detectors(
     transfer: bool = True,
     progress: Callable[[str], None] | None = None,
     min_pairs: int = MIN_PAIRS,
+    references: np.ndarray | None = None,
 ) -> TrainingResult:
     """Fit every detector kind per attack, evaluate on held-out pairs, and build one bundle.
 
     ``table``: feature-job rows; ``job``: the feature job's recorded config (model, attribution,
     features), which the bundle carries. The bundle (kind ``bundle_kind``, default the first of
     ``kinds``) is trained on all selected attacks together, as an auditor needs one detector for
-    whatever attack comes. Attacks with fewer than ``min_pairs`` successful pairs still feed the
-    bundle, but get no detector and no row of their own.
+    whatever attack comes; it sees k adversarial rows per clean image for k attacks, which is why
+    its accuracy is balanced (see ``metrics.Evaluation``). Every correctly classified clean image
+    takes part, also where no attack succeeded: validation ones choose the threshold, test ones
+    measure the FPR. Attacks with fewer than ``min_pairs`` successful pairs still feed the bundle,
+    but get no detector and no row of their own. ``references``: the GradientShap reference
+    images the features were explained against, which the bundle must carry to score.
     """
     cfg = cfg or DetectorConfig()
     say = progress or (lambda msg: None)
@@ -99,7 +111,7 @@ def train_detectors(
     bkind = bundle_kind or kinds[0]
     by_attack = {a: fs.for_attacks([a]) for a in chosen}
     all_rows = fs.for_attacks(chosen)
-    n_pairs = {a: len(set(by_attack[a][2])) for a in chosen}
+    n_pairs = {a: len(set(by_attack[a][2][by_attack[a][1] == 1])) for a in chosen}
     evaluable = [a for a in chosen if n_pairs[a] >= min_pairs]
     for a in chosen:
         if a not in evaluable:
@@ -119,14 +131,15 @@ def train_detectors(
 
     detection_rows: list[dict[str, Any]] = []
     test_scores: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    fitted: dict[tuple[str, str], tuple[Head, float]] = {}
+    fitted: dict[tuple[str, str], tuple[Head, Calibration]] = {}
     for (kind, a, X, y, pairs), head, s in zip(plans, heads, splits, strict=True):
-        thr = clean_threshold(head, X[s.val][y[s.val] == 0], cfg.target_fpr)
-        fitted[(kind, a)] = (head, thr)
+        cal = clean_threshold(head, X[s.val][y[s.val] == 0], cfg.target_fpr)
+        fitted[(kind, a)] = (head, cal)
         if not a.startswith("*"):
             scores = head.predict_proba(X[s.test])
-            ev = evaluate(y[s.test], scores, pairs[s.test], thr, n_boot, cfg.seed)
-            detection_rows.append({"attack": a, "detector": kind, "train_rows": len(s.fit), **ev.to_dict()})
+            ev = evaluate(y[s.test], scores, pairs[s.test], cal.threshold, n_boot, cfg.seed)
+            detection_rows.append({"attack": a, "detector": kind, "train_rows": len(s.fit), **ev.to_dict(),
+                                   **calibration_fields(cal)})  # fmt: skip
             test_scores.setdefault(a, {})[kind] = (y[s.test], scores)
 
     def test_rows(a: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -145,13 +158,27 @@ def train_detectors(
                     Xb, yb, _ = test_rows(b)
                     matrix[kind][a][b] = roc_auc(yb, head.predict_proba(Xb))
 
-    head, thr = fitted[(bkind, "*")]
+    head, cal = fitted[(bkind, "*")]
+    thr = cal.threshold
+    say(f"bundle threshold {cal.threshold:.4f} from {cal.rows} clean validation images: expected FPR {cal.expected_fpr:.1%}, "
+        f"95% range {cal.fpr_range[0]:.1%}-{cal.fpr_range[1]:.1%} for a {cal.target_fpr:.0%} target")  # fmt: skip
     per_attack = {}
     for a in evaluable:
         Xa, ya, pa = test_rows(a)
         per_attack[a] = evaluate(ya, head.predict_proba(Xa), pa, thr, n_boot, cfg.seed).to_dict()
     Xt, yt, pt = test_rows(None)
-    metrics = {"overall": evaluate(yt, head.predict_proba(Xt), pt, thr, n_boot, cfg.seed).to_dict(), "per_attack": per_attack}
+    metrics = {
+        "overall": {**evaluate(yt, head.predict_proba(Xt), pt, thr, n_boot, cfg.seed).to_dict(), **calibration_fields(cal)},
+        "per_attack": per_attack,
+        "accuracy": "balanced: mean of TPR and 1-FPR, whatever the ratio of adversarial to clean rows",
+    }
+    bundle_split = splits[[a for _, a, *_ in plans].index("*")].pair_ids(all_rows[2])
+    calibration = {
+        **cal.to_dict(),
+        "split": {"fit_images": len(bundle_split["fit"]), "val_images": len(bundle_split["val"]),
+                  "test_images": len(bundle_split["test"]), "val_fraction": cfg.val_fraction,
+                  "test_fraction": cfg.test_fraction, "seed": cfg.seed},
+    }  # fmt: skip
     fcfg = job.get("features", {})
     acfg = from_dict(AttributionConfig, job["attribution"]) if job.get("attribution") else None
     names = feature_names(from_dict(FeatureConfig, fcfg), acfg) if fcfg else [f"f{i}" for i in range(all_rows[0].shape[1])]
@@ -160,8 +187,8 @@ def train_detectors(
     detector = Detector(
         head=head, threshold=thr, target_fpr=cfg.target_fpr, model_config=job.get("model", {}),
         attribution=job.get("attribution", {}), features=fcfg, feature_names=names, trained_on=list(chosen),
-        metrics=metrics, params={**DEFAULT_PARAMS[bkind], **cfg.params},
+        metrics=metrics, params={**DEFAULT_PARAMS[bkind], **cfg.params}, calibration=calibration, references=references,
         surrogate=fitted[("lr", "*surrogate")][0] if bkind != "lr" else None,
-        surrogate_threshold=fitted[("lr", "*surrogate")][1] if bkind != "lr" else None,
+        surrogate_threshold=fitted[("lr", "*surrogate")][1].threshold if bkind != "lr" else None,
     )  # fmt: skip
-    return TrainingResult(attack_table(table), detection_rows, matrix, detector, metrics, test_scores)
+    return TrainingResult(attack_table(table), detection_rows, matrix, detector, metrics, bundle_split, test_scores)

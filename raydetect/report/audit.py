@@ -54,6 +54,20 @@ def score_histogram(scores: np.ndarray, threshold: float, target_fpr: float, fla
     return buf.getvalue()
 
 
+def bundle_note(det: Detector) -> str:
+    """What the threshold promises on clean images, and who signed the bundle (as far as was checked)."""
+    cal = det.calibration
+    note = ""
+    if cal.get("fpr_range"):
+        lo, hi = cal["fpr_range"]
+        note = (
+            f"On clean images like those it was calibrated on ({cal['rows']} clean validation images), the threshold's "
+            f"expected false-positive rate is {pct(cal['expected_fpr'])}, between {pct(lo)} and {pct(hi)} with 95% "
+            "probability. "
+        )
+    return note + f"Bundle: {det.provenance or 'provenance not checked'}."
+
+
 def audit_rows(out: str, root: str) -> Any:
     """Every audit row (pyarrow Table), most suspicious first, with ``shown_path``: the input's
     path relative to the audited ``root``."""
@@ -287,7 +301,7 @@ def audit_report(
     )
     if reasons:
         report.add(Heading("Inputs not scored"), Table(["reason", "count"], sorted(reasons.items(), key=lambda kv: -kv[1])))
-    report.add(*quality_blocks(det, bundle))
+    report.add(*quality_blocks(det, bundle), Paragraph(bundle_note(det)))
     report.add(
         Heading("Files"),
         Paragraph(f"Every row (one per input, errors with their reason): `{join(out, 'rows')}` (Parquet) and `{csv_path}`."),

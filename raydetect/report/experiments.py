@@ -20,11 +20,19 @@ def _add_figures(report: Report, figures: Figures | None, prefix: str = "") -> N
     report.figures.update(files)
 
 
-def training_report(features_dir: str, attack_rows: list[dict[str, Any]], detection_rows: list[dict[str, Any]],
-                    transfer: dict[str, dict[str, dict[str, float]]], bundle: str | None,
-                    figures: Figures | None = None) -> Report:  # fmt: skip
+def training_report(
+    features_dir: str,
+    attack_rows: list[dict[str, Any]],
+    detection_rows: list[dict[str, Any]],
+    transfer: dict[str, dict[str, dict[str, float]]],
+    bundle: str | None,
+    figures: Figures | None = None,
+    calibration: dict[str, Any] | None = None,
+    bundle_metrics: dict[str, Any] | None = None,
+) -> Report:
     report = Report("raydetect training")
-    report.add(*results_section("Detection", f"Features: `{features_dir}`.", attack_rows, detection_rows, transfer, bundle))
+    report.add(*results_section("Detection", f"Features: `{features_dir}`.", attack_rows, detection_rows, transfer, bundle,
+                                calibration, bundle_metrics))  # fmt: skip
     _add_figures(report, figures)
     return report.add(FOOTNOTE)
 
@@ -41,7 +49,8 @@ def reproduction_report(results: Sequence[Any], attribution: AttributionConfig, 
             f"descriptors {', '.join(features.descriptors)} (K={features.quantiles}). Took {r.seconds:.0f} s"
             + (f" ({r.resumed} images done by an earlier run were not redone)." if r.resumed else ".")
         )
-        report.add(*results_section(title, description, r.attack_rows, r.detection_rows, r.transfer, r.bundle))
+        report.add(*results_section(title, description, r.attack_rows, r.detection_rows, r.transfer, r.bundle,
+                                    r.bundle_calibration, r.bundle_metrics))  # fmt: skip
         if r.robustness:
             report.add(*robustness_section(r.robustness, r.robustness_images))
         _add_figures(report, r.figures, f"{r.protocol}_")

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from raydetect.config import format_eps
+from raydetect.detect.metrics import MAX_FAILED_SHARE, TOO_FEW_CLEAN
 from raydetect.report.document import Block, Heading, Paragraph, Table
 
 MODE_LABEL = {"untargeted": "Untargeted", "random": "Targeted (random)", "second": "Targeted (2nd most confident)"}
@@ -46,19 +47,67 @@ def table1(attack_rows: Sequence[dict[str, Any]]) -> Table:
     return Table(["Attack", "Success rate"], rows)
 
 
+def tpr_cell(r: dict[str, Any], key: str, fpr: float) -> str:
+    """TPR at a fixed FPR, or why it cannot be estimated (fewer than 1/fpr clean test rows)."""
+    v, n_clean = r.get(key), r.get("n_test_clean")
+    if (v is None or (isinstance(v, float) and math.isnan(v))) and n_clean is not None and n_clean < math.ceil(1 / fpr - 1e-9):
+        return TOO_FEW_CLEAN
+    return pct(v, 1)
+
+
+def rate_interval(ci: Sequence[float] | None) -> str:
+    if not ci or any(c is None or math.isnan(c) for c in ci):
+        return ""
+    return f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
 def table2(detection_rows: Sequence[dict[str, Any]]) -> Table:
     """Table 2: detection per attack and detector, with the metrics the paper left out."""
     rows = [
         [
-            r["attack"], r["detector"], r["n_test_pairs"], f"{pct(r['accuracy'], 1)} {interval(r.get('accuracy_ci'), 3)}",
-            pct(r["accuracy_at_half"], 1), f"{num(r['auc'])} {interval(r.get('auc_ci'))}", pct(r["tpr_at_1fpr"], 1),
-            pct(r["tpr_at_5fpr"], 1), pct(r["fpr"], 1),
+            r["attack"], r["detector"], f"{r.get('n_test_clean', '?')} / {r.get('n_test_adversarial', '?')}",
+            f"{pct(r['accuracy'], 1)} {interval(r.get('accuracy_ci'), 3)}", pct(r["accuracy_at_half"], 1),
+            f"{num(r['auc'])} {interval(r.get('auc_ci'))}", tpr_cell(r, "tpr_at_1fpr", 0.01), tpr_cell(r, "tpr_at_5fpr", 0.05),
+            f"{pct(r['fpr'], 1)}{rate_interval(r.get('fpr_ci'))}", r.get("calibration_rows", "?"),
         ]
         for r in detection_rows
     ]  # fmt: skip
-    headers = ["Attack", "Detector", "Test pairs", "Accuracy [95% CI]", "Acc@0.5", "ROC AUC [95% CI]", "TPR@1%FPR",
-               "TPR@5%FPR", "Held-out FPR"]  # fmt: skip
+    headers = ["Attack", "Detector", "Test images (clean / adv.)", "Balanced accuracy [95% CI]", "Bal. acc@0.5",
+               "ROC AUC [95% CI]", "TPR@1%FPR", "TPR@5%FPR", "Held-out FPR [95% CI]", "Threshold's clean rows"]  # fmt: skip
     return Table(headers, rows)
+
+
+def calibration_paragraph(cal: dict[str, Any], overall: dict[str, Any] | None = None) -> Paragraph:
+    """What the bundle's threshold promises on new clean images, and what the test split measured."""
+    lo, hi = cal["fpr_range"]
+    text = (
+        f"The bundle's threshold {cal['threshold']:.4f} was chosen on {cal['rows']} clean validation images that no "
+        f"detector was fitted on, for a target false-positive rate of {pct(cal['target_fpr'])}: on new clean images "
+        f"its expected FPR is {pct(cal['expected_fpr'])}, and with 95% probability between {pct(lo)} and {pct(hi)} "
+        "(split-conformal threshold; more validation images narrow this range)."
+    )
+    if not cal.get("achievable", True):
+        text += f" Too few validation images to promise {pct(cal['target_fpr'])}: the FPR may be higher."
+    if overall:
+        n = overall.get("n_test_clean", 0)
+        text += f" Measured on {n} held-out clean images: {pct(overall['fpr'])}{rate_interval(overall.get('fpr_ci'))}."
+    return Paragraph(text)
+
+
+def bootstrap_note(detection_rows: Sequence[dict[str, Any]]) -> Paragraph | None:
+    """Say which intervals left out resamples with no defined value (say, no adversarial row drawn)."""
+    notes = []
+    for r in detection_rows:
+        boot = r.get("bootstrap") or {}
+        for metric, failed in (boot.get("failed") or {}).items():
+            if failed:
+                notes.append(f"{r['attack']} / {r['detector']} {metric}: {failed} of {boot['resamples']}")
+    if not notes:
+        return None
+    return Paragraph(
+        "_Bootstrap resamples with no defined value (left out; an interval where they exceed "
+        f"{100 * MAX_FAILED_SHARE:.1f}% of resamples is shown as n/a): {'; '.join(notes)}._"
+    )
 
 
 def transfer_table(matrix: dict[str, dict[str, float]]) -> Table:
@@ -74,8 +123,10 @@ def results_section(
     detection_rows: Sequence[dict[str, Any]],
     transfer: dict[str, dict[str, dict[str, float]]],
     bundle: str | None,
+    calibration: dict[str, Any] | None = None,
+    bundle_metrics: dict[str, Any] | None = None,
 ) -> list[Block]:
-    """One experiment: Table 1, Table 2, transfer matrices, the bundle."""
+    """One experiment: Table 1, Table 2, transfer matrices, the bundle and its threshold."""
     blocks: list[Block] = [Heading(title), Paragraph(description)]
     blocks += [Heading("Table 1: attack success (over correctly classified images)", 3), table1(attack_rows)]
     blocks.append(Heading("Table 2: detection on held-out pairs", 3))
@@ -88,17 +139,27 @@ def results_section(
         blocks.append(
             Paragraph(f"_Too few successful pairs for a detector of their own (they still join the bundle): {', '.join(few)}._")
         )
+    note = bootstrap_note(detection_rows)
+    if note:
+        blocks.append(note)
     for kind, matrix in transfer.items():
         blocks += [Heading(f"Transfer ({kind}): ROC AUC, trained on one attack, tested on another", 3), transfer_table(matrix)]
     if bundle:
         blocks.append(Paragraph(f"Detector bundle trained on all attacks above: `{bundle}`"))
+    if calibration and calibration.get("fpr_range"):
+        blocks.append(calibration_paragraph(calibration, (bundle_metrics or {}).get("overall")))
     return blocks
 
 
 FOOTNOTE = Paragraph(
-    "Accuracy is at a threshold chosen on clean validation images for a 5% false-positive rate; Acc@0.5 is the "
-    "paper's plain accuracy. Intervals are 95% bootstrap over test pairs; a clean image and its adversarial twin "
-    "are always on the same side of every split."
+    "Every correctly classified image takes part, also those no attack fooled: images are split by id into fit, "
+    "validation and test sides, and a clean image and its adversarial twins are always on the same side. The "
+    "threshold is chosen on the validation side's clean images only, for the target false-positive rate "
+    "(split-conformal: expected FPR at most the target). Accuracy is balanced (the mean of TPR and 1-FPR), so it "
+    "does not depend on how many adversarial rows there are per clean one; Bal. acc@0.5 is the same at score > 0.5, "
+    "the paper's accuracy on its balanced pairs. TPR@x%FPR needs at least 1/x clean test images, else it reads "
+    f"'{TOO_FEW_CLEAN}'. Held-out FPR intervals are exact binomial (Clopper-Pearson); accuracy and ROC AUC "
+    "intervals are 95% bootstrap over test images."
 )
 
 

@@ -36,6 +36,7 @@ from raydetect.stages.explain import FeatureStage
 from raydetect.stages.fused import AttackFeatureStage
 from raydetect.stages.plan import Plan, init_ray, map_actors, plan_resources
 from raydetect.stages.read import read_source
+from raydetect.stages.references import MarkReferences, choose_references, load_references, save_references
 from raydetect.stages.sink import ParquetSink
 from raydetect.store import SUMMARY_FILE, claim_output, done_ids, join, open_filesystem, output_files, read_output, write_json
 
@@ -168,6 +169,11 @@ class FusedJob(AttackJob):
     def __init__(self, out: str, model: ModelConfig, source: Source, attacks: Sequence[AttackConfig],
                  attribution: AttributionConfig, features: FeatureConfig, only_correct: bool = True,
                  keep_png: bool = False) -> None:  # fmt: skip
+        if attribution.baseline == "train":
+            raise RaydetectError(
+                "baseline 'train' draws GradientShap references from attacked clean images: run `raydetect attack`, "
+                "then `raydetect features` (the fused job and reproduce cannot)"
+            )
         super().__init__(out, model, source, attacks, only_correct)
         self.attribution, self.features, self.keep_png = attribution, features, keep_png
 
@@ -181,7 +187,12 @@ class FusedJob(AttackJob):
 
 
 class FeatureJob(Job):
-    """Explain every row an attack job wrote."""
+    """Explain every row an attack job wrote.
+
+    With GradientShap's ``train`` baseline and no ``references`` given, the references are a
+    seeded sample of the attack output's clean images (``stages.references``), whose rows are
+    written as skipped. Either way the references are saved beside the features for the bundle.
+    """
 
     name = "features"
 
@@ -193,15 +204,24 @@ class FeatureJob(Job):
             raise RaydetectError(f"no attack output under {attacks_dir}; run the attack job first")
         self.attacks_dir, self.attribution, self.features = attacks_dir, attribution, features
         self.references, self.maps_fraction = references, maps_fraction
+        self.reference_ids: list[str] = []
+        if attribution.baseline == "train" and references is None:
+            saved = load_references(out)  # a resumed job keeps the references its rows were explained against
+            self.reference_ids, self.references = saved or choose_references(attacks_dir, attribution.seed)
         # The paper protocol's output ids are per (pair, attack): resume whole pairs.
         self.resume_key = "pair_id" if attribution.baseline == "pair" else "id"
 
     def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
+        refs = {} if self.references is None else {"references": {"images": len(self.references), "ids": self.reference_ids}}
         return {"attacks_dir": self.attacks_dir, "model": to_dict(model), "attribution": to_dict(self.attribution),
-                "features": to_dict(self.features)}  # fmt: skip
+                "features": to_dict(self.features), **refs}  # fmt: skip
 
     def read(self, model: ModelConfig, done: set[str]) -> Any:
+        if self.references is not None:
+            save_references(self.out, self.reference_ids, self.references)
         ds = ray.data.read_parquet(self.files, filesystem=open_filesystem(self.attacks_dir)[0])
+        if self.reference_ids:
+            ds = ds.map_batches(MarkReferences(self.reference_ids), batch_format="pyarrow")
         if done:
             ds = ds.map_batches(_DropDone(ray.put(done), self.resume_key), batch_format="pyarrow")
         return ds
@@ -237,6 +257,7 @@ class AuditJob(_FromSource):
             "bundle": self.bundle,
             "model": to_dict(model),
             "threshold": self.detector.threshold,
+            "provenance": self.detector.provenance,
         }
 
     def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
@@ -291,14 +312,17 @@ def run_audit(
     weights: str | None = None,
     top: int = 20,
     address: str | None = None,
+    trusted_keys: Sequence[Any] | None = None,
 ) -> tuple[JobSummary, str]:
     """Audit every input of ``source`` with the bundle: rows under ``<out>/rows`` (and
     ``<out>/rows.csv``), then the report, with thumbnails and heatmaps of the ``top`` most
     suspicious images (only those are explained again, here in the driver).
 
+    The bundle is verified here, once (signature against ``trusted_keys`` or
+    ``RAYDETECT_TRUSTED_KEYS``, then checksums); the actors receive the verified detector.
     Returns the job's accounting and the report's location.
     """
-    det, mcfg = load_for_audit(bundle, model, weights)
+    det, mcfg = load_for_audit(bundle, model, weights, trusted_keys)
     summary = run_job(AuditJob(out, mcfg, source, det, bundle), resources, address)
     report = audit_report(out, det, bundle, top, source.uri, lambda: load_model(mcfg))
     return summary, write_report(out, report)

@@ -32,6 +32,7 @@ from raydetect.report.figures import (
     reread_image,
     round_robin,
 )
+from raydetect.stages.references import load_references
 from raydetect.store import is_remote, job_config, join, open_filesystem, output_files, read_output
 
 
@@ -56,21 +57,30 @@ def run_training(
     min_pairs: int = MIN_PAIRS,
     workers: int = 1,
     figures: bool = False,
+    signing_key: Any = None,
 ) -> Trained:
     """Fit detectors on a feature job's output (see ``detect.training.train_detectors``) and save
     the bundle under ``<out>/detector``. ``use_ray`` fits through Ray Train (Ray must be running),
     XGBoost on ``workers`` Ray Train workers; ``figures`` also draws the paper's figures from the
-    same rows (see :func:`training_figures`)."""
+    same rows (see :func:`training_figures`); ``signing_key`` (an Ed25519 private key or its PEM
+    file) signs the bundle."""
     table = read_output(features_uri)
     if table is None:
         raise RaydetectError(f"no feature output under {features_uri}; run the feature job first")
+    job = job_config(features_uri) or {}
+    references = None
+    if job.get("attribution", {}).get("baseline") == "train":
+        saved = load_references(features_uri)
+        if saved is None:
+            raise RaydetectError(f"{features_uri} was explained against GradientShap references that were not saved with it")
+        references = saved[1]
     fitter: Callable[[Sequence[FitJob]], list[Head]] = fit_local
     if use_ray:
         storage = None if is_remote(out) else join(out, ".ray_train")
         fitter = lambda jobs: fit_on_ray(jobs, storage, workers)  # noqa: E731
-    job = job_config(features_uri) or {}
-    result = train_detectors(table, job, kinds, cfg, attacks, bundle_kind, fitter, n_boot, transfer, progress, min_pairs)
-    trained = Trained(result, result.detector.save(join(out, "detector")))
+    result = train_detectors(table, job, kinds, cfg, attacks, bundle_kind, fitter, n_boot, transfer, progress, min_pairs,
+                             references)  # fmt: skip
+    trained = Trained(result, result.detector.save(join(out, "detector"), signing_key))
     if figures:
         trained.figures = training_figures(table, job, result)
     return trained
@@ -80,13 +90,14 @@ def training_results(t: Trained) -> dict[str, Any]:
     """The JSON record of a training run (``results.json``)."""
     r = t.result
     return {"attacks": r.attack_rows, "detection": r.detection_rows, "transfer": r.transfer, "bundle": t.bundle,
-            "bundle_metrics": r.bundle_metrics}  # fmt: skip
+            "bundle_metrics": r.bundle_metrics, "bundle_calibration": r.detector.calibration}  # fmt: skip
 
 
 def write_training_report(features_uri: str, out: str, trained: Trained) -> str:
     """``report.md``, ``report.html``, the figures and ``results.json`` under ``out``."""
     r = trained.result
-    report = training_report(features_uri, r.attack_rows, r.detection_rows, r.transfer, trained.bundle, trained.figures)
+    report = training_report(features_uri, r.attack_rows, r.detection_rows, r.transfer, trained.bundle, trained.figures,
+                             r.detector.calibration, r.bundle_metrics)  # fmt: skip
     return write_report(out, report, training_results(trained))
 
 

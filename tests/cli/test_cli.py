@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -66,7 +67,11 @@ def test_attack_features_train_pipeline(ray_cluster, tmp_path) -> None:
     assert e.exit_code == 0, err(e)
     assert len(list((tmp_path / "png" / "clean").glob("*.png"))) == 60
     assert list((tmp_path / "png" / "adversarial").glob("*.png"))
-    t = run("train", str(tmp_path / "f"), "--out", str(tmp_path / "t"), "--detector", "lr", "--no-ray", "--bootstrap", "50")
+    k = run("keygen", "--out", str(tmp_path / "keys" / "team"))
+    assert k.exit_code == 0, err(k)
+    assert (tmp_path / "keys" / "team.pub").exists()
+    t = run("train", str(tmp_path / "f"), "--out", str(tmp_path / "t"), "--detector", "lr", "--no-ray", "--bootstrap", "50",
+            "--sign-key", str(tmp_path / "keys" / "team"))  # fmt: skip
     assert t.exit_code == 0, err(t)
     assert (tmp_path / "t" / "detector" / "manifest.json").exists()
     md = (tmp_path / "t" / "report.md").read_text()
@@ -74,6 +79,73 @@ def test_attack_features_train_pipeline(ray_cluster, tmp_path) -> None:
     # The paper's figures; Figure 1's images come from the attack job's stored PNGs.
     assert_figures(tmp_path / "t", ["figure1_pairs.png", "figure2_distribution.png", "roc.png"])
     assert "Figure 1 is not drawn" not in md
+    assert "signed by key" in t.output and "95% range" in t.output
+    bundle = tmp_path / "t" / "detector"
+    assert (bundle / "manifest.json").exists() and (bundle / "SIGNATURE").exists()
+    assert "clean validation images" in md
+    # The signed bundle audits under its key; altered (checksums rewritten to match) it is refused in one line.
+    write_digit_folder(tmp_path / "imgs", n=4, broken=False)
+    trust = ("--trust-key", str(tmp_path / "keys" / "team.pub"))
+    a = run("audit", str(tmp_path / "imgs"), "--detector", str(bundle), "--out", str(tmp_path / "audit"), *trust)
+    assert a.exit_code == 0, err(a)
+    assert "signed by trusted key" in (tmp_path / "audit" / "rows" / "_job.json").read_text()
+    import hashlib
+    import shutil
+
+    bad = tmp_path / "altered"
+    shutil.copytree(bundle, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["threshold"] = 1.0
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    sums = [line.split("  ", 1)[1] for line in (bad / "SHA256SUMS").read_text().splitlines()]
+    (bad / "SHA256SUMS").write_text("".join(f"{hashlib.sha256((bad / n).read_bytes()).hexdigest()}  {n}\n" for n in sums))
+    r = run("audit", str(tmp_path / "imgs"), "--detector", str(bad), "--out", str(tmp_path / "o"), *trust)
+    assert_clean_error(r, "signature does not verify")
+    assert len(err(r).strip().splitlines()) == 1
+
+
+def test_audit_refuses_an_unsigned_bundle_under_a_trust_key(digits_bundle, tmp_path) -> None:
+    k = run("keygen", "--out", str(tmp_path / "k"))
+    assert k.exit_code == 0, err(k)
+    assert_clean_error(run("keygen", "--out", str(tmp_path / "k")), "refusing to overwrite")
+    write_digit_folder(tmp_path / "imgs", n=3, broken=False)
+    r = run("audit", str(tmp_path / "imgs"), "--detector", str(digits_bundle), "--out", str(tmp_path / "o"),
+            "--trust-key", str(tmp_path / "k.pub"))  # fmt: skip
+    assert_clean_error(r, "is not signed")
+    r = run("audit", str(tmp_path / "imgs"), "--detector", str(digits_bundle), "--out", str(tmp_path / "o"),
+            "--trust-key", str(tmp_path / "k"))  # fmt: skip
+    assert_clean_error(r, "no valid Ed25519 public key")
+    r = run("train", str(tmp_path), "--out", str(tmp_path / "t"), "--sign-key", str(tmp_path / "k.pub"))
+    assert_clean_error(r, "not an unencrypted PEM private key")
+
+
+def test_gradient_shap_with_the_train_baseline_through_the_cli(ray_cluster, tmp_path) -> None:
+    """References come from the attack output's clean images, stay out of every split, and travel in the bundle."""
+    a = attack_digits(tmp_path / "a", "--steps", "3", "--limit", "80", "--batch-size", "32")
+    assert a.exit_code == 0, err(a)
+    f = run("features", str(tmp_path / "a"), "--out", str(tmp_path / "f"), "--model", "digits_cnn", "--explainer",
+            "gradient_shap", "--baseline", "train", "--quantiles", "8")  # fmt: skip
+    assert f.exit_code == 0, err(f)
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(tmp_path / "f").to_pylist()
+    refs = {r["pair_id"] for r in rows if "reference image" in r["error"]}
+    assert 1 <= len(refs) <= 8 and all(r["status"] == "skipped" for r in rows if r["pair_id"] in refs)
+    t = run("train", str(tmp_path / "f"), "--out", str(tmp_path / "t"), "--no-ray", "--bootstrap", "20")
+    assert t.exit_code == 0, err(t)
+    manifest = json.loads((tmp_path / "t" / "detector" / "manifest.json").read_text())
+    assert manifest["references_file"] == "references.npy"
+    assert len(np.load(tmp_path / "t" / "detector" / "references.npy")) == len(refs)
+    assert "references.npy" in (tmp_path / "t" / "detector" / "SHA256SUMS").read_text()
+    write_digit_folder(tmp_path / "imgs", n=3, broken=False)
+    r = run("audit", str(tmp_path / "imgs"), "--detector", str(tmp_path / "t" / "detector"), "--out", str(tmp_path / "o"))
+    assert r.exit_code == 0, err(r)
+    scored = pq.read_table(tmp_path / "o" / "rows").to_pylist()
+    assert len(scored) == 3 and all(x["status"] == "ok" for x in scored)
+    # The fused job (and reproduce) have no attack output to draw references from: a clear refusal.
+    r = run("reproduce", "--model", "digits_cnn", "--limit", "20", "--explainer", "gradient_shap", "--baseline", "train",
+            "--protocol", "corrected", "--out", str(tmp_path / "r"))  # fmt: skip
+    assert_clean_error(r, "baseline 'train'")
 
 
 def test_audit_writes_rows_and_report(ray_cluster, digits_bundle, tmp_path) -> None:
@@ -120,7 +192,7 @@ def test_reproduce_local_engine(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", ["attack", "features", "train", "audit", "reproduce", "export", "submit", "status", "logs", "stop"]
+    "command", ["attack", "features", "train", "audit", "reproduce", "export", "submit", "status", "logs", "stop", "keygen"]
 )
 def test_every_command_has_help(command) -> None:
     r = run(command, "--help")

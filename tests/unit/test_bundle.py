@@ -115,22 +115,26 @@ def test_score_runs_model_explainer_and_descriptor(data, digits_model, digits_te
     assert det.flag(digits_test.images[:5], model=digits_model).dtype == bool
 
 
-def test_feature_set_pairs_clean_rows_with_their_attack() -> None:
+def test_feature_set_keeps_every_correct_clean_row() -> None:
+    """Thresholds and FPR need all correctly classified clean images, not only those an attack fooled."""
     import pyarrow as pa
 
     rows = [
-        {"kind": "clean", "pair_id": "a", "attack": "", "status": "ok"},
-        {"kind": "clean", "pair_id": "b", "attack": "", "status": "ok"},
-        {"kind": "clean", "pair_id": "c", "attack": "", "status": "ok"},
-        {"kind": "adversarial", "pair_id": "a", "attack": "x", "status": "ok"},
-        {"kind": "adversarial", "pair_id": "b", "attack": "y", "status": "ok"},
-        {"kind": "adversarial", "pair_id": "c", "attack": "x", "status": "skipped"},
+        {"kind": "clean", "pair_id": "a", "attack": "", "status": "ok", "correct": True},
+        {"kind": "clean", "pair_id": "b", "attack": "", "status": "ok", "correct": True},
+        {"kind": "clean", "pair_id": "c", "attack": "", "status": "ok", "correct": True},
+        {"kind": "clean", "pair_id": "d", "attack": "", "status": "ok", "correct": False},  # misclassified: not attacked
+        {"kind": "adversarial", "pair_id": "a", "attack": "x", "status": "ok", "correct": True},
+        {"kind": "adversarial", "pair_id": "b", "attack": "y", "status": "ok", "correct": True},
+        {"kind": "adversarial", "pair_id": "c", "attack": "x", "status": "skipped", "correct": True},
     ]
-    feats = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(12, dtype=np.float32)), 2)
-    table = pa.table({**{k: [r[k] for r in rows] for k in rows[0]}, "mode": ["m"] * 6, "eps": [0.1] * 6, "features": feats})
+    feats = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(14, dtype=np.float32)), 2)
+    table = pa.table({**{k: [r[k] for r in rows] for k in rows[0]}, "mode": ["m"] * 7, "eps": [0.1] * 7, "features": feats})
     fs = FeatureSet.from_table(table)
     assert fs.attacks == ["x", "y"]
     _, yy, pairs = fs.for_attacks(["x"])
+    assert sorted(zip(pairs, yy, strict=True)) == [("a", 0), ("a", 1), ("b", 0), ("c", 0)]
+    _, yy, pairs = fs.for_attacks(["x"], paired_only=True)
     assert sorted(zip(pairs, yy, strict=True)) == [("a", 0), ("a", 1)]
 
 

@@ -6,7 +6,17 @@ import pytest
 from raydetect.config import DetectorConfig
 from raydetect.detect.dataset import FeatureSet
 from raydetect.detect.fit import fit_and_evaluate, fit_head
-from raydetect.detect.metrics import bootstrap_ci, evaluate, roc_auc, threshold_for_fpr, tpr_at_fpr
+from raydetect.detect.metrics import (
+    accuracy,
+    balanced_accuracy,
+    bootstrap,
+    bootstrap_ci,
+    calibrate,
+    evaluate,
+    roc_auc,
+    threshold_for_fpr,
+    tpr_at_fpr,
+)
 from raydetect.detect.splits import grouped_folds, pair_split
 
 
@@ -88,3 +98,94 @@ def test_feature_rows_in_any_file_order_fit_the_same_forest(rng) -> None:
         Xa, ya, _ = FeatureSet.from_table(t).for_attacks(["x"])
         probs.append(fit_head("rf", Xa, ya, seed=0).predict_proba(X))
     np.testing.assert_array_equal(probs[0], probs[1])
+
+
+# Honest statistics ----------------------------------------------------------------------------
+
+
+def test_calibrated_threshold_keeps_its_promise_on_new_clean_images() -> None:
+    """Over many calibration draws, the FPR on new clean images averages at most the target, lands in
+    the stated 95% range about 95% of the time; the empirical rule it replaced overshoots on few rows."""
+    rng = np.random.default_rng(0)
+    target, n, fresh = 0.05, 58, rng.normal(size=200_000)
+    sorted_fresh = np.sort(fresh)
+
+    def fpr(t: float) -> float:
+        return 1 - np.searchsorted(sorted_fresh, t, side="right") / len(fresh)
+
+    cal_fpr, old_fpr, inside = [], [], []
+    for _ in range(2000):
+        scores = rng.normal(size=n)
+        cal = calibrate(scores, target)
+        cal_fpr.append(fpr(cal.threshold))
+        old_fpr.append(fpr(threshold_for_fpr(scores, target)))
+        inside.append(cal.fpr_range[0] <= cal_fpr[-1] <= cal.fpr_range[1])
+    cal = calibrate(rng.normal(size=n), target)
+    assert cal.rows == n and cal.achievable and cal.expected_fpr <= target
+    assert np.mean(cal_fpr) == pytest.approx(cal.expected_fpr, abs=0.003)  # its stated mean, at most the target
+    assert np.mean(old_fpr) > target  # the rule it replaced: (floor(0.05 n) + 1) / (n + 1) > 5%
+    assert 0.93 <= np.mean(inside) <= 0.97
+    # and the stated range narrows with more calibration rows
+    wide, narrow = calibrate(rng.normal(size=60), target).fpr_range, calibrate(rng.normal(size=600), target).fpr_range
+    assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 2
+
+
+def test_too_few_calibration_rows_are_said_so() -> None:
+    cal = calibrate(np.arange(10.0), 0.05)
+    assert not cal.achievable and cal.threshold == 9.0 and cal.expected_fpr > 0.05
+
+
+def test_flagged_range_covers_new_clean_images(rng) -> None:
+    """The beta-binomial range of flagged clean images (calibration draw and new draw together)."""
+    hits = 0
+    for _ in range(400):
+        cal = calibrate(rng.normal(size=100), 0.05)
+        lo, hi = cal.flagged_range(120, 0.95)
+        hits += lo <= int((rng.normal(size=120) > cal.threshold).sum()) <= hi
+    assert hits / 400 >= 0.93
+
+
+def test_tpr_at_fpr_needs_enough_clean_rows(rng) -> None:
+    y = np.r_[np.zeros(60, int), np.ones(60, int)]
+    s = rng.normal(size=120) + y
+    assert np.isnan(tpr_at_fpr(y, s, 0.01))  # floor(0.6) = 0: it would be TPR at 0% FPR
+    assert np.isfinite(tpr_at_fpr(y, s, 0.05))
+    ev = evaluate(y, s, np.r_[np.arange(60), np.arange(60)], 0.5, n_boot=50)
+    assert np.isnan(ev.tpr_at_1fpr) and ev.n_test_clean == 60
+    from raydetect.report.tables import table2
+
+    assert "n/a (too few clean rows)" in table2([{"attack": "a", "detector": "lr", **ev.to_dict()}]).rows[0]
+
+
+def test_balanced_accuracy_does_not_depend_on_the_class_ratio(rng) -> None:
+    y = np.r_[np.zeros(50, int), np.ones(50, int)]
+    s = rng.normal(size=100) + 1.5 * y
+    k = 4  # a bundle trained on k attacks sees k adversarial rows per clean one
+    yk, sk = np.r_[y[:50], np.tile(y[50:], k)], np.r_[s[:50], np.tile(s[50:], k)]
+    assert balanced_accuracy(yk, sk, 0.7) == pytest.approx(balanced_accuracy(y, s, 0.7))
+    assert accuracy(yk, sk, 0.7) != pytest.approx(accuracy(y, s, 0.7))
+    ev = evaluate(yk, sk, np.r_[np.arange(50), np.tile(np.arange(50), k)], 0.7, n_boot=50)
+    assert ev.accuracy == pytest.approx(balanced_accuracy(y, s, 0.7))
+    assert ev.fpr_ci[0] <= ev.fpr <= ev.fpr_ci[1] and ev.tpr_ci[0] <= ev.tpr <= ev.tpr_ci[1]
+
+
+def test_bootstrap_counts_failed_resamples_and_withholds_a_lucky_interval() -> None:
+    # Four clean-only images and one pair: most resamples draw no adversarial row, so no ROC AUC.
+    y = np.array([0, 0, 0, 0, 0, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.9])
+    pairs = np.array(["a", "b", "c", "d", "e", "e"])
+    ci = bootstrap(y, s, pairs, roc_auc, n_boot=200)
+    assert ci.failed > 0.2 * 200 and np.isnan(ci.low) and np.isnan(ci.high)
+    ev = evaluate(y, s, pairs, 0.5, n_boot=200)
+    assert ev.bootstrap["failed"]["auc"] == ci.failed and np.isnan(ev.auc_ci[0])
+    # A few failures are kept, counted and reported.
+    rng = np.random.default_rng(0)
+    y2 = np.r_[np.zeros(40, int), np.ones(3, int)]
+    s2 = rng.normal(size=43) + y2
+    p2 = np.r_[np.arange(40), np.arange(3)].astype(str)
+    ci2 = bootstrap(y2, s2, p2, roc_auc, n_boot=400)
+    assert 0 < ci2.failed <= 0.025 * 400 and ci2.low < ci2.high
+    from raydetect.report.tables import bootstrap_note
+
+    note = bootstrap_note([{"attack": "a", "detector": "lr", "bootstrap": {"resamples": 400, "failed": {"auc": ci2.failed}}}])
+    assert note is not None and f"{ci2.failed} of 400" in note.text

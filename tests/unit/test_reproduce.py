@@ -32,10 +32,16 @@ def test_corrected_protocol_pairs_stay_together(images, digits_model) -> None:
     r = _run(images, digits_model, "corrected", 0.25)
     assert [row["mode"] for row in r.attack_rows] == ["untargeted", "random", "second"]
     assert all(row["max_linf"] <= 0.25 + 1e-6 for row in r.attack_rows)
+    n_correct = r.n_correct
     for pf in r.features:
-        # every pair has exactly one clean and one adversarial row
-        for p in np.unique(pf.pairs):
-            assert sorted(pf.y[pf.pairs == p]) == [0, 1]
+        # every correctly classified image has one clean row (thresholds and FPR need all of them),
+        # and at most one adversarial row, beside its clean twin
+        assert (pf.y == 0).sum() == n_correct == len(np.unique(pf.pairs[pf.y == 0]))
+        assert set(pf.pairs[pf.y == 1]) <= set(pf.pairs[pf.y == 0])
+        assert len(np.unique(pf.pairs[pf.y == 1])) == (pf.y == 1).sum()
+    for row in r.detection_rows:
+        assert row["n_test_clean"] >= row["n_test_adversarial"] > 0
+        assert row["calibration_rows"] > 0 and row["fpr_range"][0] <= row["expected_fpr"] <= row["target_fpr"]
     assert {row["detector"] for row in r.detection_rows} == {"lr"}
     assert all(0.0 <= row["auc"] <= 1.0 for row in r.detection_rows)
 
