@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from raydetect import store
+from raydetect import __version__, store
 from raydetect import submit as sub
 from raydetect.config import (
     ATTACK_MODES,
@@ -30,13 +30,14 @@ from raydetect.config import (
     parse_eps,
 )
 from raydetect.errors import RaydetectError
+from raydetect.stages.console import StderrFilter, set_verbose
 from raydetect.store import check_same_model, exists, is_remote
 
 app = typer.Typer(
     name="raydetect",
     help="Detect adversarial images by their explanations (Integrated Gradients), at cluster scale on Ray.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -61,8 +62,27 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# Commands that run Ray in this process: their console gets Ray's chatter filtered unless -v.
+RAY_COMMANDS = ("attack", "features", "train", "reproduce", "audit")
+
+
+def show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"raydetect {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False) -> None:
+def main(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail, and show Ray's own logs.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    set_verbose(verbose)
+    if not verbose and ctx.invoked_subcommand in RAY_COMMANDS and not ctx.resilient_parsing:
+        ctx.call_on_close(StderrFilter().close)
     # Ray Data logs a 7-line progress block every 10 s when stderr is not a terminal (CI, `ray job
     # submit`, nohup); every 30 s is progress enough for hour-long jobs. Read when ray.data is
     # imported, which happens later, inside the command.
@@ -551,7 +571,8 @@ def submit(
     """Send a raydetect command to a Ray cluster: raydetect submit [OPTIONS] -- audit DATA --detector B --out OUT.
 
     The command after -- runs as `python -m raydetect ...` on the cluster, in a runtime environment that ships
-    --working-dir. It is checked here first, so a typo fails before anything is sent.
+    --working-dir. It is checked here first, so a typo fails before anything is sent, and so does a local path
+    the cluster would not see (relative and not shipped, e.g. under the git-ignored runs/).
     """
     args = list(ctx.args)
     if args and args[0] == "--":
@@ -560,9 +581,11 @@ def submit(
     group = typer.main.get_command(app)
     try:
         sub_command = group.commands[args[0]]  # type: ignore[attr-defined]
-        sub_command.make_context(args[0], list(args[1:]), resilient_parsing=False)
+        sub_ctx = sub_command.make_context(args[0], list(args[1:]), resilient_parsing=False)
     except Exception as exc:  # click usage errors: report them as ours
         raise RaydetectError(f"the command to submit is not valid: {getattr(exc, 'message', exc)}") from exc
+    for note in sub.check_paths(args[0], sub_ctx.params, str(working_dir)):
+        typer.echo(f"note: {note}", err=True)
     env_vars = dict(parse_params(env)) if env else None
     packages = [*(sub.package_requirements() if with_deps else []), *(pip or [])]
     jid = sub.submit(args, address, str(working_dir), packages, {k: str(v) for k, v in (env_vars or {}).items()}, job_id)

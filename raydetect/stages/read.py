@@ -20,6 +20,9 @@ from raydetect.images import ImageError, Preprocess, decode_image, digits_split,
 from raydetect.stages.rows import rows_to_batch
 from raydetect.store import display_path, fs_path, list_files, open_filesystem
 
+# Kinds whose row ids are known only once a work item is read: resume skips rows, not items.
+PER_ROW_SKIP = ("parquet",)
+
 
 def _is_parquet(name: str) -> bool:
     return name.lower().endswith((".parquet", ".pq"))
@@ -69,10 +72,11 @@ def _parquet_items(fs: Any, files: list[str]) -> list[dict[str, Any]]:
             meta = pq.ParquetFile(fs.open_input_file(f)).metadata
             offset = 0
             for g in range(meta.num_row_groups):
-                items.append({"item": f"{f}#rg{g}", "path": f, "index": g, "offset": offset})
-                offset += meta.row_group(g).num_rows
+                rows = meta.row_group(g).num_rows
+                items.append({"item": f"{f}#rg{g}", "path": f, "index": g, "offset": offset, "rows": rows})
+                offset += rows
         except Exception as exc:  # unreadable footer: one error row for the whole file
-            items.append({"item": f, "path": f, "index": -1, "offset": 0, "error": f"unreadable Parquet file: {exc}"})
+            items.append({"item": f, "path": f, "index": -1, "offset": 0, "rows": 1, "error": f"unreadable Parquet file: {exc}"})
     return items
 
 
@@ -168,19 +172,33 @@ def read_source(source: Source, pre: Preprocess, skip_ids: set[str] | None = Non
     ``skip_ids`` drops work items already done (resume); for Parquet the skip happens per row
     after reading, since row ids are only known then. None when nothing is left to read.
     """
+    return read_inputs(source, pre, skip_ids, parallelism)[0]
+
+
+def read_inputs(
+    source: Source, pre: Preprocess, skip_ids: set[str] | None = None, parallelism: int | None = None
+) -> tuple[Any, int | None]:
+    """:func:`read_source`, and how many inputs it will yield (None where only reading tells)."""
     kind, items = plan_inputs(source)
     if not items:
         raise RaydetectError(f"no input files under {source.uri}")
-    if skip_ids and kind != "parquet":
+    if skip_ids and kind not in PER_ROW_SKIP:
         items = [it for it in items if it["item"] not in skip_ids]
     if not items:
-        return None
+        return None, 0
     # Small blocks: decoding is cheap, but images are big; keep blocks near 32 images.
     blocks = parallelism or max(1, min(len(items) // 32 + 1, 4096))
     ds = ray.data.from_items(items, override_num_blocks=min(blocks, len(items)))
     # An instance (not the class) runs as stateless tasks: reading needs no warm-up.
     reader = ReadImages(source.uri, kind, pre, source.image_column, source.id_column, source.label_column)
     ds = ds.map_batches(reader, batch_size=8, batch_format="numpy")
-    if skip_ids and kind == "parquet":
+    if skip_ids and kind in PER_ROW_SKIP:
         ds = ds.filter(lambda r: r["id"] not in skip_ids)
-    return ds
+    return ds, _count(kind, items, skip_ids)
+
+
+def _count(kind: str, items: list[dict[str, Any]], skip_ids: set[str] | None) -> int | None:
+    if kind == "parquet":
+        rows = sum(int(it.get("rows", 1)) for it in items)
+        return max(rows - len(skip_ids or ()), 0)
+    return None if kind in PER_ROW_SKIP else len(items)

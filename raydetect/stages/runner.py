@@ -30,12 +30,23 @@ from raydetect.report import write_report
 from raydetect.report.audit import audit_report
 from raydetect.stages.attack import AttackStage
 from raydetect.stages.audit import AuditStage
+from raydetect.stages.console import Progress
 from raydetect.stages.explain import FeatureStage
 from raydetect.stages.fused import AttackFeatureStage
 from raydetect.stages.plan import Plan, init_ray, map_actors, plan_resources
-from raydetect.stages.read import read_source
-from raydetect.stages.sink import ParquetSink
-from raydetect.store import SUMMARY_FILE, claim_output, done_ids, join, open_filesystem, output_files, read_output, write_json
+from raydetect.stages.read import read_inputs
+from raydetect.stages.sink import WriteParts
+from raydetect.store import (
+    SUMMARY_FILE,
+    claim_output,
+    done_ids,
+    join,
+    make_dir,
+    open_filesystem,
+    output_files,
+    read_output,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +76,15 @@ class Job:
 
     name: str
     resume_key = "pair_id"
+    # What the progress line counts: "clean" counts clean rows (one per input, however many
+    # adversarial twins follow it), any other value counts distinct values of that column.
+    progress_key = "clean"
+    unit = "images"
 
     def __init__(self, out: str, model: ModelConfig) -> None:
         self.out = out
         self.model = model
+        self.pending: int | None = None  # inputs this run will process, once ``read`` knows
 
     def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
         raise NotImplementedError
@@ -100,10 +116,23 @@ def run_job(job: Job, resources: ResourceConfig = ResourceConfig(), address: str
     else:
         log.info("%s job: %d actors x %d threads on %s, batch %d; %d inputs already done", job.name, plan.num_actors,
                  plan.threads, plan.device, plan.batch_size, len(done))  # fmt: skip
-        sink = ParquetSink(job.out)
-        job.map(ds, model, plan).write_datasink(sink)
-        written = sink.rows_written
+        written = _write(job, job.map(ds, model, plan))
     return _summarize(job, start, len(done), written, config)
+
+
+def _write(job: Job, ds: Any) -> int:
+    """Write every block as a part, streaming the parts' counts back to one progress line."""
+    make_dir(job.out)
+    counts = ds.map_batches(WriteParts(job.out, job.progress_key), batch_size=None, batch_format="pyarrow")
+    progress = Progress(job.name, job.pending, job.unit)
+    written = 0
+    try:
+        for batch in counts.iter_batches(batch_size=None, batch_format="numpy"):
+            written += int(batch["rows"].sum())
+            progress.update(int(batch["inputs"].sum()))
+    finally:
+        progress.close()
+    return written
 
 
 def _summarize(job: Job, start: float, skipped: int, written: int, config: dict[str, Any]) -> JobSummary:
@@ -131,7 +160,8 @@ class _FromSource(Job):
         self.source = source
 
     def read(self, model: ModelConfig, done: set[str]) -> Any:
-        return read_source(self.source, model_info(model.name).preprocess, skip_ids=done)
+        ds, self.pending = read_inputs(self.source, model_info(model.name).preprocess, skip_ids=done)
+        return ds
 
 
 class AttackJob(_FromSource):
@@ -186,13 +216,16 @@ class FeatureJob(Job):
         self.attacks_dir, self.attribution, self.features = attacks_dir, attribution, features
         self.references, self.maps_fraction = references, maps_fraction
         # The paper protocol's output ids are per (pair, attack): resume whole pairs.
-        self.resume_key = "pair_id" if attribution.baseline == "pair" else "id"
+        self.resume_key = self.progress_key = "pair_id" if attribution.baseline == "pair" else "id"
+        self.unit = "pairs" if attribution.baseline == "pair" else "images"
 
     def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
         return {"attacks_dir": self.attacks_dir, "model": to_dict(model), "attribution": to_dict(self.attribution),
                 "features": to_dict(self.features)}  # fmt: skip
 
     def read(self, model: ModelConfig, done: set[str]) -> Any:
+        keys = read_output(self.attacks_dir, columns=[self.resume_key]).column(self.resume_key).to_pylist()
+        self.pending = len(set(keys) - done)
         ds = ray.data.read_parquet(self.files, filesystem=open_filesystem(self.attacks_dir)[0])
         if done:
             ds = ds.map_batches(_DropDone(ray.put(done), self.resume_key), batch_format="pyarrow")
@@ -217,7 +250,7 @@ class AuditJob(_FromSource):
     """Score every input with a detector bundle; rows go to ``<out>/rows``."""
 
     name = "audit"
-    resume_key = "id"
+    resume_key = progress_key = "id"
 
     def __init__(self, out: str, model: ModelConfig, source: Source, detector: Detector, bundle: str) -> None:
         super().__init__(join(out, "rows"), model, source)
