@@ -34,7 +34,7 @@ from raydetect.stages.console import Progress
 from raydetect.stages.explain import FeatureStage
 from raydetect.stages.fused import AttackFeatureStage
 from raydetect.stages.plan import Plan, init_ray, map_actors, plan_resources
-from raydetect.stages.read import read_inputs
+from raydetect.stages.read import DatasetSource, read_dataset, read_inputs
 from raydetect.stages.sink import WriteParts
 from raydetect.store import (
     SUMMARY_FILE,
@@ -155,12 +155,18 @@ def _summarize(job: Job, start: float, skipped: int, written: int, config: dict[
 class _FromSource(Job):
     """Jobs that read images from a source; an image is done once its clean row is written."""
 
-    def __init__(self, out: str, model: ModelConfig, source: Source) -> None:
+    def __init__(self, out: str, model: ModelConfig, source: Source | DatasetSource) -> None:
         super().__init__(out, model)
         self.source = source
 
+    def source_config(self) -> dict[str, Any]:
+        return self.source.describe() if isinstance(self.source, DatasetSource) else asdict(self.source)
+
     def read(self, model: ModelConfig, done: set[str]) -> Any:
-        ds, self.pending = read_inputs(self.source, model_info(model.name).preprocess, skip_ids=done)
+        pre = model_info(model.name).preprocess
+        if isinstance(self.source, DatasetSource):
+            return read_dataset(self.source, pre, skip_ids=done)
+        ds, self.pending = read_inputs(self.source, pre, skip_ids=done)
         return ds
 
 
@@ -176,7 +182,7 @@ class AttackJob(_FromSource):
         self.attacks, self.only_correct = tuple(attacks), only_correct
 
     def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
-        return {"source": asdict(self.source), "model": to_dict(model), "attacks": [to_dict(a) for a in self.attacks]}
+        return {"source": self.source_config(), "model": to_dict(model), "attacks": [to_dict(a) for a in self.attacks]}
 
     def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
         return map_actors(ds, AttackStage, (ConfiguredLoader(model), self.attacks, self.only_correct, plan.threads), plan)
@@ -252,13 +258,13 @@ class AuditJob(_FromSource):
     name = "audit"
     resume_key = progress_key = "id"
 
-    def __init__(self, out: str, model: ModelConfig, source: Source, detector: Detector, bundle: str) -> None:
+    def __init__(self, out: str, model: ModelConfig, source: Source | DatasetSource, detector: Detector, bundle: str) -> None:
         super().__init__(join(out, "rows"), model, source)
         self.detector, self.bundle = detector, bundle
 
     def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
         return {
-            "source": asdict(self.source),
+            "source": self.source_config(),
             "bundle": self.bundle,
             "model": to_dict(model),
             "threshold": self.detector.threshold,
@@ -284,7 +290,7 @@ class _DropDone:
 
 
 def run_audit(
-    source: Source,
+    source: Source | DatasetSource | ray.data.Dataset,
     out: str,
     bundle: str,
     resources: ResourceConfig = ResourceConfig(),
@@ -295,8 +301,12 @@ def run_audit(
 ) -> tuple[JobSummary, str]:
     """Audit every input of ``source`` with the bundle: rows under ``<out>/rows``, then the report.
 
+    ``source``: a :class:`Source` (files, Parquet, WebDataset shards; local, s3://, gs://), or a
+    ``ray.data.Dataset`` with ``image`` and ``id`` columns (:class:`DatasetSource` names others).
     Returns the job's accounting and the report's location.
     """
+    if isinstance(source, ray.data.Dataset):
+        source = DatasetSource(source)
     det, mcfg = load_for_audit(bundle, model, weights)
     summary = run_job(AuditJob(out, mcfg, source, det, bundle), resources, address)
     return summary, write_report(out, audit_report(out, det, bundle, top))
