@@ -183,6 +183,56 @@ LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use at most this 
 OffsetOpt = Annotated[int, typer.Option("--offset", help="Skip this many input files first (sorted by path).")]
 
 
+# Adversarial images made elsewhere (features, train) -------------------------------------------
+
+CleanOpt = Annotated[
+    str | None, typer.Option("--clean", help="Clean images beside --adversarial ones: folder or Parquet, local, s3:// or gs://.")
+]
+AdversarialOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--adversarial",
+        help="[NAME=]PATH: adversarial images made elsewhere (torchattacks, ART, ...), folder or Parquet; repeat per attack.",
+    ),
+]
+PairingOpt = Annotated[
+    str,
+    typer.Option(
+        "--pairing",
+        help="How an adversarial image finds its clean original: path (same relative path, any extension), id (Parquet: "
+        "--pair-column = clean --id-column), none (unpaired sets), auto (id for Parquet, else path).",
+    ),
+]
+GroupRegexOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--group-regex",
+        help="With --pairing none: images whose ids give the same match (its first group) are near-duplicates, kept on "
+        "one side of every split. Default: relative path with attack suffixes (_adv, -pgd, ...) stripped.",
+    ),
+]
+PairColOpt = Annotated[str, typer.Option("--pair-column", help="Parquet column of adversarial rows naming their clean row's id.")]
+
+
+def external_images(
+    clean: str | None, adversarial: list[str] | None, pairing: str, group_regex: str | None, image_column: str = "image",
+    id_column: str = "id", pair_column: str = "pair_id", label_column: str = "label",
+) -> Any:  # fmt: skip
+    """The validated ``ExternalImages`` of --clean/--adversarial, or None when neither is given."""
+    from raydetect.stages.external import ExternalImages, parse_adversarial  # Ray: only once a command runs
+
+    if not adversarial and clean is None:
+        return None
+    if not adversarial or clean is None:
+        raise RaydetectError("adversarial images made elsewhere need both --clean PATH and --adversarial [NAME=]PATH")
+    spec = ExternalImages(clean, parse_adversarial(adversarial), pairing, group_regex, image_column, id_column, pair_column,
+                          label_column).validate()  # fmt: skip
+    for uri in (spec.clean, *(u for _, u in spec.adversarial)):
+        if not is_remote(uri) and not exists(uri):
+            raise RaydetectError(f"input path does not exist: {uri}")
+    return spec
+
+
 def resource_config(
     batch_size: int | None, actors: int | None, gpus_per_actor: float, cpus_per_actor: float | None
 ) -> ResourceConfig:
@@ -267,8 +317,10 @@ def attack(
 @app.command()
 @handle_errors
 def features(
-    attacks_dir: Annotated[str, typer.Argument(help="Output directory of `raydetect attack`.")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Output directory (Parquet parts); re-running resumes.")],
+    attacks_dir: Annotated[
+        str | None, typer.Argument(help="Output directory of `raydetect attack` (or give --clean and --adversarial).")
+    ] = None,
+    out: Annotated[str, typer.Option("--out", "-o", help="Output directory (Parquet parts); re-running resumes.")] = "",
     model: ModelOpt = "efficientnet_lite0",
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
@@ -291,20 +343,40 @@ def features(
     gpus_per_actor: GpusOpt = 0.0,
     cpus_per_actor: CpusOpt = None,
     address: AddressOpt = None,
+    clean: CleanOpt = None,
+    adversarial: AdversarialOpt = None,
+    pairing: PairingOpt = "auto",
+    group_regex: GroupRegexOpt = None,
+    image_column: ImageColOpt = "image",
+    id_column: IdColOpt = "id",
+    pair_column: PairColOpt = "pair_id",
+    label_column: LabelColOpt = "label",
 ) -> None:
-    """Explain every clean and adversarial image with Integrated Gradients; write descriptor vectors."""
+    """Explain every clean and adversarial image with Integrated Gradients; write descriptor vectors.
+
+    Input: the output of `raydetect attack`, or adversarial images made elsewhere with their clean originals
+    (--clean DIR --adversarial [NAME=]DIR), paired by relative path or id, or unpaired (--pairing none).
+    """
     from raydetect.stages import runner  # Ray and torch: only once a command runs
 
+    if not out:
+        raise RaydetectError("--out is required")
+    spec = external_images(clean, adversarial, pairing, group_regex, image_column, id_column, pair_column, label_column)
+    if (spec is None) == (attacks_dir is None):
+        raise RaydetectError("give either ATTACKS_DIR (from `raydetect attack`) or --clean and --adversarial, not both")
     if protocol not in ("corrected", "paper"):
         raise RaydetectError(f"protocol must be corrected or paper; got {protocol!r}")
     if not 0 <= maps_fraction <= 1:
         raise RaydetectError("--maps-fraction must be between 0 and 1")
     mcfg = model_config(model, weights, random_weights, device)
-    check_same_model(attacks_dir, mcfg.name)
     attribution = attribution_config(explainer, ig_steps, "pair" if protocol == "paper" else baseline, layer, blur_sigma)
-    job = runner.FeatureJob(
-        out, mcfg, attacks_dir, attribution, feature_config(descriptor, quantiles), maps_fraction=maps_fraction
-    )
+    if spec is not None:
+        job: Any = runner.ExternalFeatureJob(out, mcfg, spec, attribution, feature_config(descriptor, quantiles), maps_fraction)
+    else:
+        check_same_model(attacks_dir, mcfg.name)  # type: ignore[arg-type]
+        job = runner.FeatureJob(
+            out, mcfg, attacks_dir, attribution, feature_config(descriptor, quantiles), maps_fraction=maps_fraction
+        )  # type: ignore[arg-type]
     print_summary(runner.run_job(job, resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor), address))
 
 
@@ -414,8 +486,13 @@ def parse_params(values: list[str] | None) -> dict[str, Any]:
 @app.command()
 @handle_errors
 def train(
-    features_dir: Annotated[str, typer.Argument(help="Output directory of `raydetect features` (or of the fused job).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for report.md, results.json and the detector bundle.")],
+    features_dir: Annotated[
+        str | None,
+        typer.Argument(help="Output directory of `raydetect features` (or of the fused job); or give --clean and --adversarial."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Directory for report.md, results.json and the detector bundle.")
+    ] = None,
     detector: Annotated[
         list[str] | None, typer.Option("--detector", help="lr, rf, xgboost; repeat to compare. Default: lr.")
     ] = None,
@@ -436,6 +513,14 @@ def train(
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Fit in this process instead of through Ray Train.")] = False,
     address: AddressOpt = None,
     seed: SeedOpt = 0,
+    clean: CleanOpt = None,
+    adversarial: AdversarialOpt = None,
+    pairing: PairingOpt = "auto",
+    group_regex: GroupRegexOpt = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="With --adversarial: the model to explain them with.")] = (
+        "efficientnet_lite0"
+    ),
+    weights: WeightsOpt = None,
 ) -> None:
     """Fit detectors per attack (Table 2, transfer matrix) and save one detector bundle trained on all attacks.
 
@@ -453,15 +538,28 @@ def train(
             raise RaydetectError(f"detector must be lr, rf or xgboost; got {k!r}")
     if bootstrap < 0:
         raise RaydetectError("--bootstrap must be >= 0")
-    if not is_remote(features_dir) and not Path(features_dir).expanduser().is_dir():
+    if out is None:
+        raise RaydetectError("--out is required")
+    spec = external_images(clean, adversarial, pairing, group_regex)
+    if (spec is None) == (features_dir is None):
+        raise RaydetectError("give either FEATURES_DIR (from `raydetect features`) or --clean and --adversarial, not both")
+    if spec is None and not is_remote(features_dir) and not Path(features_dir).expanduser().is_dir():  # type: ignore[arg-type]
         raise RaydetectError(f"features directory does not exist: {features_dir}")
+    mcfg = model_config(model, weights, False, "auto") if spec is not None else None
     cfg = DetectorConfig(
         kind=kinds[0], target_fpr=target_fpr, test_fraction=test_fraction, seed=seed, params=parse_params(param)
     ).validate()  # type: ignore[arg-type]
-    if not no_ray:
+    if not no_ray or spec is not None:
         init_ray(address)
+    if spec is not None:  # explain them first, with the default explainer and descriptor, into <out>/features
+        from raydetect.stages.runner import ExternalFeatureJob, run_job  # Ray and torch: only once a command runs
+
+        features_dir = str(out / "features")
+        attribution = attribution_config(AttributionConfig.explainer, AttributionConfig.n_steps, AttributionConfig.baseline, None)
+        job = ExternalFeatureJob(features_dir, mcfg, spec, attribution, feature_config(None, FeatureConfig.quantiles))  # type: ignore[arg-type]
+        print_summary(run_job(job, ResourceConfig(), address))
     trained = run_training(
-        features_dir,
+        features_dir,  # type: ignore[arg-type]
         str(out),
         kinds,
         cfg,
@@ -472,7 +570,7 @@ def train(
         progress=logging.getLogger("raydetect").info,
     )
     rep = trained.result
-    report = training_report(features_dir, rep.attack_rows, rep.detection_rows, rep.transfer, trained.bundle)
+    report = training_report(features_dir, rep.attack_rows, rep.detection_rows, rep.transfer, trained.bundle, rep.splits)  # type: ignore[arg-type]
     path = write_report(str(out), report, training_results(trained))
     overall = rep.bundle_metrics["overall"]
     typer.echo(

@@ -42,14 +42,17 @@ class FeatureSet:
     def attacks(self) -> list[str]:
         return sorted({a for a, k in zip(self.attack, self.kind, strict=True) if k == "adversarial"})
 
-    def for_attacks(self, attacks: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def for_attacks(self, attacks: list[str], paired: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(X, y, pairs) of the given attacks' adversarial rows and their clean twins.
 
-        Only pairs with a successful adversarial image take part, so classes stay paired.
+        Only pairs with a successful adversarial image take part, so classes stay paired. Unpaired
+        images (``paired=False``: clean and adversarial sets with no link, ``pair`` a near-duplicate
+        group) have no twins: every clean row takes part.
         """
         adv = (self.kind == "adversarial") & np.isin(self.attack, attacks)
         pairs = set(self.pair[adv])
-        clean = (self.kind == "clean") & np.isin(self.pair, list(pairs)) & (np.isin(self.attack, attacks) | (self.attack == ""))
+        shared = np.isin(self.attack, attacks) | (self.attack == "")
+        clean = (self.kind == "clean") & shared & (np.isin(self.pair, list(pairs)) if paired else True)
         idx = np.flatnonzero(adv | clean)
         y = (self.kind[idx] == "adversarial").astype(np.int64)
         return self.X[idx], y, self.pair[idx].astype(str)

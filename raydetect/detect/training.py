@@ -57,6 +57,7 @@ class TrainingResult:
     transfer: dict[str, dict[str, dict[str, float]]]  # detector -> train attack -> test attack -> AUC
     detector: Detector  # trained on every chosen attack; not yet saved
     bundle_metrics: dict[str, Any]
+    splits: str = ""  # how rows were grouped for the splits, in words (the report says it)
 
 
 def train_detectors(
@@ -83,6 +84,7 @@ def train_detectors(
     cfg = cfg or DetectorConfig()
     say = progress or (lambda msg: None)
     fs = FeatureSet.from_table(table)
+    paired = job.get("external", {}).get("pairing") != "none"
     chosen = attacks or fs.attacks
     unknown = set(chosen) - set(fs.attacks)
     if unknown:
@@ -95,8 +97,8 @@ def train_detectors(
     # (X, y, pairs) per attack and for all of them, selected once: the fits, the transfer
     # matrix and the bundle's evaluation all read the same rows.
     bkind = bundle_kind or kinds[0]
-    by_attack = {a: fs.for_attacks([a]) for a in chosen}
-    all_rows = fs.for_attacks(chosen)
+    by_attack = {a: fs.for_attacks([a], paired) for a in chosen}
+    all_rows = fs.for_attacks(chosen, paired)
     n_pairs = {a: len(set(by_attack[a][2])) for a in chosen}
     evaluable = [a for a in chosen if n_pairs[a] >= min_pairs]
     for a in chosen:
@@ -151,4 +153,28 @@ def train_detectors(
         attribution=job.get("attribution", {}), features=fcfg, feature_names=names, trained_on=list(chosen),
         metrics=metrics, params={**DEFAULT_PARAMS[bkind], **cfg.params},
     )  # fmt: skip
-    return TrainingResult(attack_table(table), detection_rows, matrix, detector, metrics)
+    return TrainingResult(attack_table(table), detection_rows, matrix, detector, metrics, describe_splits(job, fs, chosen))
+
+
+def describe_splits(job: dict[str, Any], fs: FeatureSet, attacks: list[str]) -> str:
+    """How the splits grouped rows: pairs, or (unpaired images) the near-duplicate groups the ids allowed."""
+    external = job.get("external")
+    if not external:
+        return "Splits keep each clean image and its adversarial twins on one side (pairs from the attack job)."
+    names = ", ".join(attacks)
+    if external.get("pairing") != "none":
+        return (
+            f"Adversarial images made elsewhere ({names}), {external.get('grouping', 'paired')}; each pair stays on one side "
+            "of every split. Every imported adversarial image counts as a successful attack (raydetect did not re-judge it)."
+        )
+    _, y, groups = fs.for_attacks(attacks, paired=False)
+    kinds: dict[str, set[int]] = {}
+    for g, label in zip(groups, y, strict=True):
+        kinds.setdefault(g, set()).add(int(label))
+    both = sum(1 for k in kinds.values() if len(k) == 2)
+    return (
+        f"Unpaired clean and adversarial images made elsewhere ({names}): {external.get('grouping', 'unpaired')}. "
+        f"{len(y)} images in {len(kinds)} groups, {both} of which hold both a clean and an adversarial image; each group "
+        "stays on one side of every split. Near-duplicates whose ids differ beyond that rule may straddle a split and "
+        "flatter the held-out scores."
+    )

@@ -11,9 +11,12 @@ from raydetect.report.tables import FOOTNOTE, results_section
 
 
 def training_report(features_dir: str, attack_rows: list[dict[str, Any]], detection_rows: list[dict[str, Any]],
-                    transfer: dict[str, dict[str, dict[str, float]]], bundle: str | None) -> Report:  # fmt: skip
+                    transfer: dict[str, dict[str, dict[str, float]]], bundle: str | None,
+                    splits: str = "") -> Report:  # fmt: skip
+    """``splits``: how the rows were grouped for the splits (``TrainingResult.splits``)."""
     report = Report("raydetect training")
-    report.add(*results_section("Detection", f"Features: `{features_dir}`.", attack_rows, detection_rows, transfer, bundle))
+    description = f"Features: `{features_dir}`." + (f" {splits}" if splits else "")
+    report.add(*results_section("Detection", description, attack_rows, detection_rows, transfer, bundle))
     return report.add(FOOTNOTE)
 
 

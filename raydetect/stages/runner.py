@@ -32,6 +32,7 @@ from raydetect.stages.attack import AttackStage
 from raydetect.stages.audit import AuditStage
 from raydetect.stages.console import Progress
 from raydetect.stages.explain import FeatureStage
+from raydetect.stages.external import ExternalImages, read_external
 from raydetect.stages.fused import AttackFeatureStage
 from raydetect.stages.plan import Plan, init_ray, map_actors, plan_resources
 from raydetect.stages.read import DatasetSource, read_dataset, read_inputs
@@ -250,6 +251,33 @@ class FeatureJob(Job):
 
     def inputs(self) -> int:
         return read_output(self.attacks_dir, columns=["id"]).num_rows
+
+
+class ExternalFeatureJob(FeatureJob):
+    """Explain adversarial images made elsewhere beside clean images (see ``stages.external``)."""
+
+    def __init__(self, out: str, model: ModelConfig, external: ExternalImages, attribution: AttributionConfig,
+                 features: FeatureConfig, maps_fraction: float = 0.0) -> None:  # fmt: skip
+        Job.__init__(self, out, model)
+        if attribution.baseline == "pair" and not external.paired:
+            raise RaydetectError("the paper protocol explains each image against its twin: it needs paired images")
+        self.external, self.attribution, self.features = external.validate().resolved(), attribution, features
+        self.references, self.maps_fraction = None, maps_fraction
+        self.resume_key = self.progress_key = "pair_id" if attribution.baseline == "pair" else "id"
+        self.unit = "pairs" if attribution.baseline == "pair" else "images"
+        self.total = 0
+
+    def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
+        return {"external": self.external.describe(), "model": to_dict(model), "attribution": to_dict(self.attribution),
+                "features": to_dict(self.features)}  # fmt: skip
+
+    def read(self, model: ModelConfig, done: set[str]) -> Any:
+        key = "pair_id" if self.resume_key == "pair_id" else "item"
+        ds, self.pending, self.total = read_external(self.external, model_info(model.name).preprocess, done, key)
+        return ds
+
+    def inputs(self) -> int:
+        return self.total
 
 
 class AuditJob(_FromSource):

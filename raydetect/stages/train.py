@@ -52,4 +52,4 @@ def training_results(t: Trained) -> dict[str, Any]:
     """The JSON record of a training run (``results.json``)."""
     r = t.result
     return {"attacks": r.attack_rows, "detection": r.detection_rows, "transfer": r.transfer, "bundle": t.bundle,
-            "bundle_metrics": r.bundle_metrics}  # fmt: skip
+            "bundle_metrics": r.bundle_metrics, "splits": r.splits}  # fmt: skip
