@@ -136,9 +136,10 @@ class Progress:
         self.done = 0
         self.start = time.monotonic()
         self._shown = self.start
+        self._shown_done = -1  # inputs done when a line was last shown
 
-    def line(self) -> str:
-        elapsed = time.monotonic() - self.start
+    def line(self, now: float | None = None) -> str:
+        elapsed = (time.monotonic() if now is None else now) - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
         text = f"{self.job}: {self.done}" + (f"/{self.total}" if self.total else "") + f" {self.unit}"
         if self.total:
@@ -153,13 +154,16 @@ class Progress:
         now = time.monotonic()
         if now - self._shown >= self.interval:
             self._shown = now
-            self._show(final=False)
+            self._show(final=False, now=now)
 
-    def _show(self, final: bool) -> None:
+    def _show(self, final: bool, now: float | None = None) -> None:
+        if not self.tty and self.done == self._shown_done:
+            return  # nothing new since the last line
+        self._shown_done = self.done
         if self.tty:
-            self.stream.write("\r\033[K" + self.line() + ("\n" if final else ""))
+            self.stream.write("\r\033[K" + self.line(now) + ("\n" if final else ""))
         else:
-            self.stream.write(self.line() + "\n")
+            self.stream.write(self.line(now) + "\n")
         self.stream.flush()
 
     def close(self) -> None:
