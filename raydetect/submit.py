@@ -255,6 +255,8 @@ def _dropped_by_ray(root: Path, target: Path, limit: int = 20000) -> Path | None
     while stack and seen < limit:
         folder, excl = stack.pop()
         for child in sorted(folder.iterdir()):
+            if child.name.startswith((".", "_")):
+                continue  # readers skip hidden files anyway
             seen += 1
             child_excl = excl + get_excludes_from_ignore_files(child, include_gitignore, quiet) if child.is_dir() else excl
             if any(e(child) for e in child_excl):
