@@ -317,10 +317,11 @@ def attack(
 @app.command()
 @handle_errors
 def features(
+    out: Annotated[str, typer.Option("--out", "-o", help="Output directory (Parquet parts); re-running resumes.")],
     attacks_dir: Annotated[
-        str | None, typer.Argument(help="Output directory of `raydetect attack` (or give --clean and --adversarial).")
+        str | None,
+        typer.Argument(help="Output directory of `raydetect attack` (or give --clean and --adversarial).", metavar="ATTACKS_DIR"),
     ] = None,
-    out: Annotated[str, typer.Option("--out", "-o", help="Output directory (Parquet parts); re-running resumes.")] = "",
     model: ModelOpt = "efficientnet_lite0",
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
@@ -359,8 +360,6 @@ def features(
     """
     from raydetect.stages import runner  # Ray and torch: only once a command runs
 
-    if not out:
-        raise RaydetectError("--out is required")
     spec = external_images(clean, adversarial, pairing, group_regex, image_column, id_column, pair_column, label_column)
     if (spec is None) == (attacks_dir is None):
         raise RaydetectError("give either ATTACKS_DIR (from `raydetect attack`) or --clean and --adversarial, not both")
@@ -370,13 +369,12 @@ def features(
         raise RaydetectError("--maps-fraction must be between 0 and 1")
     mcfg = model_config(model, weights, random_weights, device)
     attribution = attribution_config(explainer, ig_steps, "pair" if protocol == "paper" else baseline, layer, blur_sigma)
+    fcfg = feature_config(descriptor, quantiles)
     if spec is not None:
-        job: Any = runner.ExternalFeatureJob(out, mcfg, spec, attribution, feature_config(descriptor, quantiles), maps_fraction)
+        job: runner.Job = runner.ExternalFeatureJob(out, mcfg, spec, attribution, fcfg, maps_fraction)
     else:
-        check_same_model(attacks_dir, mcfg.name)  # type: ignore[arg-type]
-        job = runner.FeatureJob(
-            out, mcfg, attacks_dir, attribution, feature_config(descriptor, quantiles), maps_fraction=maps_fraction
-        )  # type: ignore[arg-type]
+        check_same_model(str(attacks_dir), mcfg.name)
+        job = runner.FeatureJob(out, mcfg, str(attacks_dir), attribution, fcfg, maps_fraction=maps_fraction)
     print_summary(runner.run_job(job, resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor), address))
 
 
@@ -486,12 +484,13 @@ def parse_params(values: list[str] | None) -> dict[str, Any]:
 @app.command()
 @handle_errors
 def train(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for report.md, results.json and the detector bundle.")],
     features_dir: Annotated[
         str | None,
-        typer.Argument(help="Output directory of `raydetect features` (or of the fused job); or give --clean and --adversarial."),
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Directory for report.md, results.json and the detector bundle.")
+        typer.Argument(
+            help="Output directory of `raydetect features` (or of the fused job); or give --clean and --adversarial.",
+            metavar="FEATURES_DIR",
+        ),
     ] = None,
     detector: Annotated[
         list[str] | None, typer.Option("--detector", help="lr, rf, xgboost; repeat to compare. Default: lr.")
@@ -538,28 +537,26 @@ def train(
             raise RaydetectError(f"detector must be lr, rf or xgboost; got {k!r}")
     if bootstrap < 0:
         raise RaydetectError("--bootstrap must be >= 0")
-    if out is None:
-        raise RaydetectError("--out is required")
     spec = external_images(clean, adversarial, pairing, group_regex)
     if (spec is None) == (features_dir is None):
         raise RaydetectError("give either FEATURES_DIR (from `raydetect features`) or --clean and --adversarial, not both")
-    if spec is None and not is_remote(features_dir) and not Path(features_dir).expanduser().is_dir():  # type: ignore[arg-type]
-        raise RaydetectError(f"features directory does not exist: {features_dir}")
+    features = str(out / "features") if spec is not None else str(features_dir)
+    if spec is None and not is_remote(features) and not Path(features).expanduser().is_dir():
+        raise RaydetectError(f"features directory does not exist: {features}")
     mcfg = model_config(model, weights, False, "auto") if spec is not None else None
     cfg = DetectorConfig(
         kind=kinds[0], target_fpr=target_fpr, test_fraction=test_fraction, seed=seed, params=parse_params(param)
     ).validate()  # type: ignore[arg-type]
     if not no_ray or spec is not None:
         init_ray(address)
-    if spec is not None:  # explain them first, with the default explainer and descriptor, into <out>/features
+    if mcfg is not None:  # explain them first, with the default explainer and descriptor, into <out>/features
         from raydetect.stages.runner import ExternalFeatureJob, run_job  # Ray and torch: only once a command runs
 
-        features_dir = str(out / "features")
         attribution = attribution_config(AttributionConfig.explainer, AttributionConfig.n_steps, AttributionConfig.baseline, None)
-        job = ExternalFeatureJob(features_dir, mcfg, spec, attribution, feature_config(None, FeatureConfig.quantiles))  # type: ignore[arg-type]
+        job = ExternalFeatureJob(features, mcfg, spec, attribution, feature_config(None, FeatureConfig.quantiles))
         print_summary(run_job(job, ResourceConfig(), address))
     trained = run_training(
-        features_dir,  # type: ignore[arg-type]
+        features,
         str(out),
         kinds,
         cfg,
@@ -570,7 +567,7 @@ def train(
         progress=logging.getLogger("raydetect").info,
     )
     rep = trained.result
-    report = training_report(features_dir, rep.attack_rows, rep.detection_rows, rep.transfer, trained.bundle, rep.splits)  # type: ignore[arg-type]
+    report = training_report(features, rep.attack_rows, rep.detection_rows, rep.transfer, trained.bundle, rep.splits)
     path = write_report(str(out), report, training_results(trained))
     overall = rep.bundle_metrics["overall"]
     typer.echo(

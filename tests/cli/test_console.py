@@ -66,3 +66,15 @@ def test_demo_console_has_no_ray_lines(tmp_path) -> None:
                        "--out", str(out / "audit"))  # fmt: skip
     assert ray_lines(lines) == [], "\n".join(lines)
     assert any(line.startswith("report: ") for line in lines) and any(line.startswith("audit: ") for line in lines)
+
+
+def test_version_and_completion() -> None:
+    from typer.testing import CliRunner
+
+    from raydetect import __version__
+    from raydetect.cli import app
+
+    r = CliRunner().invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output == f"raydetect {__version__}\n"
+    r = CliRunner().invoke(app, ["--show-completion", "bash"])
+    assert r.exit_code == 0 and "_RAYDETECT_COMPLETE" in r.output.upper()
