@@ -66,6 +66,7 @@ def quiet_ray() -> None:
     warnings.filterwarnings("ignore", category=RayDeprecationWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray(\.|$)")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"ray(\.|$)")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"ray(\.|$)")  # e.g. filter-performance hints
 
 
 _stderr_tty: bool | None = None  # whether stderr was a terminal before StderrFilter piped it
