@@ -30,7 +30,7 @@ from raydetect.config import (
     parse_eps,
 )
 from raydetect.errors import RaydetectError
-from raydetect.stages.console import StderrFilter, set_verbose
+from raydetect.stages.console import ConsoleFilter, set_verbose
 from raydetect.store import check_same_model, exists, is_remote
 
 app = typer.Typer(
@@ -82,7 +82,7 @@ def main(
 ) -> None:
     set_verbose(verbose)
     if not verbose and ctx.invoked_subcommand in RAY_COMMANDS and not ctx.resilient_parsing:
-        ctx.call_on_close(StderrFilter().close)
+        ctx.call_on_close(ConsoleFilter().close)
     # Ray Data logs a 7-line progress block every 10 s when stderr is not a terminal (CI, `ray job
     # submit`, nohup); every 30 s is progress enough for hour-long jobs. Read when ray.data is
     # imported, which happens later, inside the command.

@@ -5,8 +5,9 @@ token-authentication notice, a C++ notice about actor restarts each time an acto
 deprecation warnings, and (forwarded from every worker) Ray Train's controller and checkpoint
 lines. None of it helps a raydetect user, and it drowns the line that does. Unless verbose
 (``raydetect -v``, i.e. ``RAYDETECT_VERBOSE=1``), :func:`quiet_ray` turns it down where Ray allows
-(logger levels, Ray Data's context, no worker log forwarding) and :class:`StderrFilter` drops the
-few lines that Ray's C++ core writes straight to the process's stderr. Ray's log files keep
+(logger levels, Ray Data's context, no worker log forwarding) and :class:`ConsoleFilter` drops the
+few lines that reach the console anyway: what Ray's C++ core writes straight to stderr, and the
+raylet's warnings that Ray's driver prints from a thread of its own. Ray's log files keep
 everything.
 """
 
@@ -31,9 +32,11 @@ _LOGGERS = {
     "ray.train": logging.WARNING,
     "ray.tune": logging.WARNING,
 }
-# Lines that Ray's C++ core prints to the driver's stderr, bypassing Python logging.
+# Lines that reach the console past Python logging: the C++ core's actor-restart notice, and the
+# raylet's warnings (e.g. "N PYTHON worker processes have been started") that the driver prints.
 NOISE = re.compile(
     r"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object store and max_restarts > 0"
+    r"|\(raylet\)(\x1b\[[0-9;]*m)?\s*WARNING"
 )
 
 
@@ -69,38 +72,54 @@ def quiet_ray() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"ray(\.|$)")  # e.g. filter-performance hints
 
 
-_stderr_tty: bool | None = None  # whether stderr was a terminal before StderrFilter piped it
+_stderr_tty: bool | None = None  # whether stderr was a terminal before ConsoleFilter piped it
 
 
 def stderr_is_tty(stream: Any) -> bool:
-    if stream is sys.stderr and _stderr_tty is not None:
+    if stream is sys.stderr and _stderr_tty is not None:  # piped by ConsoleFilter
         return _stderr_tty
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
-class StderrFilter:
-    """Drop :data:`NOISE` lines from everything written to file descriptor 2 (C++ included).
+class _FdFilter:
+    """One file descriptor pointed at a pipe; a thread copies each line to the real target unless
+    it is noise."""
 
-    fd 2 is pointed at a pipe; a thread copies each line to the real stderr unless it is noise.
-    :meth:`close` restores fd 2 and drains the pipe, so nothing written before it is lost.
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.saved = os.dup(fd)
+        read_fd, self.write_fd = os.pipe()
+        os.dup2(self.write_fd, fd)
+        self.reader = os.fdopen(read_fd, "rb")
+        self.thread = threading.Thread(target=self._pump, name=f"raydetect-console-filter-{fd}", daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        for line in self.reader:
+            if not NOISE.search(line.decode(errors="replace")):
+                os.write(self.saved, line)
+
+    def close(self) -> None:
+        os.dup2(self.saved, self.fd)
+        os.close(self.write_fd)  # the pipe's last writer: the thread sees end of file
+        self.thread.join(timeout=5)
+        self.reader.close()
+        os.close(self.saved)
+
+
+class ConsoleFilter:
+    """Drop :data:`NOISE` lines from everything written to stdout and stderr (C++ included).
+
+    :meth:`close` restores both and drains the pipes, so nothing written before it is lost.
     """
 
     def __init__(self) -> None:
         global _stderr_tty
         _stderr_tty = os.isatty(2)
-        sys.stderr.flush()
-        self._saved = os.dup(2)
-        read_fd, self._write_fd = os.pipe()
-        os.dup2(self._write_fd, 2)
-        self._reader = os.fdopen(read_fd, "rb")
-        self._thread = threading.Thread(target=self._pump, name="raydetect-stderr-filter", daemon=True)
-        self._thread.start()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        self._filters = [_FdFilter(1), _FdFilter(2)]
         self._closed = False
-
-    def _pump(self) -> None:
-        for line in self._reader:
-            if not NOISE.search(line.decode(errors="replace")):
-                os.write(self._saved, line)
 
     def close(self) -> None:
         global _stderr_tty
@@ -108,12 +127,10 @@ class StderrFilter:
             return
         self._closed = True
         _stderr_tty = None
-        sys.stderr.flush()
-        os.dup2(self._saved, 2)
-        os.close(self._write_fd)  # the pipe's last writer: the thread sees end of file
-        self._thread.join(timeout=5)
-        self._reader.close()
-        os.close(self._saved)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        for f in self._filters:
+            f.close()
 
 
 def _duration(seconds: float) -> str:

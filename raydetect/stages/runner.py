@@ -77,8 +77,8 @@ class Job:
 
     name: str
     resume_key = "pair_id"
-    # What the progress line counts: "clean" counts clean rows (one per input, however many
-    # adversarial twins follow it), any other value counts distinct values of that column.
+    # What the progress line counts: "clean" counts clean images (however many adversarial twins
+    # follow them), any other value counts distinct values of that column.
     progress_key = "clean"
     unit = "images"
 

@@ -14,8 +14,8 @@ from raydetect.store import resolve, write_part
 class WriteParts:
     """Ray Data stage: a pyarrow block in, written as one part under ``uri``; out: its counts.
 
-    ``key``: "clean" counts a part's clean rows (one per input image, however many adversarial
-    twins follow it); a column name counts that column's distinct values.
+    ``key``: "clean" counts a part's clean images (however many adversarial twins follow them);
+    a column name counts that column's distinct values.
     """
 
     def __init__(self, uri: str, key: str) -> None:
@@ -28,7 +28,9 @@ class WriteParts:
         if table.num_rows == 0:
             return {"rows": [0], "inputs": [0]}
         if self.key == "clean" and "kind" in table.column_names:
-            inputs = int(pc.sum(pc.equal(table.column("kind"), "clean")).as_py() or 0)
+            clean = table.filter(pc.equal(table.column("kind"), "clean"))
+            # The paper protocol writes a clean row per attack: count images, by pair.
+            inputs = len(pc.unique(clean.column("pair_id"))) if "pair_id" in clean.column_names else clean.num_rows
         elif self.key in table.column_names:
             inputs = len(pc.unique(table.column(self.key)))
         else:

@@ -7,7 +7,7 @@ import os
 import re
 
 from raydetect.stages import console
-from raydetect.stages.console import Progress, StderrFilter
+from raydetect.stages.console import ConsoleFilter, Progress
 
 
 def test_progress_lines_count_rate_and_eta(monkeypatch) -> None:
@@ -35,14 +35,17 @@ def test_progress_without_a_total_and_with_long_runs(monkeypatch) -> None:
     assert out.getvalue() == "features: 8000 inputs, 2.0/s, 1h06m\n"
 
 
-def test_stderr_filter_drops_ray_notices_and_keeps_the_rest(capfd) -> None:
-    f = StderrFilter()
+def test_console_filter_drops_ray_notices_and_keeps_the_rest(capfd) -> None:
+    f = ConsoleFilter()
     os.write(2, b"keep me\n")
     os.write(2, b"[2026-11-25 17:05:22,170 E 25366 25366] core_worker.cc:2465: Actor with class name: 'MapWorker(X)' and ID: "
                 b"'55' has constructor arguments in the object store and max_restarts > 0. If the arguments...\n")  # fmt: skip
     os.write(2, b"error: a real problem\n")
+    os.write(1, b"\x1b[33m(raylet)\x1b[0m WARNING: 8 PYTHON worker processes have been started on node: c8 with address\n")
+    os.write(1, b"audit: 120 inputs (ok: 120) in 35 s\n")
     f.close()
     os.write(2, b"after close\n")
-    err = capfd.readouterr().err
+    out, err = capfd.readouterr()
     assert err.splitlines() == ["keep me", "error: a real problem", "after close"]
-    assert not re.search("core_worker", err)
+    assert out.splitlines() == ["audit: 120 inputs (ok: 120) in 35 s"]
+    assert not re.search("core_worker|raylet", out + err)
