@@ -30,6 +30,7 @@ from raydetect.config import (
     parse_eps,
 )
 from raydetect.errors import RaydetectError
+from raydetect.report import write_report
 from raydetect.stages.console import ConsoleFilter, set_verbose
 from raydetect.store import check_same_model, exists, is_remote
 
@@ -63,7 +64,7 @@ def handle_errors(fn: F) -> F:
 
 
 # Commands that run Ray in this process: their console gets Ray's chatter filtered unless -v.
-RAY_COMMANDS = ("attack", "features", "train", "reproduce", "audit")
+RAY_COMMANDS = ("attack", "features", "train", "reproduce", "audit", "evaluate")
 
 
 def show_version(value: bool) -> None:
@@ -144,7 +145,13 @@ def model_config(model: str, weights: Path | None, random_weights: bool, device:
 
 
 def attribution_config(
-    explainer: str, ig_steps: int, baseline: str, layer: str | None, blur_sigma: float = AttributionConfig.blur_sigma
+    explainer: str,
+    ig_steps: int,
+    baseline: str,
+    layer: str | None,
+    blur_sigma: float = AttributionConfig.blur_sigma,
+    views: list[str] | None = None,
+    jitter: float = AttributionConfig.jitter,
 ) -> AttributionConfig:
     return AttributionConfig(
         explainer=explainer,  # type: ignore[arg-type]
@@ -152,7 +159,27 @@ def attribution_config(
         baseline=baseline,  # type: ignore[arg-type]
         blur_sigma=blur_sigma,
         layer=layer,
+        views=AttributionConfig.views if views is None else tuple(views),
+        jitter=jitter,
     ).validate()
+
+
+ViewOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--view",
+        help="An extra view of each image, explained against too: blur:SIGMA, median:K, jpeg:QUALITY or bits:N; "
+        "repeat for several. Default: the defaults' views (see README).",
+    ),
+]
+JitterOpt = Annotated[
+    float,
+    typer.Option(
+        "--jitter",
+        help="Per-image random view strength, scaled by exp(U[-j, j]) drawn from a keyed hash of the image and "
+        "$RAYDETECT_SECRET (0: fixed views).",
+    ),
+]
 
 
 def feature_config(descriptors: list[str] | None, quantiles: int) -> FeatureConfig:
@@ -251,13 +278,39 @@ def source_config(
 
 
 def attack_configs(
-    method: str, modes: list[str] | None, eps: list[float], steps: int, alpha: float | None, seed: int
+    method: str, modes: list[str] | None, eps: list[float], steps: int, alpha: float | None, seed: int, **strength: Any
 ) -> list[AttackConfig]:
     return [
-        AttackConfig(method=method, mode=m, eps=e, steps=steps, alpha=alpha, seed=seed).validate()  # type: ignore[arg-type]
+        AttackConfig(method=method, mode=m, eps=e, steps=steps, alpha=alpha, seed=seed, **strength).validate()  # type: ignore[arg-type]
         for e in eps
         for m in (modes or list(ATTACK_MODES))
     ]
+
+
+MethodOpt = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        help="bim (Kurakin), pgd, fgsm, paper_bim (the paper's one-step code), deepfool (minimal perturbation); "
+        "attacks that know a detector (need --detector): squeeze_eot (its views; config only) or adaptive (white box).",
+    ),
+]
+StopOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--stop-margin", help="Stop each image once its 8-bit image is adversarial by this logit margin (0: first success)."
+    ),
+]
+RestartsOpt = Annotated[int, typer.Option("--restarts", help="adaptive: random restarts (the best iterate is kept).")]
+EotOpt = Annotated[int, typer.Option("--eot", help="squeeze_eot/adaptive: samples of the defense's randomness per step.")]
+LamOpt = Annotated[float, typer.Option("--lam", help="adaptive: weight of the detector's logit in the loss.")]
+LamSearchOpt = Annotated[int, typer.Option("--lam-search", help="adaptive: doublings/halvings of --lam per image.")]
+SmoothOpt = Annotated[
+    float, typer.Option("--smooth", help="adaptive: gradients through softplus(beta x) for ReLUs (0: off); e.g. 10.")
+]
+SourceModelOpt = Annotated[
+    str | None, typer.Option("--source-model", help="Craft on this model instead and transfer (a black-box attacker).")
+]
 
 
 def print_summary(summary: Any) -> None:
@@ -279,13 +332,21 @@ def attack(
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
     device: DeviceOpt = "auto",
-    method: Annotated[
-        str, typer.Option("--method", help="bim (Kurakin), pgd, fgsm, or paper_bim (the paper's one-step code).")
-    ] = "bim",
+    method: MethodOpt = "bim",
     mode: ModesOpt = None,
     eps: EpsOpt = None,
     steps: StepsOpt = 10,
     alpha: Annotated[float | None, typer.Option("--alpha", help="Step size (default 2.5*eps/steps).")] = None,
+    stop_margin: StopOpt = None,
+    detector: Annotated[
+        str | None, typer.Option("--detector", "-d", help="Detector bundle that squeeze_eot and adaptive attack.")
+    ] = None,
+    restarts: RestartsOpt = 1,
+    eot: EotOpt = 1,
+    lam: LamOpt = 1.0,
+    lam_search: LamSearchOpt = 0,
+    smooth: SmoothOpt = 0.0,
+    source_model: SourceModelOpt = None,
     all_images: Annotated[bool, typer.Option("--all-images", help="Also attack images the model misclassifies.")] = False,
     kind: KindOpt = "auto",
     image_column: ImageColOpt = "image",
@@ -300,17 +361,24 @@ def attack(
     address: AddressOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
-    """Attack every image with BIM (three modes, several eps at once) on Ray; write PNGs and outcomes.
+    """Attack every image (three modes, several eps at once) on Ray; write PNGs and outcomes.
 
     Output rows: one 'clean' row per input (errors included, with their reason) and one
-    'adversarial' row per image and attack, with the lossless 8-bit PNG and whether the attack
-    still succeeds on it.
+    'adversarial' row per image and attack, with the lossless 8-bit PNG, whether the attack
+    still succeeds on it, and the gradient passes it cost.
     """
-    from raydetect.stages import runner  # Ray and torch: only once a command runs
+    from raydetect.detect.bundle import load_for_audit  # Ray and torch: only once a command runs
+    from raydetect.stages import runner
 
     src = source_config(input, kind, image_column, id_column, label_column, limit, offset)
-    attacks = attack_configs(method, mode, parse_eps_list(eps, [4 / 255]), steps, alpha, seed)
-    job = runner.AttackJob(out, model_config(model, weights, random_weights, device), src, attacks, only_correct=not all_images)
+    strength = {"stop_margin": stop_margin, "restarts": restarts, "eot": eot, "lam": lam, "lam_search": lam_search,
+                "smooth": smooth, "source_model": source_model}  # fmt: skip
+    attacks = attack_configs(method, mode, parse_eps_list(eps, [4 / 255]), steps, alpha, seed, **strength)
+    if source_model:
+        model_config(source_model, None, False, "auto")
+    mcfg = model_config(model, weights, random_weights, device)
+    det = load_for_audit(detector, mcfg.name)[0] if detector else None
+    job = runner.AttackJob(out, mcfg, src, attacks, only_correct=not all_images, detector=det, bundle=detector)
     print_summary(runner.run_job(job, resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor), address))
 
 
@@ -333,6 +401,8 @@ def features(
     ig_steps: IGStepsOpt = AttributionConfig.n_steps,
     baseline: BaselineOpt = AttributionConfig.baseline,
     blur_sigma: BlurOpt = AttributionConfig.blur_sigma,
+    view: ViewOpt = None,
+    jitter: JitterOpt = AttributionConfig.jitter,
     layer: LayerOpt = None,
     quantiles: QuantilesOpt = 64,
     descriptor: DescriptorsOpt = None,
@@ -368,7 +438,9 @@ def features(
     if not 0 <= maps_fraction <= 1:
         raise RaydetectError("--maps-fraction must be between 0 and 1")
     mcfg = model_config(model, weights, random_weights, device)
-    attribution = attribution_config(explainer, ig_steps, "pair" if protocol == "paper" else baseline, layer, blur_sigma)
+    attribution = attribution_config(
+        explainer, ig_steps, "pair" if protocol == "paper" else baseline, layer, blur_sigma, view, jitter
+    )
     fcfg = feature_config(descriptor, quantiles)
     if spec is not None:
         job: runner.Job = runner.ExternalFeatureJob(out, mcfg, spec, attribution, fcfg, maps_fraction)
@@ -404,6 +476,8 @@ def reproduce(
     ig_steps: IGStepsOpt = AttributionConfig.n_steps,
     baseline: BaselineOpt = AttributionConfig.baseline,
     blur_sigma: BlurOpt = AttributionConfig.blur_sigma,
+    view: ViewOpt = None,
+    jitter: JitterOpt = AttributionConfig.jitter,
     layer: LayerOpt = None,
     quantiles: QuantilesOpt = FeatureConfig.quantiles,
     descriptor: DescriptorsOpt = None,
@@ -415,6 +489,19 @@ def reproduce(
     engine: Annotated[
         str, typer.Option("--engine", help="ray (Ray Data jobs and Ray Train) or local (one process, no Ray).")
     ] = "ray",
+    adaptive: Annotated[
+        bool,
+        typer.Option(
+            "--adaptive",
+            help="Also evaluate the corrected bundle on held-out images against attacks it never trained on (PGD, "
+            "early-stopped BIM, DeepFool, a transfer attack) and attackers who know it (squeeze_eot, adaptive).",
+        ),
+    ] = False,
+    adaptive_images: Annotated[int, typer.Option("--adaptive-images", help="Held-out images for --adaptive.")] = 32,
+    adaptive_steps: Annotated[int, typer.Option("--adaptive-steps", help="Steps of squeeze_eot and adaptive.")] = 100,
+    restarts: RestartsOpt = 1,
+    eot: EotOpt = 1,
+    smooth: Annotated[float, typer.Option("--smooth", help="adaptive: softplus beta for ReLUs in its gradients.")] = 10.0,
     batch_size: BatchOpt = None,
     actors: ActorsOpt = None,
     gpus_per_actor: GpusOpt = 0.0,
@@ -428,12 +515,16 @@ def reproduce(
     splits; ROC AUC with intervals) runs beside the paper's own (one eps=0.1 step; each image explained against its
     twin), so the gap between them is visible. Writes a detector bundle per protocol for `raydetect audit`.
     """
-    from raydetect.reproduce import run_reproduction  # Ray and torch: only once a command runs
+    from raydetect.reproduce import Robustness, run_reproduction  # Ray and torch: only once a command runs
 
     if protocol not in ("corrected", "paper", "both"):
         raise RaydetectError(f"protocol must be corrected, paper or both; got {protocol!r}")
     if engine not in ("ray", "local"):
         raise RaydetectError(f"engine must be ray or local; got {engine!r}")
+    if adaptive and engine != "ray":
+        raise RaydetectError("--adaptive runs through Ray; drop --engine local")
+    if adaptive_images < 1 or adaptive_steps < 1:
+        raise RaydetectError("--adaptive-images and --adaptive-steps must be >= 1")
     detectors = tuple(detector or ["lr", "rf"])
     for d in detectors:
         if d not in ("lr", "rf", "xgboost"):
@@ -452,7 +543,7 @@ def reproduce(
         protocols=("paper", "corrected") if protocol == "both" else (protocol,),  # type: ignore[arg-type]
         eps=parse_eps_list(eps, [4 / 255]),
         steps=steps,
-        attribution=attribution_config(explainer, ig_steps, baseline, layer, blur_sigma),
+        attribution=attribution_config(explainer, ig_steps, baseline, layer, blur_sigma, view, jitter),
         features=feature_config(descriptor, quantiles),
         detectors=detectors,
         limit=limit,
@@ -461,6 +552,7 @@ def reproduce(
         engine=engine,
         resources=resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor),
         address=address,
+        robustness=Robustness(adaptive_images, adaptive_steps, restarts, eot, smooth) if adaptive else None,
     )
     typer.echo(f"report: {path}")
 
@@ -618,6 +710,60 @@ def audit(
     status = ", ".join(f"{k}: {v}" for k, v in sorted(s.rows_by_status.items()))
     typer.echo(f"audit: {s.rows_total} inputs ({status}) in {s.seconds:.0f} s")
     typer.echo(f"report: {report}")
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    input: Annotated[str, typer.Argument(help="Labelled images the detector never saw (ImageNet folder, 'digits', ...).")],
+    detector: Annotated[str, typer.Option("--detector", "-d", help="Detector bundle to evaluate.")],
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Output directory: rows (Parquet), report.md, report.html, results.json.")
+    ],
+    eps: EpsOpt = None,
+    mode: Annotated[str, typer.Option("--mode", help="Attack mode: untargeted, random or second.")] = "untargeted",
+    adaptive_steps: Annotated[int, typer.Option("--adaptive-steps", help="Steps of squeeze_eot and adaptive.")] = 100,
+    restarts: RestartsOpt = 1,
+    eot: EotOpt = 1,
+    smooth: Annotated[float, typer.Option("--smooth", help="adaptive: softplus beta for ReLUs in its gradients.")] = 10.0,
+    no_adaptive: Annotated[bool, typer.Option("--no-adaptive", help="Skip the attacks that know the detector.")] = False,
+    kind: KindOpt = "auto",
+    limit: LimitOpt = None,
+    offset: OffsetOpt = 0,
+    batch_size: BatchOpt = None,
+    actors: ActorsOpt = None,
+    gpus_per_actor: GpusOpt = 0.0,
+    cpus_per_actor: CpusOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Attack images with every strength and with attackers who know the detector; report what gets past it.
+
+    Per attack (BIM-10 and PGD-10, BIM stopped at the first success, DeepFool, a transfer attack from another model,
+    squeeze_eot, the white-box adaptive attack): how often it fools the model, ROC AUC and TPR at fixed false-positive
+    rates against the clean images, the share of images that fool the model and pass the detector ("evaded"), and
+    the attacker's cost.
+    """
+    from raydetect.attacks.suite import robustness_suite  # Ray and torch: only once a command runs
+    from raydetect.detect.bundle import load_for_audit
+    from raydetect.report.experiments import evaluation_report
+    from raydetect.stages.runner import run_evaluation
+
+    src = source_config(input, kind, "image", "id", "label", limit, offset)
+    if mode not in ATTACK_MODES:
+        raise RaydetectError(f"--mode must be one of {', '.join(ATTACK_MODES)}; got {mode!r}")
+    mcfg = load_for_audit(detector)[1]  # fail fast, before Ray starts
+    suite = [
+        a.validate()
+        for e in parse_eps_list(eps, [4 / 255])
+        for a in robustness_suite(e, mcfg.name, mode, adaptive_steps, restarts, eot, smooth, adaptive=not no_adaptive)  # type: ignore[arg-type]
+    ]
+    _, rows = run_evaluation(src, store.join(out, "rows"), detector, suite, resource_config(batch_size, actors,
+                                   gpus_per_actor, cpus_per_actor), address=address)  # fmt: skip
+    images = rows[0]["n_clean"] if rows else 0
+    path = write_report(out, evaluation_report(detector, input, rows, images), {"bundle": detector, "robustness": rows})
+    for r in rows:
+        typer.echo(f"{r['attack']}: fools {r['success_rate']:.0%}, ROC AUC {r['auc']:.3f}, evaded {r['evaded']:.0%}")
+    typer.echo(f"report: {path}")
 
 
 @app.command("export")

@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args
 
 from raydetect.errors import RaydetectError
 
-AttackMethod = Literal["bim", "fgsm", "pgd", "paper_bim"]
+AttackMethod = Literal["bim", "fgsm", "pgd", "paper_bim", "deepfool", "squeeze_eot", "adaptive"]
 AttackMode = Literal["untargeted", "random", "second"]
 Explainer = Literal["ig", "layer_ig", "gradient_shap", "ig_smoothgrad", "saliency"]
 Baseline = Literal["black", "blur", "noise", "train", "pair"]
@@ -29,6 +29,7 @@ DescriptorName = Literal[
     "baseline_logits",
 ]
 DetectorKind = Literal["lr", "rf", "xgboost"]
+VIEW_KINDS = ("blur", "median", "jpeg", "bits")
 
 ATTACK_METHODS: tuple[str, ...] = get_args(AttackMethod)
 ATTACK_MODES: tuple[str, ...] = get_args(AttackMode)
@@ -94,6 +95,9 @@ class ModelConfig:
         return self
 
 
+ADAPTIVE_METHODS = ("squeeze_eot", "adaptive")  # attacks that know the detector (config or weights)
+
+
 @dataclass(frozen=True)
 class AttackConfig:
     """One attack setting.
@@ -102,6 +106,19 @@ class AttackConfig:
     ``paper_bim`` is what the paper's code really ran: every "iteration" restarts from the clean
     image, so the result is one eps-sized signed-gradient step. ``alpha`` defaults to
     2.5 * eps / steps, enough to reach the eps-ball's surface from any start.
+
+    Strength: ``stop_margin`` stops each image at the first iterate whose 8-bit image is
+    adversarial with a logit margin above it (0: the first success, a minimal, low-confidence
+    adversarial); ``deepfool`` finds minimal perturbations directly (``overshoot``,
+    ``candidates`` classes considered per step).
+
+    Attacks that know the detector: ``squeeze_eot`` (BIM on the classification loss of the image
+    and of every view the detector computes, ``eot`` random draws per step: needs the detector's
+    configuration only) and ``adaptive`` (PGD on a margin loss plus ``lam`` times the detector's
+    logit, through the whole differentiable score: needs its weights). ``restarts`` random starts
+    (the best iterate is kept), ``lam_search`` doublings/halvings of ``lam`` per image across
+    restarts, ``smooth`` > 0 computes gradients with ReLUs replaced by softplus(smooth * x) so
+    the explanation's second-order terms are not zero.
     """
 
     method: AttackMethod = "bim"
@@ -110,6 +127,15 @@ class AttackConfig:
     alpha: float | None = None
     steps: int = 10
     seed: int = 0
+    stop_margin: float | None = None
+    overshoot: float = 0.02
+    candidates: int = 4
+    restarts: int = 1
+    eot: int = 1
+    lam: float = 1.0
+    lam_search: int = 0
+    smooth: float = 0.0
+    source_model: str | None = None  # craft on this model instead, then transfer (a black-box attacker)
 
     @property
     def step_size(self) -> float:
@@ -122,9 +148,20 @@ class AttackConfig:
         return 1 if self.method in ("fgsm", "paper_bim") else self.steps
 
     @property
+    def adaptive(self) -> bool:
+        return self.method in ADAPTIVE_METHODS
+
+    @property
     def name(self) -> str:
         """Short, stable label used in tables and Parquet rows, e.g. ``bim-untargeted-4/255``."""
-        return f"{self.method}-{self.mode}-{format_eps(self.eps)}"
+        base = f"{self.method}-{self.mode}-{format_eps(self.eps)}"
+        if self.stop_margin is not None:
+            base += "-stop" if self.stop_margin == 0 else f"-k{self.stop_margin:g}"
+        if self.method == "adaptive":
+            base += f"-{self.steps}x{self.restarts}"
+        if self.source_model:
+            base += f"-from-{self.source_model}"
+        return base
 
     def validate(self) -> AttackConfig:
         _choice("attack method", self.method, ATTACK_METHODS)
@@ -136,6 +173,20 @@ class AttackConfig:
             _positive("alpha", self.alpha)
         if self.steps < 1:
             raise RaydetectError(f"steps must be >= 1; got {self.steps}")
+        if self.stop_margin is not None:
+            _positive("stop margin", self.stop_margin, allow_zero=True)
+            if self.method in ("fgsm", "paper_bim", "deepfool"):
+                raise RaydetectError(f"--stop-margin applies to iterative attacks (bim, pgd, ...), not {self.method}")
+        for name, value in (("restarts", self.restarts), ("EOT samples", self.eot), ("candidates", self.candidates)):
+            if value < 1:
+                raise RaydetectError(f"{name} must be >= 1; got {value}")
+        _positive("lambda", self.lam, allow_zero=True)
+        _positive("overshoot", self.overshoot, allow_zero=True)
+        _positive("smoothing", self.smooth, allow_zero=True)
+        if self.lam_search < 0:
+            raise RaydetectError(f"lambda search steps must be >= 0; got {self.lam_search}")
+        if self.source_model and self.adaptive:
+            raise RaydetectError("a transfer attack is crafted on another model without the detector; not with " + self.method)
         return self
 
 
@@ -165,17 +216,25 @@ class AttributionConfig:
     samples: int = 8
     noise_std: float = 0.1
     seed: int = 0
+    # Hardening: more views of the image, each explained against (IG from the view to the image),
+    # as "kind:parameter" (blur:4, median:3, jpeg:60, bits:4); and per-image random view strength:
+    # every view's parameter scaled by exp(U[-jitter, jitter]), U drawn from a keyed hash of the
+    # image's pixels and the auditor's secret (RAYDETECT_SECRET), so an attacker cannot know it.
+    views: tuple[str, ...] = ()
+    jitter: float = 0.0
 
     @property
     def passes_per_image(self) -> int:
-        """Gradient passes one explanation costs (excluding the prediction itself)."""
+        """Gradient passes one explanation costs (excluding the prediction itself), over every view."""
         if self.explainer == "saliency":
-            return 1
-        if self.explainer == "gradient_shap":
-            return self.samples
-        if self.explainer == "ig_smoothgrad":
-            return self.n_steps * self.samples
-        return self.n_steps
+            per_view = 1
+        elif self.explainer == "gradient_shap":
+            per_view = self.samples
+        elif self.explainer == "ig_smoothgrad":
+            per_view = self.n_steps * self.samples
+        else:
+            per_view = self.n_steps
+        return per_view * (1 + len(self.views))
 
     def validate(self) -> AttributionConfig:
         _choice("explainer", self.explainer, EXPLAINERS)
@@ -193,6 +252,19 @@ class AttributionConfig:
             raise RaydetectError("internal batch size must be >= 1")
         if self.baseline == "train" and self.explainer != "gradient_shap":
             raise RaydetectError("baseline 'train' draws from clean images and only fits gradient_shap")
+        for v in self.views:
+            kind, _, param = v.partition(":")
+            try:
+                value = float(param)
+            except ValueError:
+                value = -1.0
+            if kind not in VIEW_KINDS or value <= 0:
+                raise RaydetectError(f"a view is kind:parameter with kind one of {', '.join(VIEW_KINDS)}, e.g. blur:4; got {v!r}")
+        if len(set(self.views)) != len(self.views):
+            raise RaydetectError("views must not repeat")
+        if self.views and self.explainer not in ("ig", "saliency"):
+            raise RaydetectError("extra views need the ig or saliency explainer")
+        _positive("jitter", self.jitter, allow_zero=True)
         return self
 
 

@@ -21,7 +21,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from raydetect.attacks import AttackResult, make_attack
+from raydetect.attacks import AttackResult, make_attack, stable_key
+from raydetect.attacks.suite import robustness_suite
 from raydetect.config import (
     AttackConfig,
     AttributionConfig,
@@ -32,7 +33,9 @@ from raydetect.config import (
     Source,
     to_dict,
 )
+from raydetect.detect import Detector
 from raydetect.detect.fit import fit_and_evaluate
+from raydetect.detect.splits import pair_split
 from raydetect.detect.training import MIN_PAIRS
 from raydetect.errors import RaydetectError
 from raydetect.explain import Explainer, describe
@@ -40,8 +43,9 @@ from raydetect.images import LocalImages, batches, load_digits_images, load_imag
 from raydetect.models import ImageClassifier, load_model
 from raydetect.report import write_report
 from raydetect.report.experiments import reproduction_report
-from raydetect.stages.runner import FusedJob, run_job
+from raydetect.stages.runner import FusedJob, run_evaluation, run_job
 from raydetect.stages.train import run_training
+from raydetect.store import read_output
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,7 @@ def protocol_attacks(protocol: Protocol, eps: float, steps: int = 10, seed: int 
 def protocol_attribution(protocol: Protocol, base: AttributionConfig) -> AttributionConfig:
     """The paper explained each image against its twin; the corrected protocol never does."""
     if protocol == "paper":
-        return replace(base, baseline="pair", explainer="ig")
+        return replace(base, baseline="pair", explainer="ig", views=(), jitter=0.0)
     if base.baseline == "pair":
         raise RaydetectError("baseline 'pair' is the paper's leak; the corrected protocol cannot use it")
     return base
@@ -89,6 +93,8 @@ class ReproResult:
     transfer: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     bundle: str | None = None
     resumed: int = 0  # images an earlier run of the same job had already done
+    robustness: list[dict[str, Any]] = field(default_factory=list)  # per attack: see detect.evaluation
+    robustness_images: int = 0
 
 
 Progress = Callable[[str, int, int], None]
@@ -245,6 +251,35 @@ def load_local_data(data: str, model: ImageClassifier, limit: int | None) -> Loc
     return load_image_folder(data, model.info.preprocess, limit)
 
 
+@dataclass(frozen=True)
+class Robustness:
+    """How ``reproduce --adaptive`` evaluates the bundle (see ``attacks.suite.robustness_suite``)."""
+
+    images: int = 32
+    steps: int = 100
+    restarts: int = 1
+    eot: int = 1
+    smooth: float = 10.0
+
+    def suite(self, eps: float, model: str) -> tuple[AttackConfig, ...]:
+        return robustness_suite(eps, model, adaptive_steps=self.steps, restarts=self.restarts, eot=self.eot, smooth=self.smooth)
+
+
+def held_out_ids(features_uri: str, seed: int) -> list[str]:
+    """Correctly classified images on the test side of the bundle's pair split, in a fixed random order."""
+    table = read_output(features_uri, columns=["id", "kind", "status", "correct"])
+    ids = np.array([r["id"] for r in table.to_pylist() if r["kind"] == "clean" and r["status"] == "ok" and r["correct"]])
+    _, test = pair_split(ids, DetectorConfig().test_fraction, seed)
+    return sorted(ids[test].tolist(), key=stable_key)
+
+
+def add_metrics(bundle: str, metrics: dict[str, Any]) -> None:
+    """Record more measured figures in a bundle (rewrites its manifest and checksums)."""
+    det = Detector.load(bundle)
+    det.metrics = {**det.metrics, **metrics}
+    det.save(bundle)
+
+
 def protocol_plan(protocol: Protocol, eps: list[float], steps: int, seed: int) -> tuple[AttackConfig, ...]:
     if protocol == "paper":
         return protocol_attacks("paper", PAPER_EPS, seed=seed)
@@ -267,8 +302,10 @@ def _reproduce_ray(
     resources: ResourceConfig,
     seed: int,
     address: str | None,
+    robustness: Robustness | None = None,
 ) -> ReproResult:
-    """One protocol through Ray: the fused attack+feature job, then Ray Train per attack and detector."""
+    """One protocol through Ray: the fused attack+feature job, then Ray Train per attack and detector,
+    then (``robustness``) attacks of every strength and adaptive ones on held-out images."""
     start = time.perf_counter()
     feats = str(out / protocol / "features")
     job = FusedJob(feats, model_cfg, Source(data, limit=limit), attacks, protocol_attribution(protocol, attribution), features)
@@ -277,8 +314,18 @@ def _reproduce_ray(
     rep = trained.result
     n_correct = rep.attack_rows[0]["n_correct"] if rep.attack_rows else 0
     result = ReproResult(protocol, model_cfg.name, summary.inputs, n_correct, rep.attack_rows, rep.detection_rows)
-    result.transfer, result.bundle, result.seconds = rep.transfer, trained.bundle, time.perf_counter() - start
+    result.transfer, result.bundle = rep.transfer, trained.bundle
     result.resumed = summary.skipped_done
+    if robustness is not None and protocol == "corrected":
+        ids = held_out_ids(feats, seed)[: robustness.images]
+        suite = tuple(a for e in sorted({a.eps for a in attacks}) for a in robustness.suite(e, model_cfg.name))
+        log.info("robustness: %d attacks on %d held-out images", len(suite), len(ids))
+        _, result.robustness = run_evaluation(
+            Source(data), str(out / protocol / "robustness"), trained.bundle, suite, resources, set(ids), address
+        )
+        result.robustness_images = len(ids)
+        add_metrics(trained.bundle, {"robustness": result.robustness})
+    result.seconds = time.perf_counter() - start
     return result
 
 
@@ -298,6 +345,7 @@ def run_reproduction(
     engine: str = "ray",
     resources: ResourceConfig | None = None,
     address: str | None = None,
+    robustness: Robustness | None = None,
 ) -> Path:
     """Run each protocol (through Ray, or in this process), write ``report.md`` and ``results.json``."""
     results: list[ReproResult] = []
@@ -323,7 +371,19 @@ def run_reproduction(
             log.info("protocol %s: %d attacks through Ray", protocol, len(attacks))
             results.append(
                 _reproduce_ray(
-                    data, out, model_cfg, protocol, attacks, attribution, features, detectors, limit, res, seed, address
+                    data,
+                    out,
+                    model_cfg,
+                    protocol,
+                    attacks,
+                    attribution,
+                    features,
+                    detectors,
+                    limit,
+                    res,
+                    seed,
+                    address,
+                    robustness,
                 )
             )
     report = write_report(
@@ -347,6 +407,8 @@ def run_reproduction(
                     "detection": r.detection_rows,
                     "transfer": r.transfer,
                     "bundle": r.bundle,
+                    "robustness": r.robustness,
+                    "robustness_images": r.robustness_images,
                 }
                 for r in results
             ],

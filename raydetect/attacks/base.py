@@ -34,6 +34,7 @@ class AttackResult:
     correct: torch.Tensor  # (N,) bool: clean prediction equals the reference label
     success: torch.Tensor  # (N,) bool: attack goal met on the returned image
     success_float: torch.Tensor  # (N,) bool: attack goal met before rounding to 8 bits
+    passes: torch.Tensor  # (N,) gradient passes through the classifier the attack spent per image
 
     def success_rate(self) -> float:
         """Success over correctly classified images only (NaN when there are none)."""
@@ -60,6 +61,16 @@ def is_success(pred: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor, 
     return pred == targets if targeted else pred != labels
 
 
+def margin(logits: torch.Tensor, targets: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """(N,) logit margin of the attack's goal: > 0 exactly when it is met.
+
+    Targeted: z_t - max_{j != t} z_j. Untargeted (``targets`` are the labels): max_{j != y} z_j - z_y.
+    """
+    own = logits.gather(1, targets.view(-1, 1)).squeeze(1)
+    others = logits.scatter(1, targets.view(-1, 1), float("-inf")).max(1).values
+    return own - others if targeted else others - own
+
+
 def quantize(images: torch.Tensor, clean: torch.Tensor | None = None, eps: float | None = None) -> torch.Tensor:
     """Round [0,1] images to the 8-bit grid, as saving to PNG does.
 
@@ -77,11 +88,15 @@ def quantize(images: torch.Tensor, clean: torch.Tensor | None = None, eps: float
 class Attack:
     """Base class: subclasses implement :meth:`perturb` over a batch already on the model's device."""
 
+    # Gradient passes per image that one loss_gradient_sign call costs.
+    grad_cost = 1
+
     def __init__(self, model: ImageClassifier, cfg: AttackConfig, quantize: bool = True) -> None:
         self.model = model.eval()
         self.cfg = cfg
         self.quantize = quantize
         self.targeted = cfg.mode != "untargeted"
+        self.passes = torch.zeros(0)
 
     # -- helpers shared by every attack ------------------------------------------------------
     def loss_gradient_sign(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -113,6 +128,14 @@ class Attack:
             conf, pred = self.model(x).softmax(1).max(1)
         return conf, pred
 
+    def reached(
+        self, x_adv: torch.Tensor, x: torch.Tensor, targets: torch.Tensor, above: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(done, 8-bit image): whether the 8-bit copy of each iterate meets the goal by more than ``above``."""
+        q = quantize(x_adv, x, self.cfg.eps) if self.quantize else x_adv
+        with torch.no_grad():
+            return margin(self.model(q), targets, self.targeted) > above, q
+
     # -- the attack --------------------------------------------------------------------------
     def perturb(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -131,6 +154,7 @@ class Attack:
         ref = torch.where(labels >= 0, labels, clean_pred)
         targets = self.choose_targets(logits, ref, np.arange(len(x)) if keys is None else keys)
 
+        self.passes = torch.zeros(len(x))
         x_float = self.perturb(x, targets)
         success_float = is_success(self.predict(x_float)[1], ref, targets, self.targeted)
         x_adv = quantize(x_float, x, self.cfg.eps) if self.quantize else x_float
@@ -146,4 +170,5 @@ class Attack:
             correct=(clean_pred == ref).cpu(),
             success=is_success(adv_pred, ref, targets, self.targeted).cpu(),
             success_float=success_float.cpu(),
+            passes=self.passes.clone(),
         )

@@ -11,6 +11,7 @@ class FGSM(Attack):
     """One signed-gradient step of size eps."""
 
     def perturb(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self.passes += 1
         return self.project(x + self.cfg.eps * self.loss_gradient_sign(x, targets), x)
 
 

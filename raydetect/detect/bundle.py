@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from raydetect.config import AttributionConfig, FeatureConfig, ModelConfig, from_dict, json_default
-from raydetect.detect.heads import HEADS, Head
-from raydetect.detect.score import Scorer
+from raydetect.detect.heads import HEADS, Head, LinearHead
+from raydetect.detect.score import AttackLogit, Scorer
 from raydetect.errors import RaydetectError
+from raydetect.explain.baselines import View, views
 from raydetect.images import decode_image
 from raydetect.models import ImageClassifier, checked, load_model
 from raydetect.store import exists, join, read_bytes, write_bytes
@@ -27,6 +28,7 @@ from raydetect.store import exists, join, read_bytes, write_bytes
 BUNDLE_VERSION = 1
 CHECKSUMS = "SHA256SUMS"
 MANIFEST = "manifest.json"
+SURROGATE = "surrogate_lr.json"
 
 
 def _sha256(data: bytes) -> str:
@@ -52,6 +54,11 @@ class Detector:
     trained_on: list[str]
     metrics: dict[str, Any]
     params: dict[str, Any]
+    # For heads without gradients: an LR fitted to the same features, and its threshold at the same
+    # target FPR, which a white-box attacker differentiates instead (BPDA). Shipped in the bundle
+    # because the attacker is assumed to have everything the auditor has.
+    surrogate: Head | None = None
+    surrogate_threshold: float | None = None
 
     @property
     def kind(self) -> str:
@@ -64,6 +71,8 @@ class Detector:
             "threshold": self.threshold, "target_fpr": self.target_fpr, "model": self.model_config,
             "attribution": self.attribution, "features": self.features, "feature_names": self.feature_names,
             "trained_on": self.trained_on, "params": self.params, "metrics": self.metrics,
+            "surrogate_file": SURROGATE if self.surrogate is not None else None,
+            "surrogate_threshold": self.surrogate_threshold,
         }  # fmt: skip
 
     def save(self, path: str | os.PathLike[str]) -> str:
@@ -73,6 +82,8 @@ class Detector:
             MANIFEST: json.dumps(self.manifest(), indent=2, default=json_default).encode(),
             self.head.file: self.head.to_bytes(),
         }
+        if self.surrogate is not None:
+            files[SURROGATE] = self.surrogate.to_bytes()
         for name, data in files.items():
             write_bytes(join(out, name), data)
         write_bytes(join(out, CHECKSUMS), "".join(f"{_sha256(d)}  {n}\n" for n, d in files.items()).encode())
@@ -108,6 +119,11 @@ class Detector:
         m = json.loads(files[MANIFEST])
         if m.get("format") != "raydetect-detector" or m.get("version") != BUNDLE_VERSION:
             raise RaydetectError(f"{base}: unsupported bundle format {m.get('format')!r} version {m.get('version')!r}")
+        surrogate = None
+        if m.get("surrogate_file"):
+            if m["surrogate_file"] != SURROGATE or SURROGATE not in files:
+                raise RaydetectError(f"{base}: manifest names an unverified surrogate file")
+            surrogate = LinearHead.from_bytes(files[SURROGATE])
         head_cls = HEADS.get(m.get("kind", ""))
         if head_cls is None or m["model_file"] != head_cls.file or m["model_file"] not in files:
             raise RaydetectError(f"{base}: manifest names an unknown or unverified model file")
@@ -122,6 +138,8 @@ class Detector:
             trained_on=list(m["trained_on"]),
             metrics=m.get("metrics", {}),
             params=m.get("params", {}),
+            surrogate=surrogate,
+            surrogate_threshold=m.get("surrogate_threshold"),
         )
 
     # -- compatibility -----------------------------------------------------------------------
@@ -160,6 +178,18 @@ class Detector:
         """The torch score of this detector on ``model`` (which must be the bundle's model)."""
         _, acfg, fcfg = self.configs()
         return Scorer(model, acfg, fcfg, self.head)
+
+    def views(self) -> list[View]:
+        """The transformed views of an image this detector classifies (what squeeze_eot attacks)."""
+        return views(self.configs()[1])
+
+    def attack_logit(self, model: ImageClassifier) -> AttackLogit:
+        """The differentiable detector logit a white-box attacker uses (the surrogate for tree heads)."""
+        if self.head.differentiable:
+            return AttackLogit(self.scorer(model), self.threshold)
+        if self.surrogate is None or self.surrogate_threshold is None:
+            raise RaydetectError(f"this {self.kind} bundle has no differentiable surrogate; retrain it to attack it")
+        return AttackLogit(self.scorer(model), self.surrogate_threshold, self.surrogate)
 
     def load_model(self, device: str | None = None) -> ImageClassifier:
         """The bundle's classifier, loaded once per device and kept."""

@@ -7,6 +7,7 @@ that an attacker can differentiate end to end.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 from raydetect.config import AttributionConfig, FeatureConfig
 from raydetect.detect.heads import Head
 from raydetect.explain import Explainer, Explanation, describe
+from raydetect.explain.views import view_specs
 from raydetect.models import ImageClassifier
 
 
@@ -41,13 +43,44 @@ class Scorer:
         self.head = head.to(model.device)
 
     def run(
-        self, images: torch.Tensor, keys: np.ndarray | None = None, create_graph: bool = False, head: Head | None = None
+        self,
+        images: torch.Tensor,
+        keys: np.ndarray | None = None,
+        create_graph: bool = False,
+        head: Head | None = None,
+        draws: torch.Tensor | None = None,
     ) -> Scored:
-        """Score a batch (N, C, H, W) in [0,1]; ``head`` swaps in another head (an attacker's surrogate)."""
-        expl = self.explainer(images, keys=keys, create_graph=create_graph)
+        """Score a batch (N, C, H, W) in [0,1]; ``head`` swaps in another head (an attacker's surrogate),
+        ``draws`` the views' random strengths (an attacker's guess; default: the auditor's keyed draws)."""
+        expl = self.explainer(images, keys=keys, create_graph=create_graph, draws=draws)
         feats = describe(expl, self.features)
         return Scored(expl, feats, (head or self.head).logit(feats))
 
     def __call__(self, images: torch.Tensor, keys: np.ndarray | None = None) -> torch.Tensor:
         """P(adversarial) (N,) float64."""
         return self.run(images, keys).score
+
+
+class AttackLogit:
+    """The detector as a white-box attacker differentiates it (``attacks.adaptive.DetectorLogit``).
+
+    ``head`` replaces a head without gradients (forests, boosters) by a differentiable surrogate
+    fitted to the same features (BPDA); ``threshold`` is the flagging threshold in that head's
+    probability scale.
+    """
+
+    def __init__(self, scorer: Scorer, threshold: float, head: Head | None = None) -> None:
+        self.scorer = scorer
+        self.head = (head or scorer.head).to(scorer.model.device)
+        if not self.head.differentiable:
+            raise ValueError(f"a {self.head.kind} head has no gradient; give a differentiable surrogate")
+        t = min(max(threshold, 1e-12), 1 - 1e-12)
+        self.threshold_logit = math.log(t / (1 - t))
+        # The explanation's gradient passes, plus the forward passes of the image and its baseline.
+        self.passes = self.scorer.explainer.cfg.passes_per_image + 2
+
+    def __call__(self, x: torch.Tensor, draw: int) -> torch.Tensor:
+        # Without the auditor's secret the views' strengths are unknown: one random guess per EOT draw.
+        g = torch.Generator().manual_seed(draw)
+        draws = torch.rand(len(x), len(view_specs(self.scorer.explainer.cfg)), generator=g).to(x.device)
+        return self.scorer.run(x, create_graph=True, head=self.head, draws=draws).logit

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from raydetect.config import DetectorConfig, FeatureConfig, from_dict
+from raydetect.config import AttributionConfig, DetectorConfig, FeatureConfig, from_dict
 from raydetect.detect.bundle import Detector
 from raydetect.detect.dataset import FeatureSet
 from raydetect.detect.fit import DEFAULT_PARAMS, FitJob, Fitter, clean_threshold, fit_local, split_rows
@@ -107,8 +107,13 @@ def train_detectors(
     # Plan every fit first (per attack and kind, plus the bundle "*"), then fit them in one go.
     plans = [(kind, a, *by_attack[a]) for kind in kinds for a in evaluable]
     plans.append((bkind, "*", *all_rows))
+    if bkind != "lr":  # a differentiable surrogate of the bundle, for white-box attacks on it (BPDA)
+        plans.append(("lr", "*surrogate", *all_rows))
     splits = [split_rows(pairs, cfg) for _, _, _, _, pairs in plans]
-    jobs = [FitJob(kind, X[s.fit], y[s.fit], cfg.params, cfg.seed) for (kind, _, X, y, _), s in zip(plans, splits, strict=True)]
+    jobs = [
+        FitJob(kind, X[s.fit], y[s.fit], None if a == "*surrogate" else cfg.params, cfg.seed)
+        for (kind, a, X, y, _), s in zip(plans, splits, strict=True)
+    ]
     say(f"fitting {len(jobs)} detectors ({', '.join(kinds)}) on {len(chosen)} attack(s)")
     heads = fitter(jobs)
 
@@ -117,7 +122,7 @@ def train_detectors(
     for (kind, a, X, y, pairs), head, s in zip(plans, heads, splits, strict=True):
         thr = clean_threshold(head, X[s.val][y[s.val] == 0], cfg.target_fpr)
         fitted[(kind, a)] = (head, thr)
-        if a != "*":
+        if not a.startswith("*"):
             ev = evaluate(y[s.test], head.predict_proba(X[s.test]), pairs[s.test], thr, n_boot, cfg.seed)
             detection_rows.append({"attack": a, "detector": kind, "train_rows": len(s.fit), **ev.to_dict()})
 
@@ -145,13 +150,16 @@ def train_detectors(
     Xt, yt, pt = test_rows(None)
     metrics = {"overall": evaluate(yt, head.predict_proba(Xt), pt, thr, n_boot, cfg.seed).to_dict(), "per_attack": per_attack}
     fcfg = job.get("features", {})
-    names = feature_names(from_dict(FeatureConfig, fcfg)) if fcfg else [f"f{i}" for i in range(all_rows[0].shape[1])]
+    acfg = from_dict(AttributionConfig, job["attribution"]) if job.get("attribution") else None
+    names = feature_names(from_dict(FeatureConfig, fcfg), acfg) if fcfg else [f"f{i}" for i in range(all_rows[0].shape[1])]
     if len(names) != all_rows[0].shape[1]:
         raise RaydetectError(f"feature output has {all_rows[0].shape[1]} columns but its config names {len(names)}")
     detector = Detector(
         head=head, threshold=thr, target_fpr=cfg.target_fpr, model_config=job.get("model", {}),
         attribution=job.get("attribution", {}), features=fcfg, feature_names=names, trained_on=list(chosen),
         metrics=metrics, params={**DEFAULT_PARAMS[bkind], **cfg.params},
+        surrogate=fitted[("lr", "*surrogate")][0] if bkind != "lr" else None,
+        surrogate_threshold=fitted[("lr", "*surrogate")][1] if bkind != "lr" else None,
     )  # fmt: skip
     return TrainingResult(attack_table(table), detection_rows, matrix, detector, metrics, describe_splits(job, fs, chosen))
 

@@ -7,27 +7,14 @@ baseline moves when the image moves: the adaptive attack must see that).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from raydetect.config import AttributionConfig
 from raydetect.errors import RaydetectError
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur with reflect padding; the kernel never exceeds the image."""
-    radius = max(1, min(int(math.ceil(3 * sigma)), (min(x.shape[-2:]) - 1) // 2))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    pad = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    h = F.conv2d(pad, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(h, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+from raydetect.explain.views import gaussian_blur, view_fn, view_specs
 
 
 def noise_like(x: torch.Tensor, seed: int, keys: np.ndarray) -> torch.Tensor:
@@ -57,7 +44,7 @@ def _references(x: torch.Tensor, refs: torch.Tensor | None) -> torch.Tensor:
 
 BASELINES: dict[str, BaselineFn] = {
     "black": lambda x, cfg, keys, twins, refs: torch.zeros_like(x),
-    "blur": lambda x, cfg, keys, twins, refs: gaussian_blur(x, cfg.blur_sigma),
+    "blur": lambda x, cfg, keys, twins, refs: gaussian_blur(x, cfg.blur_sigma),  # jittered: see explainers
     "noise": lambda x, cfg, keys, twins, refs: noise_like(x, cfg.seed, keys),
     "train": lambda x, cfg, keys, twins, refs: _references(x, refs),
     "pair": lambda x, cfg, keys, twins, refs: _twin(x, twins),
@@ -69,3 +56,23 @@ def baselines(
 ) -> torch.Tensor:
     """Per-image baselines (N, C, H, W), or the reference distribution (R, C, H, W) for 'train'."""
     return BASELINES[cfg.baseline](x, cfg, keys, twins, refs)
+
+
+# A view the detector takes of an image: (N, C, H, W) -> (N, C, H, W); the generator draws any
+# random parameters (an attacker's EOT sample).
+View = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def views(cfg: AttributionConfig) -> list[View]:
+    """The image transformations a detector with this configuration computes and classifies.
+
+    Its IG baseline is one when it is a function of the image (blur), and so is every extra view;
+    a constant or random baseline (black, noise) is no view of the image. An attacker who knows
+    the configuration (squeeze_eot) makes every view adversarial too, averaging over the views'
+    random strength when the detector draws it per image.
+    """
+
+    def drawn(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> View:
+        return lambda x, g: fn(x, torch.rand(len(x), generator=g, device=g.device).to(x.device))
+
+    return [drawn(view_fn(spec, cfg.jitter)) for spec in view_specs(cfg)]

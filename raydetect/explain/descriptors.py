@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from raydetect.config import FeatureConfig
+from raydetect.config import AttributionConfig, FeatureConfig
 from raydetect.explain.explainers import Explanation
 
 STATS = ("sum", "abs_sum", "pos_sum", "neg_sum", "mean", "std", "min", "max", "skew", "kurtosis", "l2", "frac_pos")
@@ -152,18 +152,31 @@ DESCRIPTORS: dict[str, Descriptor] = {
 _F32 = torch.finfo(torch.float32)
 
 
-def feature_names(cfg: FeatureConfig) -> list[str]:
-    """Column names of :func:`describe`'s output, in order."""
-    return [name for d in cfg.descriptors for name in DESCRIPTORS[d].names(cfg)]
+def _view_descriptors(cfg: FeatureConfig) -> list[str]:
+    """What each extra view adds: its map's descriptors and its baseline's logits (the image's own
+    logits are the same for every view)."""
+    return [d for d in cfg.descriptors if d != "logits"]
+
+
+def feature_names(cfg: FeatureConfig, attribution: AttributionConfig | None = None) -> list[str]:
+    """Column names of :func:`describe`'s output, in order (extra views prefixed v1_, v2_, ...)."""
+    names = [name for d in cfg.descriptors for name in DESCRIPTORS[d].names(cfg)]
+    for k in range(len(attribution.views) if attribution else 0):
+        names += [f"v{k + 1}_{name}" for d in _view_descriptors(cfg) for name in DESCRIPTORS[d].names(cfg)]
+    return names
+
+
+def _describe(expl: Explanation, cfg: FeatureConfig, descriptors: list[str]) -> torch.Tensor:
+    attr = expl.attributions.double()
+    d = Inputs(attr, attr.sum(1).reshape(len(attr), -1), expl)
+    return torch.cat([DESCRIPTORS[name].compute(d, cfg) for name in descriptors], 1)
 
 
 def describe(expl: Explanation, cfg: FeatureConfig) -> torch.Tensor:
-    """Descriptor vectors (N, D) float32 for a batch of explanations; D depends only on cfg.
+    """Descriptor vectors (N, D) float32 for a batch of explanations; D depends only on the configs.
 
     Computed in float64, returned in float32 as stored. Saturated logits can overflow float32
     statistics; a detector needs finite inputs, so those become the largest float32.
     """
-    attr = expl.attributions.double()
-    d = Inputs(attr, attr.sum(1).reshape(len(attr), -1), expl)
-    out = torch.cat([DESCRIPTORS[name].compute(d, cfg) for name in cfg.descriptors], 1).float()
-    return torch.nan_to_num(out, nan=0.0, posinf=_F32.max, neginf=_F32.min)
+    parts = [_describe(expl, cfg, list(cfg.descriptors))] + [_describe(v, cfg, _view_descriptors(cfg)) for v in expl.views]
+    return torch.nan_to_num(torch.cat(parts, 1).float(), nan=0.0, posinf=_F32.max, neginf=_F32.min)

@@ -10,7 +10,7 @@ through the explanation; the others run through captum.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from raydetect.config import AttributionConfig
 from raydetect.errors import RaydetectError
 from raydetect.explain.baselines import baselines
 from raydetect.explain.ig import integrated_gradients
+from raydetect.explain.views import keyed_draws, view_fn, view_specs
 from raydetect.models import ImageClassifier
 
 # Scaled inputs per forward/backward chunk when the user sets none. On CPU, chunks of 16-32 run
@@ -36,6 +37,7 @@ class Explanation:
     logits: torch.Tensor  # (N, K) at the input
     baseline_logits: torch.Tensor  # (N, K) at the (mean) baseline
     delta: torch.Tensor | None  # (N,) IG completeness error, where defined
+    views: list[Explanation] = field(default_factory=list)  # one per extra view (AttributionConfig.views)
 
 
 @dataclass(frozen=True)
@@ -146,11 +148,13 @@ class Explainer:
         keys: np.ndarray | None = None,
         twins: torch.Tensor | None = None,
         create_graph: bool = False,
+        draws: torch.Tensor | None = None,
     ) -> Explanation:
         """Explain a batch (N, C, H, W) in [0,1] for ``targets`` (default: the predicted class).
 
         With ``create_graph`` (differentiable methods only) every output stays a function of
-        ``images``, for attacks that optimise against the explanation.
+        ``images``, for attacks that optimise against the explanation. ``draws`` (N, views) set the
+        views' random strength; by default they come from the keyed hash of each image (the auditor's).
         """
         if create_graph and not self.method.differentiable:
             raise RaydetectError(f"explainer {self.cfg.explainer} is not differentiable; use ig or saliency")
@@ -158,11 +162,29 @@ class Explainer:
         x = images.to(self.model.device, torch.float32)
         n = len(x)
         keys = np.arange(n) if keys is None else keys
+        specs = view_specs(cfg)
+        if draws is None:
+            draws = keyed_draws(x, len(specs)) if cfg.jitter > 0 and specs else torch.zeros(n, len(specs), device=x.device)
         with torch.set_grad_enabled(create_graph):
             logits = self.model(x)
         t = logits.argmax(1).detach() if targets is None else targets.to(x.device)
-        base = baselines(x, cfg, keys, twins, self.references)
         chunk = cfg.internal_batch_size or max(DEFAULT_CHUNK.get(x.device.type, 64), 2 * n)
+        if cfg.baseline == "blur":  # the first view: a blur whose strength may be drawn per image
+            base = view_fn(specs[0], cfg.jitter)(x, draws[:, 0])
+        else:
+            base = baselines(x, cfg, keys, twins, self.references)
+        main = self._explain(x, base, t, logits, keys, chunk, create_graph)
+        first_extra = len(specs) - len(cfg.views)
+        for k, spec in enumerate(cfg.views):
+            view = view_fn(spec, cfg.jitter)(x, draws[:, first_extra + k])
+            main.views.append(self._explain(x, view, t, logits, keys, chunk, create_graph))
+        return main
+
+    def _explain(
+        self, x: torch.Tensor, base: torch.Tensor, t: torch.Tensor, logits: torch.Tensor, keys: np.ndarray, chunk: int,
+        create_graph: bool,
+    ) -> Explanation:  # fmt: skip
+        cfg = self.cfg
         attr, delta = self.method.attribute(Call(self.model, x, base, t, cfg, keys, chunk, create_graph))
         mean_base = base.mean(0, keepdim=True).expand_as(x) if cfg.baseline == "train" else base
         with torch.set_grad_enabled(create_graph):

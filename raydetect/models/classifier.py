@@ -10,6 +10,8 @@ import copy
 import itertools
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,6 +95,40 @@ class ImageClassifier(nn.Module):
                 f"model {self.name} has no layer {name!r}; aliases: {aliases}; module paths look like: {sample}, ..."
             )
         return modules[path]
+
+
+class SmoothReLU(nn.Module):
+    """softplus(beta x), optionally capped smoothly at ``cap`` (ReLU6): a ReLU with a Hessian.
+
+    Piecewise-linear networks have zero second derivatives almost everywhere, so the gradient of
+    a gradient-based explanation w.r.t. the input is uninformative; attacks on explanations
+    differentiate a smoothed copy instead (Dombrowski et al. 2019).
+    """
+
+    def __init__(self, beta: float, cap: float | None = None) -> None:
+        super().__init__()
+        self.beta, self.cap = beta, cap
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.softplus(x, self.beta)
+        return y if self.cap is None else y - nn.functional.softplus(x - self.cap, self.beta)
+
+
+@contextmanager
+def smooth_activations(model: nn.Module, beta: float) -> Iterator[nn.Module]:
+    """Within the block, every ReLU/ReLU6 module of ``model`` is a :class:`SmoothReLU`; restored after."""
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    for parent in model.modules():
+        for name, child in list(parent._modules.items()):
+            if isinstance(child, (nn.ReLU, nn.ReLU6)):
+                cap = 6.0 if isinstance(child, nn.ReLU6) else None
+                parent._modules[name] = SmoothReLU(beta, cap)
+                swapped.append((parent, name, child))
+    try:
+        yield model
+    finally:
+        for parent, name, child in swapped:
+            parent._modules[name] = child
 
 
 # --------------------------------------------------------------------------------------------

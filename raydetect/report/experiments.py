@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from raydetect.config import AttributionConfig, FeatureConfig
-from raydetect.report.document import Report
-from raydetect.report.tables import FOOTNOTE, results_section
+from raydetect.report.document import Heading, Paragraph, Report
+from raydetect.report.tables import FOOTNOTE, ROBUSTNESS_NOTE, results_section, robustness_table
 
 
 def training_report(features_dir: str, attack_rows: list[dict[str, Any]], detection_rows: list[dict[str, Any]],
@@ -33,4 +33,21 @@ def reproduction_report(results: Sequence[Any], attribution: AttributionConfig, 
             + (f" ({r.resumed} images done by an earlier run were not redone)." if r.resumed else ".")
         )
         report.add(*results_section(title, description, r.attack_rows, r.detection_rows, r.transfer, r.bundle))
+        if r.robustness:
+            report.add(*robustness_section(r.robustness, r.robustness_images))
     return report.add(FOOTNOTE)
+
+
+def robustness_section(rows: list[dict[str, Any]], images: int) -> list[Any]:
+    return [
+        Heading("Attacks the detector never trained on, and attackers who know it", 3),
+        Paragraph(f"{images} held-out correctly classified images (never used to fit or calibrate the bundle)."),
+        robustness_table(rows),
+        ROBUSTNESS_NOTE,
+    ]
+
+
+def evaluation_report(bundle: str, source: str, rows: list[dict[str, Any]], images: int) -> Report:
+    report = Report("raydetect evaluation")
+    report.add(Paragraph(f"Detector `{bundle}` on `{source}`."))
+    return report.add(*robustness_section(rows, images))

@@ -100,3 +100,35 @@ FOOTNOTE = Paragraph(
     "paper's plain accuracy. Intervals are 95% bootstrap over test pairs; a clean image and its adversarial twin "
     "are always on the same side of every split."
 )
+
+
+def knows(row: dict[str, Any]) -> str:
+    """What the attacker knows of the detector."""
+    if row["method"] == "adaptive":
+        return "white box (weights)"
+    if row["method"] == "squeeze_eot":
+        return "configuration"
+    return "no" + (f" (transfer from {row['attack'].split('-from-')[1]})" if "-from-" in row["attack"] else "")
+
+
+def robustness_table(rows: Sequence[dict[str, Any]]) -> Table:
+    """Per attack: success, separability, and what gets past the detector at its own threshold."""
+    body = [
+        [
+            r["attack"], knows(r), f"{pct(r['success_rate'])} ({r['n_success']}/{r['n_attacked']})", num(r["auc"]),
+            pct(r["tpr_at_1fpr"]) if r["n_clean"] >= 100 else "n/a (too few clean rows)", pct(r["tpr_at_5fpr"]),
+            pct(r["flagged"]), f"**{pct(r['evaded'])}**", f"{r['passes']:.0f}",
+        ]
+        for r in rows
+    ]  # fmt: skip
+    headers = ["Attack", "Knows the detector?", "Fools the model", "ROC AUC", "TPR@1%FPR", "TPR@5%FPR",
+               "Flagged at threshold", "Evaded", "Gradient passes/image"]  # fmt: skip
+    return Table(headers, body)
+
+
+ROBUSTNESS_NOTE = Paragraph(
+    "ROC AUC and TPR compare each attack's successful adversarials with the clean images of the same held-out set. "
+    "*Evaded* is the share of attacked images that fool the model **and** pass the detector at the bundle's threshold: "
+    "what an attacker who plants images gets. Gradient passes are the attacker's cost per image (a pass through the "
+    "explanation's second-order graph costs about 2-3 first-order passes)."
+)

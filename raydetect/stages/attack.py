@@ -7,15 +7,18 @@ the attack judged its own success.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from raydetect.attacks import make_attack, quantize, stable_key
-from raydetect.config import AttackConfig
+from raydetect.attacks import Attack, AttackResult, make_attack, quantize, stable_key
+from raydetect.attacks.base import is_success
+from raydetect.config import AttackConfig, ModelConfig
+from raydetect.detect import Detector
 from raydetect.images import encode_png
-from raydetect.models import ImageClassifier
+from raydetect.models import ImageClassifier, load_model
 from raydetect.models.runtime import set_threads
 from raydetect.stages.rows import rows_to_batch
 
@@ -25,15 +28,43 @@ def clean_row(image_id: str, path: str, label: int, status: str, error: str) -> 
         "id": image_id, "pair_id": image_id, "kind": "clean", "path": path, "label": label, "status": status,
         "error": error, "attack": "", "method": "", "mode": "", "eps": 0.0, "alpha": 0.0, "steps": 0, "target": -1,
         "clean_pred": -1, "clean_conf": 0.0, "pred": -1, "conf": 0.0, "correct": False, "success": False,
-        "success_float": False, "linf": 0.0, "png": b"",
+        "success_float": False, "linf": 0.0, "passes": 0.0, "png": b"",
     }  # fmt: skip
+
+
+def build_attacks(
+    model: ImageClassifier, configs: Sequence[AttackConfig], detector: Detector | None
+) -> list[tuple[AttackConfig, Attack]]:
+    """Each config's attack on ``model``; a transfer attack gets its own source model (loaded once),
+    attacks that know the detector get its views or its differentiable logit."""
+    views = detector.views() if detector is not None else []
+    logit = detector.attack_logit(model) if detector is not None and any(c.method == "adaptive" for c in configs) else None
+    sources: dict[str, ImageClassifier] = {}
+    out = []
+    for cfg in configs:
+        on = model
+        if cfg.source_model:  # a black-box attacker's own model
+            on = sources.setdefault(cfg.source_model, load_model(ModelConfig(name=cfg.source_model, device=str(model.device))))
+        out.append((cfg, make_attack(on, cfg, views=views, detector=logit)))
+    return out
+
+
+def judged_on(model: ImageClassifier, cfg: AttackConfig, res: AttackResult) -> AttackResult:
+    """A transfer attack's result as the audited model sees it (it was judged on its source model)."""
+    if not cfg.source_model:
+        return res
+    with torch.no_grad():
+        conf, pred = model(res.adversarial.to(model.device)).softmax(1).max(1)
+    success = is_success(pred.cpu(), res.labels, res.targets, cfg.mode != "untargeted")
+    return replace(res, adv_pred=pred.cpu(), adv_conf=conf.cpu(), success=success, success_float=success)
 
 
 class AttackStage:
     """Loads the model once (``model_loader``), then attacks each batch with every configured attack.
 
     ``only_correct`` skips attacks on images the model already gets wrong (the paper's protocol;
-    unlabeled images count as correct). Call it directly on a numpy batch to test it without Ray.
+    unlabeled images count as correct). Attacks that know the detector (squeeze_eot, adaptive)
+    attack ``detector``. Call it directly on a numpy batch to test it without Ray.
     """
 
     def __init__(
@@ -42,11 +73,11 @@ class AttackStage:
         attacks: Sequence[AttackConfig],
         only_correct: bool = True,
         threads: int | None = None,
+        detector: Detector | None = None,
     ) -> None:
         self.threads = threads  # set in __call__, not here: see set_threads
         self.model = model_loader()
-        self.configs = list(attacks)
-        self.attacks = [make_attack(self.model, cfg) for cfg in self.configs]
+        self.attacks = build_attacks(self.model, attacks, detector)
         self.only_correct = only_correct
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -73,8 +104,8 @@ class AttackStage:
         if len(sel) == 0:
             return rows_to_batch(rows)
         xs = x[sel]
-        for cfg, attack in zip(self.configs, self.attacks, strict=True):
-            res = attack(xs, labels[sel], keys[sel])
+        for cfg, attack in self.attacks:
+            res = judged_on(self.model, cfg, attack(xs, labels[sel], keys[sel]))
             linf = (res.adversarial - xs).flatten(1).abs().max(1).values
             for j, s in enumerate(sel):
                 base = rows[ok[s]]
@@ -86,7 +117,7 @@ class AttackStage:
                         "steps": cfg.effective_steps, "target": int(res.targets[j]), "pred": int(res.adv_pred[j]),
                         "conf": float(res.adv_conf[j]), "success": bool(res.success[j]),
                         "success_float": bool(res.success_float[j]), "linf": float(linf[j]),
-                        "png": encode_png(res.adversarial[j].numpy()),
+                        "passes": float(res.passes[j]), "png": encode_png(res.adversarial[j].numpy()),
                     }
                 )  # fmt: skip
         return rows_to_batch(rows)

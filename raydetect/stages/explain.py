@@ -67,7 +67,7 @@ class FeatureStage:
         self.cfg = features
         self.maps_fraction = maps_fraction
         self.batch_size = batch_size
-        self.dim = len(feature_names(features))
+        self.dim = len(feature_names(features, attribution))
 
     def _base_row(self, batch: dict[str, np.ndarray], i: int) -> dict[str, Any]:
         return {

@@ -350,22 +350,37 @@ def read_dataset(src: DatasetSource, pre: Preprocess, skip_ids: set[str] | None 
     return src.dataset.map_batches(DecodeRows(src, pre, done_ref), batch_size=8, batch_format="numpy")
 
 
-def read_source(source: Source, pre: Preprocess, skip_ids: set[str] | None = None, parallelism: int | None = None) -> Any:
+def read_source(
+    source: Source,
+    pre: Preprocess,
+    skip_ids: set[str] | None = None,
+    parallelism: int | None = None,
+    keep_ids: set[str] | None = None,
+) -> Any:
     """A Ray Dataset of decoded image rows for ``source`` (schema at the top of this module).
 
     ``skip_ids`` drops work items already done (resume); for Parquet the skip happens per row
-    after reading, since row ids are only known then. None when nothing is left to read.
+    after reading, since row ids are only known then. ``keep_ids`` reads only those files (not
+    for Parquet). None when nothing is left to read.
     """
-    return read_inputs(source, pre, skip_ids, parallelism)[0]
+    return read_inputs(source, pre, skip_ids, parallelism, keep_ids)[0]
 
 
 def read_inputs(
-    source: Source, pre: Preprocess, skip_ids: set[str] | None = None, parallelism: int | None = None
+    source: Source,
+    pre: Preprocess,
+    skip_ids: set[str] | None = None,
+    parallelism: int | None = None,
+    keep_ids: set[str] | None = None,
 ) -> tuple[Any, int | None]:
     """:func:`read_source`, and how many inputs it will yield (None where only reading tells)."""
     kind, items = plan_inputs(source)
     if not items:
         raise RaydetectError(f"no input files under {source.uri}")
+    if keep_ids is not None:
+        if kind in PER_ROW_SKIP:
+            raise RaydetectError(f"selecting images by id needs a folder input, not {kind}")
+        items = [it for it in items if it["item"] in keep_ids]
     if skip_ids and kind not in PER_ROW_SKIP:
         items = [it for it in items if it["item"] not in skip_ids]
     if not items:

@@ -23,6 +23,7 @@ import ray
 from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig, ModelConfig, ResourceConfig, Source, to_dict
 from raydetect.detect import Detector
 from raydetect.detect.bundle import load_for_audit
+from raydetect.detect.evaluation import robustness_rows
 from raydetect.errors import RaydetectError
 from raydetect.models import ConfiguredLoader, model_info
 from raydetect.models.runtime import actor_runtime_env
@@ -31,6 +32,7 @@ from raydetect.report.audit import audit_report
 from raydetect.stages.attack import AttackStage
 from raydetect.stages.audit import AuditStage
 from raydetect.stages.console import Progress
+from raydetect.stages.evaluate import EvaluateStage
 from raydetect.stages.explain import FeatureStage
 from raydetect.stages.external import ExternalImages, read_external
 from raydetect.stages.fused import AttackFeatureStage
@@ -172,21 +174,27 @@ class _FromSource(Job):
 
 
 class AttackJob(_FromSource):
+    """Attack every image; attacks that know the detector need ``detector`` (loaded from ``bundle``)."""
+
     name = "attack"
 
-    def __init__(
-        self, out: str, model: ModelConfig, source: Source, attacks: Sequence[AttackConfig], only_correct: bool = True
-    ) -> None:
+    def __init__(self, out: str, model: ModelConfig, source: Source, attacks: Sequence[AttackConfig], only_correct: bool = True,
+                 detector: Detector | None = None, bundle: str | None = None) -> None:  # fmt: skip
         if not attacks:
             raise RaydetectError("no attack configured")
+        needs = [a.name for a in attacks if a.adaptive]
+        if needs and detector is None:
+            raise RaydetectError(f"{', '.join(needs)} attack(s) the detector itself: pass --detector BUNDLE")
         super().__init__(out, model, source)
-        self.attacks, self.only_correct = tuple(attacks), only_correct
+        self.attacks, self.only_correct, self.detector, self.bundle = tuple(attacks), only_correct, detector, bundle
 
     def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
-        return {"source": self.source_config(), "model": to_dict(model), "attacks": [to_dict(a) for a in self.attacks]}
+        out = {"source": self.source_config(), "model": to_dict(model), "attacks": [to_dict(a) for a in self.attacks]}
+        return {**out, "bundle": self.bundle} if self.bundle else out
 
     def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
-        return map_actors(ds, AttackStage, (ConfiguredLoader(model), self.attacks, self.only_correct, plan.threads), plan)
+        args = (ConfiguredLoader(model), self.attacks, self.only_correct, plan.threads, self.detector)
+        return map_actors(ds, AttackStage, args, plan)
 
 
 class FusedJob(AttackJob):
@@ -302,6 +310,31 @@ class AuditJob(_FromSource):
         return map_actors(ds, AuditStage, (ConfiguredLoader(model), self.detector, plan.threads, plan.batch_size), plan)
 
 
+class EvaluateJob(_FromSource):
+    """Attack images (adaptive attacks against the bundle itself) and score clean and adversarial
+    images with the bundle. ``ids`` restricts the job to those images (e.g. a held-out split)."""
+
+    name = "evaluate"
+
+    def __init__(self, out: str, model: ModelConfig, source: Source, detector: Detector, bundle: str,
+                 attacks: Sequence[AttackConfig], ids: set[str] | None = None) -> None:  # fmt: skip
+        super().__init__(out, model, source)
+        self.detector, self.bundle, self.attacks, self.ids = detector, bundle, tuple(attacks), ids
+
+    def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
+        ids = sorted(self.ids) if self.ids is not None else None
+        return {"source": self.source_config(), "bundle": self.bundle, "model": to_dict(model),
+                "attacks": [to_dict(a) for a in self.attacks], "ids": ids}  # fmt: skip
+
+    def read(self, model: ModelConfig, done: set[str]) -> Any:
+        ds, self.pending = read_inputs(self.source, model_info(model.name).preprocess, skip_ids=done, keep_ids=self.ids)
+        return ds
+
+    def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
+        args = (ConfiguredLoader(model), self.detector, self.attacks, plan.threads, plan.batch_size)
+        return map_actors(ds, EvaluateStage, args, plan)
+
+
 class _DropDone:
     """Filter rows whose key is already in the output (resume), as a picklable callable."""
 
@@ -338,3 +371,19 @@ def run_audit(
     det, mcfg = load_for_audit(bundle, model, weights)
     summary = run_job(AuditJob(out, mcfg, source, det, bundle), resources, address)
     return summary, write_report(out, audit_report(out, det, bundle, top))
+
+
+def run_evaluation(
+    source: Source,
+    out: str,
+    bundle: str,
+    attacks: Sequence[AttackConfig],
+    resources: ResourceConfig = ResourceConfig(),
+    ids: set[str] | None = None,
+    address: str | None = None,
+) -> tuple[JobSummary, list[dict[str, Any]]]:
+    """Attack and score ``source`` (or its ``ids``) against the bundle; returns the accounting and
+    one robustness summary per attack (``detect.evaluation.robustness_rows``)."""
+    det, mcfg = load_for_audit(bundle)
+    summary = run_job(EvaluateJob(out, mcfg, source, det, bundle, attacks, ids), resources, address)
+    return summary, robustness_rows(read_output(out).to_pylist(), det.threshold)

@@ -51,3 +51,26 @@ def test_pair_split_is_consistent_across_attacks() -> None:
     _, ta = pair_split(a, 0.3, 0)
     _, tb = pair_split(b, 0.3, 0)
     assert set(b[tb]) == set(a[ta]) & set(b)
+
+
+def test_adaptive_attack_evades_the_detector_more_often_than_bim(ray_cluster, digits_bundle, digits_test) -> None:
+    """The white-box attack must actually use the detector: it gets past it far more often than
+    the BIM it was trained on, at the same eps (a broken adaptive attack fails this)."""
+    from raydetect.attacks.suite import robustness_suite
+    from raydetect.detect.evaluation import robustness_rows
+    from raydetect.stages.evaluate import EvaluateStage
+
+    det = Detector.load(digits_bundle)
+    model = det.load_model("cpu")
+    n = 40
+    idx = slice(300, 300 + n)  # digits the bundle never saw (it trained on the first 120)
+    batch = {"id": np.array([f"d{i}" for i in range(300, 300 + n)], dtype=object), "label": digits_test.labels[idx],
+             "image": digits_test.images[idx], "status": np.array(["ok"] * n, dtype=object),
+             "error": np.array([""] * n, dtype=object)}  # fmt: skip
+    suite = {a.method: a for a in robustness_suite(0.3, "digits_cnn", adaptive_steps=30, smooth=10.0)}
+    rows = EvaluateStage(lambda: model, det, [suite["bim"], suite["adaptive"]])(batch).to_pylist()
+    by = {r["method"]: r for r in robustness_rows(rows, det.threshold)}
+    assert by["adaptive"]["evaded"] > by["bim"]["evaded"] + 0.3, by
+    assert by["adaptive"]["passes"] > by["bim"]["passes"]
+    adv = [r for r in rows if r["method"] == "adaptive"]
+    assert all(r["linf"] <= 0.3 + 1e-6 for r in adv)

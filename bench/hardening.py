@@ -1,0 +1,351 @@
+"""Hardening study: which detector design holds against attacks it never trained on and attackers who know it.
+
+    python bench/hardening.py run DESIGN [--half selection|confirmation] [--adaptive-images 24]
+    python bench/hardening.py summary            # the STUDY.md tables, from bench/results/hardening.jsonl
+
+Protocol (efficientnet_lite0, the correctly classified images of the shared sample):
+
+* Images are split once, by a hash of their file name, into a *selection* half (designs are
+  compared there) and a *confirmation* half (the chosen design is re-fitted and measured there,
+  on images the choice never saw). Within a half, 60% of the images (pair-grouped by image) fit
+  the detector and set its threshold (5% FPR on held-out clean fit images), 40% are evaluated.
+* Non-adaptive attacks on the evaluation images, each at eps 4/255 (and BIM-10 at 0.1 for the
+  paper's setting): BIM-10 and PGD-10, BIM stopped at the first success, DeepFool, and BIM-10
+  crafted on efficientnet_lite1 (transfer).
+* Attacks that know the design: squeeze_eot (100 steps, EOT over every view) on every evaluation
+  image, and the white-box adaptive attack (100 steps, EOT, smooth activations, a lam search
+  over restarts) on the first ``--adaptive-images`` of them (it costs ~1,000-2,000 gradient
+  passes per image).
+* Every row of the tables is one line of bench/results/hardening.jsonl with the command that
+  produced it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from raydetect.attacks.suite import robustness_suite
+from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig, ModelConfig, to_dict
+from raydetect.detect import Detector
+from raydetect.detect.evaluation import robustness_rows
+from raydetect.detect.fit import clean_threshold, fit_head
+from raydetect.detect.splits import pair_split
+from raydetect.explain import Explainer, describe, feature_names
+from raydetect.images import batches, load_image_folder
+from raydetect.models import ImageClassifier, load_model
+from raydetect.stages.attack import build_attacks, judged_on
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "imagenet-sample"
+CACHE = ROOT / "runs" / "hardening"
+RESULTS = ROOT / "bench" / "results" / "hardening.jsonl"
+EPS = 4 / 255
+MODEL = "efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class Design:
+    """A detector design: what it explains, how it describes it, and what it trains on."""
+
+    name: str
+    about: str
+    attribution: AttributionConfig = AttributionConfig()
+    features: FeatureConfig = FeatureConfig()
+    train_attacks: tuple[AttackConfig, ...] = field(default_factory=tuple)
+    adaptive_eot: int = 1
+    # Detector adversarial training: rounds of (adaptive attack on the fit images against the current
+    # detector, then refit with those adversarials added).
+    rounds: int = 0
+    round_images: int = 48
+    round_steps: int = 50
+
+
+BIM3 = tuple(AttackConfig(mode=m, eps=EPS, steps=10) for m in ("untargeted", "random", "second"))
+MIX = (
+    *BIM3,
+    AttackConfig(eps=EPS, steps=40, alpha=EPS / 8, stop_margin=0.0),
+    AttackConfig(mode="second", eps=EPS, steps=40, alpha=EPS / 8, stop_margin=0.0),
+    AttackConfig(eps=EPS, steps=40, alpha=EPS / 8, stop_margin=2.0),
+    AttackConfig(method="deepfool", eps=EPS, steps=50),
+)
+
+DESIGNS = {
+    d.name: d
+    for d in (
+        Design("baseline", "today's defaults: IG (4 steps) against blur sigma 2, every descriptor, trained on BIM-10 (3 modes)",
+               train_attacks=BIM3),
+        Design("mix", "baseline trained on a mix of strengths: BIM-10 (3 modes), early-stopped BIM (2 modes), kappa 2, DeepFool",
+               train_attacks=MIX),
+        Design("views", "mix, plus IG against two more views of the image (JPEG quality 60, median 3x3)",
+               attribution=AttributionConfig(views=("jpeg:60", "median:3")), train_attacks=MIX),
+        Design("views-secret", "views, with every view's strength drawn per image from a keyed hash (jitter 0.5)",
+               attribution=AttributionConfig(views=("jpeg:60", "median:3"), jitter=0.5), train_attacks=MIX, adaptive_eot=2),
+        Design("mix-advtrain", "mix, then 2 rounds of adversarial training on adaptive adversarials (50 steps, 48 fit "
+               "images) made against the previous round's detector", train_attacks=MIX, rounds=2),
+    )
+}  # fmt: skip
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def unit(text: str, salt: str) -> float:
+    return int.from_bytes(hashlib.blake2b(f"{salt}:{text}".encode(), digest_size=8).digest(), "big") / 2**64
+
+
+class Images:
+    """The correctly classified images, 8-bit, split into halves and fit/eval parts (cached)."""
+
+    def __init__(self, model: ImageClassifier) -> None:
+        path = CACHE / "clean.npz"
+        if not path.exists():
+            imgs = load_image_folder(DATA, model.info.preprocess)
+            x = torch.round(torch.from_numpy(imgs.images) * 255) / 255
+            with torch.no_grad():
+                pred = torch.cat([model(x[s]).argmax(1) for s in batches(len(x), 32)])
+            ok = pred.numpy() == imgs.labels
+            ids = [Path(i).name for i in imgs.ids]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path, x=np.rint(x.numpy()[ok] * 255).astype(np.uint8), y=imgs.labels[ok], ids=np.array(ids)[ok])
+        with np.load(path) as d:
+            self.x = torch.from_numpy(d["x"].astype(np.float32) / 255)
+            self.y = torch.from_numpy(d["y"])
+            self.ids = d["ids"].astype(str)
+
+    def part(self, half: str, part: str) -> np.ndarray:
+        """Indices of a half ('selection' | 'confirmation') and part ('fit' | 'eval'), in a fixed random order."""
+        sel = np.array([unit(i, "half") < 0.5 for i in self.ids])
+        in_half = sel if half == "selection" else ~sel
+        fit = np.array([unit(i, "part") < 0.6 for i in self.ids])
+        idx = np.flatnonzero(in_half & (fit if part == "fit" else ~fit))
+        return idx[np.argsort([unit(self.ids[i], "order") for i in idx])]
+
+
+class Study:
+    def __init__(self) -> None:
+        self.model = load_model(ModelConfig(name=MODEL, device="cpu"))
+        self.images = Images(self.model)
+
+    # -- non-adaptive adversarials: independent of the detector, cached per attack ------------
+    def adversarial(self, cfg: AttackConfig, idx: np.ndarray) -> dict[str, np.ndarray]:
+        path = CACHE / "adv" / f"{cfg.name.replace('/', '_')}-s{cfg.steps}-a{cfg.step_size:.6f}.npz"
+        have: dict[str, Any] = {}
+        if path.exists():
+            with np.load(path) as d:
+                have = {k: d[k] for k in d.files}
+        known = set(have.get("index", np.zeros(0, int)).tolist())
+        todo = np.array([i for i in idx if i not in known], int)
+        if len(todo):
+            t0 = time.perf_counter()
+            ((_, attack),) = build_attacks(self.model, [cfg], None)
+            parts = []
+            for s in batches(len(todo), 16):
+                b = todo[s]
+                r = judged_on(self.model, cfg, attack(self.images.x[b], self.images.y[b], keys=b))
+                parts.append((b, r))
+            new = {
+                "index": np.concatenate([b for b, _ in parts]),
+                "adv": np.concatenate([np.rint(r.adversarial.numpy() * 255).astype(np.uint8) for _, r in parts]),
+                "success": np.concatenate([r.success.numpy() for _, r in parts]),
+                "passes": np.concatenate([r.passes.numpy() for _, r in parts]),
+            }
+            have = {k: np.concatenate([have[k], new[k]]) if have else new[k] for k in new}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path, **have)
+            log(f"attack {cfg.name}: {len(todo)} images in {time.perf_counter() - t0:.0f} s, success {new['success'].mean():.1%}")
+        pos = {int(i): k for k, i in enumerate(have["index"])}
+        take = np.array([pos[int(i)] for i in idx])
+        return {
+            "adv": have["adv"][take].astype(np.float32) / 255,
+            "success": have["success"][take],
+            "passes": have["passes"][take],
+        }
+
+    # -- descriptors --------------------------------------------------------------------------
+    def describe(self, design: Design, x: torch.Tensor) -> np.ndarray:
+        """Descriptors as the design's detector computes them (the auditor's keyed view draws)."""
+        explainer = Explainer(self.model, design.attribution)
+        return np.concatenate([describe(explainer(x[s]), design.features).numpy() for s in batches(len(x), 16)])
+
+    def detector(self, design: Design, head: Any, threshold: float = 0.5) -> Detector:
+        return Detector(
+            head=head, threshold=threshold, target_fpr=0.05, model_config=to_dict(ModelConfig(name=MODEL)),
+            attribution=to_dict(design.attribution), features=to_dict(design.features),
+            feature_names=feature_names(design.features, design.attribution),
+            trained_on=[a.name for a in design.train_attacks], metrics={}, params={},
+        )  # fmt: skip
+
+    def fit(self, design: Design, half: str) -> Detector:
+        """Fit on the half's fit images: clean vs every successful training adversarial; threshold
+        at 5% FPR on clean images of a held-out fifth of them (pair-grouped)."""
+        idx = self.images.part(half, "fit")
+        clean = self.describe(design, self.images.x[idx])
+        X, y, groups = [clean], [np.zeros(len(idx), int)], [self.images.ids[idx]]
+        for cfg in design.train_attacks:
+            a = self.adversarial(cfg, idx)
+            ok = a["success"]
+            X.append(self.describe(design, torch.from_numpy(a["adv"][ok])))
+            y.append(np.ones(int(ok.sum()), int))
+            groups.append(self.images.ids[idx][ok])
+        X, y, groups = np.concatenate(X), np.concatenate(y), np.concatenate(groups)
+        fit, val = pair_split(groups, 0.2, seed=1)
+        head = fit_head("lr", X[fit], y[fit])
+        det = self.detector(design, head, clean_threshold(head, X[val & (y == 0)], 0.05))
+        for r in range(design.rounds):
+            # Adaptive adversarials against the current detector, on fit images of the training side only.
+            pick = idx[fit[: len(idx)]][: design.round_images]
+            cfg = AttackConfig(method="adaptive", eps=EPS, steps=design.round_steps, eot=design.adaptive_eot, smooth=10.0,
+                               seed=100 + r)  # fmt: skip
+            adv, ok, _ = self.attack_detector(cfg, det, pick)
+            X = np.concatenate([X, self.describe(design, adv[ok])])
+            y = np.concatenate([y, np.ones(int(ok.sum()), int)])
+            groups = np.concatenate([groups, self.images.ids[pick][ok]])
+            fit, val = pair_split(groups, 0.2, seed=1)
+            head = fit_head("lr", X[fit], y[fit])
+            det = self.detector(design, head, clean_threshold(head, X[val & (y == 0)], 0.05))
+            log(f"{design.name}: round {r + 1}: {int(ok.sum())} adaptive adversarials added, threshold {det.threshold:.4f}")
+        return det
+
+    def attack_detector(self, cfg: AttackConfig, det: Detector, idx: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """(8-bit adversarials, success, passes) of an attack that knows ``det``, on images ``idx``."""
+        t0 = time.perf_counter()
+        ((_, attack),) = build_attacks(self.model, [cfg], det)
+        res = [attack(self.images.x[idx[s]], self.images.y[idx[s]], keys=idx[s]) for s in batches(len(idx), 8)]
+        log(f"{cfg.name} on {len(idx)} images in {time.perf_counter() - t0:.0f} s")
+        return (torch.cat([r.adversarial for r in res]), torch.cat([r.success for r in res]).numpy(),
+                torch.cat([r.passes for r in res]).numpy())  # fmt: skip
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def evaluate(self, design: Design, det: Detector, half: str, adaptive_images: int, restarts: int) -> list[dict[str, Any]]:
+        idx = self.images.part(half, "eval")
+        x = self.images.x[idx]
+        scorer = det.scorer(self.model)
+
+        def scores(imgs: torch.Tensor) -> np.ndarray:
+            return np.concatenate([scorer(imgs[s]).numpy() for s in batches(len(imgs), 16)])
+
+        clean = scores(x)
+        base = [{"kind": "clean", "status": "ok", "correct": True, "score": float(s), "attack": ""} for s in clean]
+        out = []
+        paper = AttackConfig(eps=0.1, steps=10)
+        suite = [*robustness_suite(EPS, MODEL, adaptive=False), paper]
+        for cfg in suite:
+            a = self.adversarial(cfg, idx)
+            s = scores(torch.from_numpy(a["adv"]))
+            out += self._rows(base, cfg, s, a["success"], a["passes"], det)
+        adaptive = [
+            AttackConfig(method="squeeze_eot", eps=EPS, steps=100, eot=design.adaptive_eot),
+            AttackConfig(
+                method="adaptive",
+                eps=EPS,
+                steps=100,
+                restarts=restarts,
+                lam_search=restarts - 1,
+                eot=design.adaptive_eot,
+                smooth=10.0,
+            ),
+        ]
+        for cfg in adaptive:
+            n = len(idx) if cfg.method == "squeeze_eot" else min(adaptive_images, len(idx))
+            adv, success, passes = self.attack_detector(cfg, det, idx[:n])
+            out += self._rows(base, cfg, scores(adv), success, passes, det)
+        return out
+
+    @staticmethod
+    def _rows(base: list[dict[str, Any]], cfg: AttackConfig, s: np.ndarray, success: np.ndarray, passes: np.ndarray,
+              det: Detector) -> list[dict[str, Any]]:  # fmt: skip
+        adv = [
+            {"kind": "adversarial", "attack": cfg.name, "method": cfg.method, "mode": cfg.mode, "eps": cfg.eps,
+             "score": float(v), "success": bool(ok), "passes": float(p)}
+            for v, ok, p in zip(s, success, passes, strict=True)
+        ]  # fmt: skip
+        return robustness_rows(base + adv, det.threshold)
+
+
+def run(args: argparse.Namespace) -> None:
+    design = DESIGNS[args.design]
+    st = Study()
+    t0 = time.perf_counter()
+    det = st.fit(design, args.half)
+    log(f"{design.name}: fitted in {time.perf_counter() - t0:.0f} s, threshold {det.threshold:.4f}")
+    rows = st.evaluate(design, det, args.half, args.adaptive_images, args.restarts)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    command = "python bench/hardening.py " + " ".join(sys.argv[1:])
+    with RESULTS.open("a") as f:
+        for r in rows:
+            f.write(json.dumps({"design": design.name, "half": args.half, "command": command, **r}) + "\n")
+    for r in rows:
+        print(f"{r['attack']:42s} fools {r['success_rate']:6.1%}  AUC {r['auc']:.3f}  flagged {r['flagged']:6.1%}  "
+              f"evaded {r['evaded']:6.1%}  passes {r['passes']:6.0f}")  # fmt: skip
+
+
+def _latest() -> list[dict[str, Any]]:
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for line in RESULTS.read_text().splitlines() if RESULTS.exists() else []:
+        r = json.loads(line)
+        rows[(r["design"], r["half"], r["attack"])] = r
+    return list(rows.values())
+
+
+def _cell(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "not run"
+    return f"{r['auc']:.3f} / {r['evaded']:.0%}"
+
+
+def summary(_: argparse.Namespace) -> None:
+    """Markdown tables for STUDY.md: one overview row per design and half, then every row."""
+    rows = _latest()
+    key = {
+        "BIM-10": "bim-untargeted-4/255", "BIM-10 @0.1": "bim-untargeted-0.1", "PGD-10": "pgd-untargeted-4/255",
+        "early-stopped BIM": "bim-untargeted-4/255-stop", "DeepFool": "deepfool-untargeted-4/255",
+        "transfer (lite1)": "bim-untargeted-4/255-from-efficientnet_lite1", "squeeze_eot": "squeeze_eot-untargeted-4/255",
+    }  # fmt: skip
+    print("| design | half | audit passes/image | " + " | ".join(key) + " | adaptive |")
+    print("|---" * (len(key) + 4) + "|")
+    for d, half in sorted(
+        {(r["design"], r["half"]) for r in rows}, key=lambda t: (t[1] != "selection", list(DESIGNS).index(t[0]))
+    ):
+        by = {r["attack"]: r for r in rows if r["design"] == d and r["half"] == half}
+        adaptive = next((r for a, r in by.items() if a.startswith("adaptive-")), None)
+        passes = DESIGNS[d].attribution.passes_per_image + 2 * (1 + len(DESIGNS[d].attribution.views))
+        cells = [_cell(by.get(a)) for a in key.values()] + [_cell(adaptive)]
+        print(f"| {d} | {half} | {passes} | " + " | ".join(cells) + " |")
+    print("\nEach cell: ROC AUC (clean vs successful adversarial) / evaded (fools the model and passes the detector).\n")
+    for d, half in sorted({(r["design"], r["half"]) for r in rows}):
+        print(f"#### {d} ({half})\n\n`{next(r['command'] for r in rows if r['design'] == d and r['half'] == half)}`\n")
+        print("| attack | fools the model | ROC AUC | TPR@5%FPR | flagged | evaded | attacker passes/image |")
+        print("|---|---|---|---|---|---|---|")
+        for r in sorted((r for r in rows if r["design"] == d and r["half"] == half), key=lambda r: r["attack"]):
+            print(f"| {r['attack']} | {r['success_rate']:.1%} ({r['n_success']}/{r['n_attacked']}) | {r['auc']:.3f} | "
+                  f"{r['tpr_at_5fpr']:.1%} | {r['flagged']:.1%} | {r['evaded']:.1%} | {r['passes']:.0f} |")  # fmt: skip
+        print()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("design", choices=sorted(DESIGNS))
+    r.add_argument("--half", choices=["selection", "confirmation"], default="selection")
+    r.add_argument("--adaptive-images", type=int, default=24)
+    r.add_argument("--restarts", type=int, default=1, help="adaptive attack: restarts (a lam search across them)")
+    sub.add_parser("summary")
+    a = p.parse_args()
+    torch.set_num_threads(2)
+    {"run": run, "summary": summary}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()

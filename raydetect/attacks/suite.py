@@ -1,0 +1,46 @@
+"""The attacks a detector is evaluated against: every strength, and attackers who know it.
+
+A detection figure counts only beside attacks the detector never trained on (early-stopped and
+minimal-perturbation adversarials, a model it never saw) and the strongest attack that knows
+it (Carlini et al. 2019; Tramer et al. 2020).
+"""
+
+from __future__ import annotations
+
+from raydetect.config import AttackConfig, AttackMode
+
+# A second real model per ImageNet model, for transfer attacks (a black-box attacker's own model).
+TRANSFER_SOURCE = {"efficientnet_lite0": "efficientnet_lite1", "efficientnet_lite1": "efficientnet_lite0",
+                   "efficientnet_lite2": "efficientnet_lite0"}  # fmt: skip
+
+
+def robustness_suite(
+    eps: float,
+    model: str,
+    mode: AttackMode = "untargeted",
+    adaptive_steps: int = 100,
+    restarts: int = 1,
+    eot: int = 1,
+    smooth: float = 10.0,
+    adaptive: bool = True,
+) -> tuple[AttackConfig, ...]:
+    """BIM-10 and PGD-10 (the strength detectors train on), BIM stopped at the first success
+    (step eps/8, up to 40 steps), DeepFool (minimal perturbation), a transfer attack from another
+    real model, and, with ``adaptive``, squeeze_eot and the white-box adaptive attack."""
+    suite = [
+        AttackConfig(method="bim", mode=mode, eps=eps, steps=10),
+        AttackConfig(method="pgd", mode=mode, eps=eps, steps=10),
+        AttackConfig(method="bim", mode=mode, eps=eps, steps=40, alpha=eps / 8, stop_margin=0.0),
+        AttackConfig(method="deepfool", mode=mode, eps=eps, steps=50),
+    ]
+    if model in TRANSFER_SOURCE:
+        suite.append(AttackConfig(method="bim", mode=mode, eps=eps, steps=10, source_model=TRANSFER_SOURCE[model]))
+    if adaptive:
+        suite += [
+            AttackConfig(method="squeeze_eot", mode=mode, eps=eps, steps=adaptive_steps, eot=eot),
+            AttackConfig(
+                method="adaptive", mode=mode, eps=eps, steps=adaptive_steps, restarts=restarts, eot=eot,
+                lam_search=max(0, restarts - 1), smooth=smooth,
+            ),
+        ]  # fmt: skip
+    return tuple(suite)

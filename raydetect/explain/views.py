@@ -1,0 +1,126 @@
+"""Views of an image a detector compares it with: blur, median filter, JPEG, bit-depth reduction.
+
+Each view is a torch function of the image and of one uniform draw u in [0, 1) per image, which
+scales the view's strength by exp(jitter * (2u - 1)). The draws come from a keyed hash of the
+image's 8-bit pixels and the auditor's secret (``RAYDETECT_SECRET``): the same image always gets
+the same view for its auditor, while an attacker without the secret must average over them.
+Views that are not differentiable (JPEG, bit depth) pass gradients straight through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from raydetect.config import AttributionConfig
+
+PUBLIC_KEY = b"raydetect-public"  # used when no secret is set: reproducible, but known to everyone
+
+# (images (N, C, H, W), draws (N,) in [0, 1)) -> views (N, C, H, W)
+ViewFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur with reflect padding; the kernel never exceeds the image."""
+    radius = max(1, min(int(math.ceil(3 * sigma)), (min(x.shape[-2:]) - 1) // 2))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    pad = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    h = F.conv2d(pad, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(h, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def median_filter(x: torch.Tensor, k: int) -> torch.Tensor:
+    """k x k median with reflect padding (its gradient flows to each window's median pixel)."""
+    r = k // 2
+    n, c, h, w = x.shape
+    patches = F.unfold(F.pad(x, (r, r, r, r), mode="reflect"), k)  # (N, C*k*k, H*W)
+    return patches.view(n, c, k * k, h * w).median(2).values.view(n, c, h, w)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: a non-differentiable transform's output; backward: the identity (BPDA)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    from PIL import Image
+
+    out = torch.empty_like(x)
+    for i, img in enumerate(x.detach().cpu()):
+        arr = np.clip(np.rint(img.numpy() * 255), 0, 255).astype(np.uint8)
+        pil = Image.fromarray(arr[0], "L") if arr.shape[0] == 1 else Image.fromarray(arr.transpose(1, 2, 0), "RGB")
+        buf = io.BytesIO()
+        pil.save(buf, format="JPEG", quality=int(quality))
+        back = np.asarray(Image.open(buf), dtype=np.float32) / 255
+        out[i] = torch.from_numpy(back[None] if back.ndim == 2 else back.transpose(2, 0, 1))
+    return _StraightThrough.apply(x, out)
+
+
+def bit_depth(x: torch.Tensor, bits: int) -> torch.Tensor:
+    levels = 2**bits - 1
+    return _StraightThrough.apply(x, torch.round(x.detach() * levels) / levels)
+
+
+def _scaled(value: float, jitter: float, u: torch.Tensor) -> list[float]:
+    return (value * torch.exp(jitter * (2 * u.detach().float().cpu() - 1))).tolist()
+
+
+def view_fn(spec: str, jitter: float) -> ViewFn:
+    """The view ``kind:parameter`` with per-image strength drawn from ``u``."""
+    kind, _, param = spec.partition(":")
+    value = float(param)
+
+    def per_image(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> ViewFn:
+        def apply(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+            if jitter == 0:
+                return fn(x, value)
+            return torch.cat([fn(x[i : i + 1], p) for i, p in enumerate(_scaled(value, jitter, u))])
+
+        return apply
+
+    if kind == "blur":
+        return per_image(gaussian_blur)
+    if kind == "median":
+        return per_image(lambda x, k: median_filter(x, max(3, 2 * round(k / 2 - 0.5) + 1)))
+    if kind == "jpeg":
+        return per_image(lambda x, q: jpeg(x, min(95, max(5, round(q)))))
+    return per_image(lambda x, b: bit_depth(x, min(7, max(1, round(b)))))
+
+
+def view_specs(cfg: AttributionConfig) -> list[str]:
+    """Every view the explanation uses: the IG baseline when it is one (blur), then the extra views."""
+    main = [f"blur:{cfg.blur_sigma:g}"] if cfg.baseline == "blur" else []
+    return main + list(cfg.views)
+
+
+def secret() -> bytes:
+    value = os.environ.get("RAYDETECT_SECRET")
+    return value.encode() if value else PUBLIC_KEY
+
+
+def keyed_draws(x: torch.Tensor, count: int, key: bytes | None = None) -> torch.Tensor:
+    """(N, count) uniform draws per image from its 8-bit pixels and the auditor's key."""
+    key = secret() if key is None else key
+    pixels = torch.round(x.detach().float().cpu() * 255).to(torch.uint8).numpy()
+    out = np.empty((len(x), count))
+    for i, img in enumerate(pixels):
+        digest = hashlib.blake2b(img.tobytes(), key=key[:64], digest_size=8 * count).digest()
+        out[i] = np.frombuffer(digest, dtype=">u8").astype(np.float64) / 2.0**64
+    return torch.from_numpy(out).to(x.device, torch.float32)
