@@ -12,8 +12,8 @@ Protocol (efficientnet_lite0, the correctly classified images of the shared samp
 * Non-adaptive attacks on the evaluation images, each at eps 4/255 (and BIM-10 at 0.1 for the
   paper's setting): BIM-10 and PGD-10, BIM stopped at the first success, DeepFool, and BIM-10
   crafted on efficientnet_lite1 (transfer).
-* Attacks that know the design: squeeze_eot (100 steps, EOT over every view) on every evaluation
-  image, and the white-box adaptive attack (100 steps, EOT, smooth activations, a lam search
+* Attacks that know the design: squeeze_eot (100 steps, EOT over every view) on the first
+  2 x ``--adaptive-images`` evaluation images, and the white-box adaptive attack (100 steps, EOT, smooth activations, a lam search
   over restarts) on the first ``--adaptive-images`` of them (it costs ~1,000-2,000 gradient
   passes per image).
 * Every row of the tables is one line of bench/results/hardening.jsonl with the command that
@@ -257,7 +257,7 @@ class Study:
             ),
         ]
         for cfg in adaptive:
-            n = len(idx) if cfg.method == "squeeze_eot" else min(adaptive_images, len(idx))
+            n = min(2 * adaptive_images if cfg.method == "squeeze_eot" else adaptive_images, len(idx))
             adv, success, passes = self.attack_detector(cfg, det, idx[:n])
             out += self._rows(base, cfg, scores(adv), success, passes, det)
         return out

@@ -602,6 +602,9 @@ def train(
     ] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the 95% intervals.")] = 1000,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Fit in this process instead of through Ray Train.")] = False,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Ray Train workers for XGBoost (one model, data split across them; LR/RF use 1).")
+    ] = 1,
     address: AddressOpt = None,
     seed: SeedOpt = 0,
     clean: CleanOpt = None,
@@ -618,10 +621,8 @@ def train(
     Splits keep each clean image and its adversarial twin on the same side; the threshold is chosen on clean
     validation images for --target-fpr. The bundle loads without executing code and is verified by checksum.
     """
-    from raydetect.report import write_report  # matplotlib, Ray and torch: only once a command runs
-    from raydetect.report.experiments import training_report
-    from raydetect.stages.plan import init_ray
-    from raydetect.stages.train import run_training, training_results
+    from raydetect.stages.plan import init_ray  # matplotlib, Ray and torch: only once a command runs
+    from raydetect.stages.train import run_training, write_training_report
 
     kinds = tuple(detector or ["lr"])
     for k in (*kinds, bundle_detector or kinds[0]):
@@ -629,6 +630,8 @@ def train(
             raise RaydetectError(f"detector must be lr, rf or xgboost; got {k!r}")
     if bootstrap < 0:
         raise RaydetectError("--bootstrap must be >= 0")
+    if workers < 1:
+        raise RaydetectError("--workers must be >= 1")
     spec = external_images(clean, adversarial, pairing, group_regex)
     if (spec is None) == (features_dir is None):
         raise RaydetectError("give either FEATURES_DIR (from `raydetect features`) or --clean and --adversarial, not both")
@@ -657,10 +660,11 @@ def train(
         use_ray=not no_ray,
         n_boot=bootstrap,
         progress=logging.getLogger("raydetect").info,
+        workers=workers,
+        figures=True,
     )
     rep = trained.result
-    report = training_report(features, rep.attack_rows, rep.detection_rows, rep.transfer, trained.bundle, rep.splits)
-    path = write_report(str(out), report, training_results(trained))
+    path = write_training_report(features, str(out), trained)
     overall = rep.bundle_metrics["overall"]
     typer.echo(
         f"bundle: {trained.bundle} (held-out ROC AUC {overall['auc']:.3f}, TPR {overall['tpr']:.1%} at FPR {overall['fpr']:.1%})"
@@ -673,7 +677,9 @@ def train(
 def audit(
     input: Annotated[str, typer.Argument(help="Images to audit: folder tree, Parquet file/folder, s3:// or gs:// URI.")],
     detector: Annotated[str, typer.Option("--detector", "-d", help="Detector bundle directory (from train or reproduce).")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Output directory: rows/ (Parquet), report.md, report.html, figures.")],
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Output directory: rows/ (Parquet), rows.csv, report.html (one file), report.md.")
+    ],
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Must match the bundle's model if given (the bundle decides).")
     ] = None,
@@ -684,7 +690,9 @@ def audit(
     label_column: LabelColOpt = "label",
     limit: LimitOpt = None,
     offset: OffsetOpt = 0,
-    top: Annotated[int, typer.Option("--top", help="How many of the most suspicious images the report lists.")] = 20,
+    top: Annotated[
+        int, typer.Option("--top", help="How many of the most suspicious images the report shows, with thumbnail and heatmap.")
+    ] = 20,
     batch_size: BatchOpt = None,
     actors: ActorsOpt = None,
     gpus_per_actor: GpusOpt = 0.0,

@@ -38,11 +38,12 @@ from raydetect.detect.fit import fit_and_evaluate
 from raydetect.detect.splits import pair_split
 from raydetect.detect.training import MIN_PAIRS
 from raydetect.errors import RaydetectError
-from raydetect.explain import Explainer, describe
+from raydetect.explain import Explainer, describe, feature_names
 from raydetect.images import LocalImages, batches, load_digits_images, load_image_folder
 from raydetect.models import ImageClassifier, load_model
 from raydetect.report import write_report
 from raydetect.report.experiments import reproduction_report
+from raydetect.report.figures import PAIRS, Figures, attribution_values, explain_pairs, round_robin
 from raydetect.stages.runner import FusedJob, run_evaluation, run_job
 from raydetect.stages.train import run_training
 from raydetect.store import read_output
@@ -95,6 +96,7 @@ class ReproResult:
     resumed: int = 0  # images an earlier run of the same job had already done
     robustness: list[dict[str, Any]] = field(default_factory=list)  # per attack: see detect.evaluation
     robustness_images: int = 0
+    figures: Figures | None = None
 
 
 Progress = Callable[[str, int, int], None]
@@ -189,6 +191,8 @@ def reproduce_local(
     result = ReproResult(protocol, model_cfg.name, len(x_all), len(idx))
     explainer = Explainer(model, attribution)
 
+    figures = Figures()
+    examples: dict[str, list[tuple[int, torch.Tensor]]] = {}  # attack -> (index into x, adversarial) for Figure 1
     clean_feats: tuple[np.ndarray, np.ndarray] | None = None
     if attribution.baseline != "pair":
         # Clean explanations do not depend on the attack: compute them once.
@@ -213,6 +217,7 @@ def reproduce_local(
                 "max_linf": float((adv - x).abs().max()),
             }
         )
+        examples[cfg.name] = [(int(i), adv[i]) for i in ok[: PAIRS * len(attacks)]]
         if len(ok) < MIN_PAIRS:
             log.warning("attack %s succeeded on %d images only (< %d); no detector of its own", cfg.name, len(ok), MIN_PAIRS)
             continue
@@ -231,11 +236,26 @@ def reproduce_local(
             pred=np.concatenate([cp, ap]),
         )
         result.features.append(pf)
+        values = attribution_values(pf.X, feature_names(features, attribution))
+        if values is not None:
+            figures.distributions[cfg.name] = (values[0][pf.y == 0].ravel(), values[0][pf.y == 1].ravel())
+            figures.values = values[1]
         for kind in detectors:
             fit = fit_and_evaluate(pf.X, pf.y, pf.pairs, DetectorConfig(kind=kind, seed=seed), n_boot=n_boot)  # type: ignore[arg-type]
             result.detection_rows.append(
                 {"attack": cfg.name, "mode": cfg.mode, "eps": cfg.eps, "detector": kind, **fit.evaluation.to_dict()}
             )
+            figures.roc.setdefault(cfg.name, {})[kind] = (fit.test_labels, fit.test_scores)
+    if not figures.distributions:
+        figures.notes.append("Figure 2 needs quantile descriptors (signed_quantiles, abs_quantiles or channel_quantiles).")
+    # Figure 1: a few pairs, one attack after another, explained again for their maps.
+    shown = round_robin(examples, PAIRS, key=lambda e: e[0])
+    if shown:
+        pick = np.array([i for _, (i, _) in shown])
+        adv_shown = torch.stack([a for _, (_, a) in shown]).numpy()
+        names = [Path(images.ids[i]).name for i in idx[pick]]
+        figures.pairs = explain_pairs(explainer, [a for a, _ in shown], x[pick].numpy(), adv_shown, idx[pick], idx[pick], names)
+    result.figures = figures
     result.seconds = time.perf_counter() - start
     return result
 
@@ -310,12 +330,14 @@ def _reproduce_ray(
     feats = str(out / protocol / "features")
     job = FusedJob(feats, model_cfg, Source(data, limit=limit), attacks, protocol_attribution(protocol, attribution), features)
     summary = run_job(job, resources, address)
-    trained = run_training(feats, str(out / protocol), kinds=detectors, cfg=DetectorConfig(seed=seed), progress=log.info)
+    trained = run_training(
+        feats, str(out / protocol), kinds=detectors, cfg=DetectorConfig(seed=seed), progress=log.info, figures=True
+    )
     rep = trained.result
     n_correct = rep.attack_rows[0]["n_correct"] if rep.attack_rows else 0
     result = ReproResult(protocol, model_cfg.name, summary.inputs, n_correct, rep.attack_rows, rep.detection_rows)
     result.transfer, result.bundle = rep.transfer, trained.bundle
-    result.resumed = summary.skipped_done
+    result.resumed, result.figures = summary.skipped_done, trained.figures
     if robustness is not None and protocol == "corrected":
         ids = held_out_ids(feats, seed)[: robustness.images]
         suite = tuple(a for e in sorted({a.eps for a in attacks}) for a in robustness.suite(e, model_cfg.name))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +79,41 @@ def digits_bundle(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> Path
                    AttributionConfig(n_steps=4), FeatureConfig(quantiles=8))  # fmt: skip
     run_job(job, ResourceConfig(batch_size=32))
     return Path(run_training(str(base / "f"), str(base / "t"), kinds=("lr",), use_ray=False, n_boot=50).bundle)
+
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def _find_chromium() -> str | None:
+    return next((found for name in CHROMIUM_NAMES if (found := shutil.which(name))), None)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """A headless Chromium for browser tests: found on PATH, else installed with apt-get (Debian's
+    ``chromium``) where we are root; skipped with the reason where neither works."""
+    found = _find_chromium()
+    if found:
+        return found
+    if not shutil.which("apt-get") or os.geteuid() != 0:
+        pytest.skip("no chromium on PATH and it cannot be installed here (needs root and apt-get: apt-get install chromium)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    log = ""
+    for cmd in (
+        ["apt-get", "install", "-y", "-q", "chromium"],
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "chromium"],
+    ):
+        try:
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            pytest.skip(f"installing chromium timed out ({' '.join(cmd)})")
+        log = done.stdout[-500:] + done.stderr[-500:]
+        if cmd[1] == "install" and done.returncode == 0:
+            break
+    found = _find_chromium()
+    if not found:
+        pytest.skip(
+            f"chromium could not be installed with apt-get: {log.strip().splitlines()[-1] if log.strip() else 'no output'}"
+        )
+    return found

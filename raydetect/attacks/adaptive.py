@@ -1,6 +1,8 @@
 """The adaptive attack: white-box PGD against the classifier *and* the detector at once.
 
-Minimises   max(-margin(x'), -kappa) + lam * detector_logit(x')   over the eps-ball, where the
+Minimises   max(-margin(x'), -kappa) + lam * detector_logit(x') [x' fools the model]   over the
+eps-ball (the detector term counts once the model is fooled, so it cannot keep an image on the
+clean side), where the
 detector logit runs through the whole differentiable score (model, baseline, Integrated
 Gradients path, descriptor, head; for tree heads a differentiable surrogate fitted to the same
 features: BPDA). Follows Carlini & Wagner 2017 and Tramer et al. 2020: many steps, random
@@ -69,15 +71,19 @@ class Adaptive(Attack):
                     det = torch.stack(
                         [self.detector(xa, (restart * cfg.steps + step) * cfg.eot + d) for d in range(cfg.eot)]
                     ).mean(0)
-                    loss = torch.clamp(-m, min=-self.kappa) + lam * det
+                    # Fool the model first: the detector term counts only for iterates that already fool
+                    # it, so it can never hold an image on the clean side of the boundary.
+                    loss = torch.clamp(-m, min=-self.kappa) + lam * det * (m.detach() > 0)
                     (grad,) = torch.autograd.grad(loss.sum(), xa)
                 self.passes += 1 + cfg.eot * self.detector.passes
-                # Keep the best iterate seen (the one just evaluated, before this step moves it).
-                key = self._key(m.detach(), det.detach())
+                # Keep the best iterate seen (the one just evaluated, before this step moves it), judged
+                # fooled on its 8-bit copy, which is what the attack returns.
+                m_q, q = self.margin_8bit(xa.detach(), x, targets)
+                key = self._key(m_q, det.detach())
                 better = key < best_key
-                best[better], best_key[better] = xa.detach()[better], key[better]
-                run_fooled |= m.detach() > 0
-                run_evaded |= (m.detach() > 0) & (det.detach() <= self.detector.threshold_logit)
+                best[better], best_key[better] = q[better], key[better]
+                run_fooled |= m_q > 0
+                run_evaded |= (m_q > 0) & (det.detach() <= self.detector.threshold_logit)
                 x_adv = self.project(xa.detach() - cfg.step_size * grad.sign(), x)
             if restart < cfg.lam_search:
                 # Fooled but flagged: weigh the detector more; not fooled: less.

@@ -128,13 +128,18 @@ class Attack:
             conf, pred = self.model(x).softmax(1).max(1)
         return conf, pred
 
+    def margin_8bit(self, x_adv: torch.Tensor, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(goal margin, 8-bit image) of the 8-bit copy of each iterate: what the attack would return."""
+        q = quantize(x_adv, x, self.cfg.eps) if self.quantize else x_adv
+        with torch.no_grad():
+            return margin(self.model(q), targets, self.targeted), q
+
     def reached(
         self, x_adv: torch.Tensor, x: torch.Tensor, targets: torch.Tensor, above: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(done, 8-bit image): whether the 8-bit copy of each iterate meets the goal by more than ``above``."""
-        q = quantize(x_adv, x, self.cfg.eps) if self.quantize else x_adv
-        with torch.no_grad():
-            return margin(self.model(q), targets, self.targeted) > above, q
+        m, q = self.margin_8bit(x_adv, x, targets)
+        return m > above, q
 
     # -- the attack --------------------------------------------------------------------------
     def perturb(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -109,6 +109,8 @@ class FitResult:
     evaluation: Evaluation
     train_rows: int
     val_rows: int
+    test_labels: np.ndarray  # the held-out rows' labels and scores (ROC curves)
+    test_scores: np.ndarray
 
 
 def fit_and_evaluate(
@@ -118,5 +120,6 @@ def fit_and_evaluate(
     s = split_rows(pairs, cfg)
     (model,) = fitter([FitJob(cfg.kind, X[s.fit], y[s.fit], cfg.params, cfg.seed)])
     thr = clean_threshold(model, X[s.val][y[s.val] == 0], cfg.target_fpr)
-    ev = evaluate(y[s.test], model.predict_proba(X[s.test]), pairs[s.test], thr, n_boot, cfg.seed)
-    return FitResult(model, thr, ev, len(s.fit), len(s.val))
+    scores = model.predict_proba(X[s.test])
+    ev = evaluate(y[s.test], scores, pairs[s.test], thr, n_boot, cfg.seed)
+    return FitResult(model, thr, ev, len(s.fit), len(s.val), y[s.test], scores)

@@ -8,11 +8,14 @@ travels back.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import tempfile
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +29,11 @@ from raydetect.detect.heads import HEADS, Head
 from raydetect.errors import RaydetectError
 from raydetect.store import resolve
 
+log = logging.getLogger(__name__)
+
+
+WORKER_RECORD = "worker"  # worker<rank>.json in a fit's checkpoint: the node, CPUs and rows of each worker
+
 
 def _shard_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
     X, y = [], []
@@ -37,15 +45,24 @@ def _shard_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _train_loop(config: dict[str, Any]) -> None:
-    """Ray Train worker: fit every job of this run, save each in its safe form, report one checkpoint."""
+    """Ray Train worker: fit every job of this run, save each in its safe form, report one checkpoint.
+
+    With several workers XGBoost trains one model together (its collective syncs every round), so
+    rank 0 saves the models; every worker adds a record of its node and shard to the checkpoint.
+    """
+    rank = ray.train.get_context().get_world_rank()
     with tempfile.TemporaryDirectory() as tmp:
         rows = {}
         for i, job in enumerate(config["jobs"]):
             X, y = _shard_arrays(f"job{i}")
             head = fit_head(job["kind"], X, y, job["params"], job["seed"], config["n_jobs"], config["device"])
-            with open(os.path.join(tmp, f"job{i}.bin"), "wb") as f:
-                f.write(head.to_bytes())
+            if rank == 0:
+                with open(os.path.join(tmp, f"job{i}.bin"), "wb") as f:
+                    f.write(head.to_bytes())
             rows[f"job{i}_rows"] = len(y)
+        record = {"rank": rank, "node": ray.get_runtime_context().get_node_id(), "cpus": config["n_jobs"], **rows}
+        with open(os.path.join(tmp, f"{WORKER_RECORD}{rank}.json"), "w") as f:
+            json.dump(record, f)
         ray.train.report(rows, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -57,13 +74,36 @@ def _to_dataset(X: np.ndarray, y: np.ndarray) -> Any:
     return ray.data.from_arrow(pa.table({"features": feats, "y": np.asarray(y, np.int64)}))
 
 
+def cpus_per_worker(nodes: Sequence[dict[str, float]], workers: int, use_gpu: bool = False) -> int:
+    """CPUs (and threads) for each Ray Train worker: the most such that every worker fits on one
+    node (a node with a free GPU each when ``use_gpu``) and one CPU of the cluster stays free for
+    the Ray Data tasks that feed them. ``nodes``: the resources of each node. A worker runs on one
+    node, so a share of the cluster's total CPUs that no node has would wait forever."""
+    total = sum(int(n.get("CPU", 0)) for n in nodes)
+    hosts = [(int(n.get("CPU", 0)), int(n.get("GPU", 0)) if use_gpu else workers) for n in nodes]
+    for k in range(max((c for c, _ in hosts), default=0), 0, -1):
+        if sum(min(c // k, g) for c, g in hosts) >= workers and total - workers * k >= 1:
+            return k
+    where = "nodes with a GPU" if use_gpu else "nodes"
+    raise RaydetectError(
+        f"Ray Train needs {workers} worker(s) of at least one CPU on {where}, and a CPU left for data; "
+        f"the nodes have {[c for c, _ in hosts]} CPUs"
+    )
+
+
 def fit_on_ray(jobs: Sequence[FitJob], storage: str | None = None, num_workers: int = 1) -> list[Head]:
     """Fit detectors through Ray Train: XGBoost jobs under one XGBoostTrainer run (distributed over
     ``num_workers``, on GPU when the cluster has one), LR and RF jobs in one DataParallelTrainer
     worker (Ray has no sklearn trainer). One run per trainer keeps the worker start-up cost (~10 s)
-    from repeating per model. Returns models in the order of ``jobs``."""
-    resources = ray.cluster_resources()
-    gpus, cpus = float(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)) - 1)
+    from repeating per model. Returns models in the order of ``jobs``.
+
+    Each worker gets the CPUs one node can give it (:func:`cpus_per_worker`). With several workers
+    the rows are split between them and XGBoost builds one model from their summed histograms: the
+    same model as one worker where every feature has at most 256 distinct values and nothing is
+    subsampled; otherwise the bin edges come from merged per-worker sketches and the trees differ a
+    little (tests/ray/test_multinode.py states the tolerance)."""
+    nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    gpus = max((n.get("GPU", 0) for n in nodes), default=0)
     out: list[Head | None] = [None] * len(jobs)
     groups = {
         "xgboost": [i for i, j in enumerate(jobs) if j.kind == "xgboost"],
@@ -75,7 +115,7 @@ def fit_on_ray(jobs: Sequence[FitJob], storage: str | None = None, num_workers: 
             continue
         use_gpu = group == "xgboost" and gpus >= 1
         workers = num_workers if group == "xgboost" else 1
-        n_jobs = max(1, cpus // workers)
+        n_jobs = cpus_per_worker(nodes, workers, use_gpu)
         config = {
             "jobs": [{"kind": jobs[i].kind, "params": jobs[i].params or {}, "seed": jobs[i].seed} for i in idx],
             "n_jobs": n_jobs,
@@ -111,6 +151,9 @@ def fit_on_ray(jobs: Sequence[FitJob], storage: str | None = None, num_workers: 
             if result.checkpoint is None:
                 raise RaydetectError(f"Ray Train finished without {group} models: {result.error}")
             with result.checkpoint.as_directory() as d:
+                records = [json.loads(p.read_text()) for p in sorted(Path(d).glob(f"{WORKER_RECORD}*.json"))]
+                log.info("%s: %d Ray Train worker(s) on %d node(s), %d CPUs each, rows per worker: %s", group, len(records),
+                         len({r["node"] for r in records}), n_jobs, [r.get("job0_rows") for r in records])  # fmt: skip
                 for k, i in enumerate(idx):
                     with open(os.path.join(d, f"job{k}.bin"), "rb") as f:
                         out[i] = HEADS[jobs[i].kind].from_bytes(f.read())

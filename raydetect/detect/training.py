@@ -7,7 +7,7 @@ the bundle and report) is ``stages.train``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,8 @@ class TrainingResult:
     transfer: dict[str, dict[str, dict[str, float]]]  # detector -> train attack -> test attack -> AUC
     detector: Detector  # trained on every chosen attack; not yet saved
     bundle_metrics: dict[str, Any]
+    # attack -> detector kind -> (labels, scores) of its held-out test rows: the ROC curves
+    test_scores: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     splits: str = ""  # how rows were grouped for the splits, in words (the report says it)
 
 
@@ -118,13 +120,16 @@ def train_detectors(
     heads = fitter(jobs)
 
     detection_rows: list[dict[str, Any]] = []
+    test_scores: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     fitted: dict[tuple[str, str], tuple[Head, float]] = {}
     for (kind, a, X, y, pairs), head, s in zip(plans, heads, splits, strict=True):
         thr = clean_threshold(head, X[s.val][y[s.val] == 0], cfg.target_fpr)
         fitted[(kind, a)] = (head, thr)
         if not a.startswith("*"):
-            ev = evaluate(y[s.test], head.predict_proba(X[s.test]), pairs[s.test], thr, n_boot, cfg.seed)
+            scores = head.predict_proba(X[s.test])
+            ev = evaluate(y[s.test], scores, pairs[s.test], thr, n_boot, cfg.seed)
             detection_rows.append({"attack": a, "detector": kind, "train_rows": len(s.fit), **ev.to_dict()})
+            test_scores.setdefault(a, {})[kind] = (y[s.test], scores)
 
     def test_rows(a: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         X, y, pairs = all_rows if a is None else by_attack[a]
@@ -161,7 +166,8 @@ def train_detectors(
         surrogate=fitted[("lr", "*surrogate")][0] if bkind != "lr" else None,
         surrogate_threshold=fitted[("lr", "*surrogate")][1] if bkind != "lr" else None,
     )  # fmt: skip
-    return TrainingResult(attack_table(table), detection_rows, matrix, detector, metrics, describe_splits(job, fs, chosen))
+    grouping = describe_splits(job, fs, chosen)
+    return TrainingResult(attack_table(table), detection_rows, matrix, detector, metrics, test_scores, grouping)
 
 
 def describe_splits(job: dict[str, Any], fs: FeatureSet, attacks: list[str]) -> str:

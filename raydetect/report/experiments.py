@@ -1,4 +1,4 @@
-"""Training and reproduction reports: Tables 1 and 2 and transfer matrices per experiment."""
+"""Training and reproduction reports: Tables 1 and 2, transfer matrices and the paper's figures."""
 
 from __future__ import annotations
 
@@ -7,21 +7,32 @@ from typing import Any
 
 from raydetect.config import AttributionConfig, FeatureConfig
 from raydetect.report.document import Heading, Paragraph, Report
+from raydetect.report.figures import Figures, figure_blocks
 from raydetect.report.tables import FOOTNOTE, ROBUSTNESS_NOTE, results_section, robustness_table
+
+
+def _add_figures(report: Report, figures: Figures | None, prefix: str = "") -> None:
+    if figures is None:
+        return
+    blocks, files = figure_blocks(figures, prefix)
+    if blocks:
+        report.add(Heading("Figures", 3), *blocks)
+    report.figures.update(files)
 
 
 def training_report(features_dir: str, attack_rows: list[dict[str, Any]], detection_rows: list[dict[str, Any]],
                     transfer: dict[str, dict[str, dict[str, float]]], bundle: str | None,
-                    splits: str = "") -> Report:  # fmt: skip
+                    figures: Figures | None = None, splits: str = "") -> Report:  # fmt: skip
     """``splits``: how the rows were grouped for the splits (``TrainingResult.splits``)."""
     report = Report("raydetect training")
     description = f"Features: `{features_dir}`." + (f" {splits}" if splits else "")
     report.add(*results_section("Detection", description, attack_rows, detection_rows, transfer, bundle))
+    _add_figures(report, figures)
     return report.add(FOOTNOTE)
 
 
 def reproduction_report(results: Sequence[Any], attribution: AttributionConfig, features: FeatureConfig) -> Report:
-    """``results``: one ``reproduce.ReproResult`` per protocol."""
+    """``results``: one ``reproduce.ReproResult`` per protocol (its ``figures`` drawn if set)."""
     report = Report("raydetect reproduction")
     for r in results:
         title = "Paper protocol (replication)" if r.protocol == "paper" else "Corrected protocol"
@@ -35,6 +46,7 @@ def reproduction_report(results: Sequence[Any], attribution: AttributionConfig, 
         report.add(*results_section(title, description, r.attack_rows, r.detection_rows, r.transfer, r.bundle))
         if r.robustness:
             report.add(*robustness_section(r.robustness, r.robustness_images))
+        _add_figures(report, r.figures, f"{r.protocol}_")
     return report.add(FOOTNOTE)
 
 

@@ -32,7 +32,7 @@ import ray
 
 from raydetect.errors import RaydetectError
 from raydetect.images import ImageError, Preprocess
-from raydetect.stages.read import _is_parquet, decode_cell
+from raydetect.stages.read import decode_cell, is_parquet
 from raydetect.stages.rows import rows_to_batch
 from raydetect.store import display_path, fs_path, list_files, open_filesystem
 
@@ -90,7 +90,7 @@ class ExternalImages:
         if self.pairing != "auto":
             return self
         _, files = list_files(self.clean)
-        return replace(self, pairing="id" if files and all(_is_parquet(f) for f in files) else "path")
+        return replace(self, pairing="id" if files and all(is_parquet(f) for f in files) else "path")
 
     @property
     def paired(self) -> bool:
@@ -154,7 +154,7 @@ class _Entry:
 def _entries(uri: str, spec: ExternalImages, adversarial: bool) -> tuple[str, list[_Entry]]:
     """(kind, entries) of one source: every file of a folder, every row of Parquet."""
     _, files = list_files(uri)
-    if files and all(_is_parquet(f) for f in files):
+    if files and all(is_parquet(f) for f in files):
         return "parquet", _parquet_entries(uri, files, spec, adversarial)
     _, root = open_filesystem(uri)
     fs = open_filesystem(uri)[0]

@@ -44,7 +44,7 @@ WDS_LABEL_EXTS = ("cls", "label")
 ROWS_PER_BATCH = 32  # rows a reader yields at once: a shard or row group is never held decoded whole
 
 
-def _is_parquet(name: str) -> bool:
+def is_parquet(name: str) -> bool:
     return name.lower().endswith((".parquet", ".pq"))
 
 
@@ -57,7 +57,7 @@ def detect_kind(source: Source, files: list[str]) -> str:
         return source.kind
     if source.uri == "digits":
         return "digits"
-    if files and all(_is_parquet(f) for f in files):
+    if files and all(is_parquet(f) for f in files):
         return "parquet"
     if files and all(_is_tar(f) for f in files):
         return "webdataset"
@@ -81,7 +81,7 @@ def plan_inputs(source: Source) -> tuple[str, list[dict[str, Any]]]:
     fs, files = list_files(source.uri)
     kind = detect_kind(source, files)
     if kind == "parquet":
-        return kind, _parquet_items(fs, [f for f in files if _is_parquet(f)])
+        return kind, _parquet_items(fs, [f for f in files if is_parquet(f)])
     _, root = open_filesystem(source.uri)
     rel_base = root if fs.get_file_info(root).type.name == "Directory" else str(Path(root).parent)
     items = [{"item": _relative_id(f, rel_base), "path": display_path(source.uri, f), "index": 0} for f in files]

@@ -25,7 +25,7 @@ from raydetect.detect import Detector
 from raydetect.detect.bundle import load_for_audit
 from raydetect.detect.evaluation import robustness_rows
 from raydetect.errors import RaydetectError
-from raydetect.models import ConfiguredLoader, model_info
+from raydetect.models import ConfiguredLoader, load_model, model_info
 from raydetect.models.runtime import actor_runtime_env
 from raydetect.report import write_report
 from raydetect.report.audit import audit_report
@@ -254,7 +254,7 @@ class FeatureJob(Job):
         # The paper's protocol needs each clean image beside its twins: one group per pair.
         return ds.groupby("pair_id").map_groups(
             FeatureStage, fn_constructor_args=args, batch_format="numpy", num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.num_actors), runtime_env=actor_runtime_env(),
+            compute=plan.compute(), runtime_env=actor_runtime_env(),
         )  # fmt: skip
 
     def inputs(self) -> int:
@@ -360,7 +360,9 @@ def run_audit(
     top: int = 20,
     address: str | None = None,
 ) -> tuple[JobSummary, str]:
-    """Audit every input of ``source`` with the bundle: rows under ``<out>/rows``, then the report.
+    """Audit every input of ``source`` with the bundle: rows under ``<out>/rows`` (and
+    ``<out>/rows.csv``), then the report, with thumbnails and heatmaps of the ``top`` most
+    suspicious images (only those are explained again, here in the driver).
 
     ``source``: a :class:`Source` (files, Parquet, WebDataset shards; local, s3://, gs://), or a
     ``ray.data.Dataset`` with ``image`` and ``id`` columns (:class:`DatasetSource` names others).
@@ -370,7 +372,8 @@ def run_audit(
         source = DatasetSource(source)
     det, mcfg = load_for_audit(bundle, model, weights)
     summary = run_job(AuditJob(out, mcfg, source, det, bundle), resources, address)
-    return summary, write_report(out, audit_report(out, det, bundle, top))
+    report = audit_report(out, det, bundle, top, source.uri, lambda: load_model(mcfg))
+    return summary, write_report(out, report)
 
 
 def run_evaluation(

@@ -1,4 +1,5 @@
-"""The training job: read descriptor rows, fit through Ray Train (or here), save the bundle."""
+"""The training job: read descriptor rows, fit through Ray Train (or here), save the bundle; and
+the paper's figures of the experiment, drawn from the same rows."""
 
 from __future__ import annotations
 
@@ -6,19 +7,40 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from raydetect.config import DetectorConfig
+import numpy as np
+import pyarrow.compute as pc
+
+from raydetect.attacks import make_attack, quantize, stable_key
+from raydetect.config import AttackConfig, AttributionConfig, DetectorConfig, FeatureConfig, ModelConfig, from_dict
+from raydetect.detect.dataset import FeatureSet
 from raydetect.detect.fit import FitJob, fit_local
 from raydetect.detect.heads import Head
 from raydetect.detect.ray_fit import fit_on_ray
 from raydetect.detect.training import MIN_PAIRS, TrainingResult, train_detectors
 from raydetect.errors import RaydetectError
-from raydetect.store import is_remote, job_config, join, read_output
+from raydetect.explain import Explainer, feature_names
+from raydetect.images import decode_png
+from raydetect.models import ImageClassifier, load_model
+from raydetect.report import write_report
+from raydetect.report.experiments import training_report
+from raydetect.report.figures import (
+    PAIRS,
+    ExamplePair,
+    Figures,
+    attribution_values,
+    explain_pairs,
+    reread_image,
+    round_robin,
+)
+from raydetect.stages.read import decode_cell, is_parquet
+from raydetect.store import is_remote, job_config, join, open_filesystem, output_files, read_bytes, read_output
 
 
 @dataclass
 class Trained:
     result: TrainingResult
     bundle: str  # where the bundle was saved
+    figures: Figures | None = None
 
 
 def run_training(
@@ -33,19 +55,26 @@ def run_training(
     transfer: bool = True,
     progress: Callable[[str], None] | None = None,
     min_pairs: int = MIN_PAIRS,
+    workers: int = 1,
+    figures: bool = False,
 ) -> Trained:
     """Fit detectors on a feature job's output (see ``detect.training.train_detectors``) and save
-    the bundle under ``<out>/detector``. ``use_ray`` fits through Ray Train (Ray must be running)."""
+    the bundle under ``<out>/detector``. ``use_ray`` fits through Ray Train (Ray must be running),
+    XGBoost on ``workers`` Ray Train workers; ``figures`` also draws the paper's figures from the
+    same rows (see :func:`training_figures`)."""
     table = read_output(features_uri)
     if table is None:
         raise RaydetectError(f"no feature output under {features_uri}; run the feature job first")
     fitter: Callable[[Sequence[FitJob]], list[Head]] = fit_local
     if use_ray:
         storage = None if is_remote(out) else join(out, ".ray_train")
-        fitter = lambda jobs: fit_on_ray(jobs, storage)  # noqa: E731
-    result = train_detectors(table, job_config(features_uri) or {}, kinds, cfg, attacks, bundle_kind, fitter, n_boot,
-                             transfer, progress, min_pairs)  # fmt: skip
-    return Trained(result, result.detector.save(join(out, "detector")))
+        fitter = lambda jobs: fit_on_ray(jobs, storage, workers)  # noqa: E731
+    job = job_config(features_uri) or {}
+    result = train_detectors(table, job, kinds, cfg, attacks, bundle_kind, fitter, n_boot, transfer, progress, min_pairs)
+    trained = Trained(result, result.detector.save(join(out, "detector")))
+    if figures:
+        trained.figures = training_figures(table, job, result)
+    return trained
 
 
 def training_results(t: Trained) -> dict[str, Any]:
@@ -53,3 +82,119 @@ def training_results(t: Trained) -> dict[str, Any]:
     r = t.result
     return {"attacks": r.attack_rows, "detection": r.detection_rows, "transfer": r.transfer, "bundle": t.bundle,
             "bundle_metrics": r.bundle_metrics, "splits": r.splits}  # fmt: skip
+
+
+def write_training_report(features_uri: str, out: str, trained: Trained) -> str:
+    """``report.md``, ``report.html``, the figures and ``results.json`` under ``out``."""
+    r = trained.result
+    report = training_report(features_uri, r.attack_rows, r.detection_rows, r.transfer, trained.bundle, trained.figures,
+                             r.splits)  # fmt: skip
+    return write_report(out, report, training_results(trained))
+
+
+# --------------------------------------------------------------------------------------------
+# The paper's figures from a feature job's rows
+
+
+def training_figures(table: Any, job: dict[str, Any], result: TrainingResult, pairs: int = PAIRS) -> Figures:
+    """Figure 1 (a few pairs explained again here), Figure 2 (from every row's quantile
+    descriptors) and the ROC curves (held-out scores). A figure that cannot be drawn becomes a
+    note saying why; the training itself never fails for a figure."""
+    figs = Figures(roc=result.test_scores)
+    fs = FeatureSet.from_table(table)
+    fcfg, acfg = job.get("features"), job.get("attribution")
+    names = feature_names(from_dict(FeatureConfig, fcfg), from_dict(AttributionConfig, acfg) if acfg else None) if fcfg else []
+    order = [r["attack"] for r in result.attack_rows if r["attack"] in fs.attacks]
+    for attack in order:
+        X, y, _ = fs.for_attacks([attack], job.get("external", {}).get("pairing") != "none")
+        values = attribution_values(X, names)
+        if values is None:
+            figs.notes.append("Figure 2 needs quantile descriptors (signed_quantiles, abs_quantiles or channel_quantiles).")
+            break
+        figs.distributions[attack] = (values[0][y == 0].ravel(), values[0][y == 1].ravel())
+        figs.values = values[1]
+    try:
+        figs.pairs = example_pairs(table, job, order, pairs)
+    except RaydetectError as exc:
+        figs.notes.append(f"Figure 1 is not drawn: {exc}")
+    return figs
+
+
+def example_pairs(table: Any, job: dict[str, Any], attacks: Sequence[str], k: int = PAIRS) -> list[ExamplePair]:
+    """Up to ``k`` successful clean/adversarial pairs (one attack after another), explained again
+    in this process as the feature job did. The images come from the attack job's stored PNGs,
+    or, after a fused attack+features job (which stores none), from attacking the clean image
+    again, read from the source by its path."""
+    if "model" not in job or "attribution" not in job:
+        raise RaydetectError("the feature output records no model or attribution config")
+    acfg = from_dict(AttributionConfig, job["attribution"])
+    if acfg.baseline == "train":
+        raise RaydetectError("the 'train' baseline needs the feature job's reference images")
+    adv = table.filter(pc.and_(pc.equal(table.column("status"), "ok"), pc.equal(table.column("kind"), "adversarial")))
+    rows = adv.select(["id", "pair_id", "attack", "label", "path"]).sort_by("id").to_pylist()
+    groups = {a: [r for r in rows if r["attack"] == a] for a in attacks}
+    chosen = [r for _, r in round_robin(groups, k, key=lambda r: r["pair_id"])]
+    if not chosen:
+        raise RaydetectError("no successful adversarial image to show")
+    model = load_model(from_dict(ModelConfig, job["model"]))
+    if job.get("external"):
+        clean, advs = _external_images(table, job["external"], chosen, model.info.preprocess)
+    elif job.get("attacks_dir"):
+        clean, advs = _stored_images(job["attacks_dir"], chosen)
+    else:
+        clean, advs = _attack_again(model, job, chosen)
+    return explain_pairs(
+        Explainer(model, acfg), [r["attack"] for r in chosen], clean, advs,
+        np.array([stable_key(r["pair_id"]) for r in chosen]), np.array([stable_key(r["id"]) for r in chosen]),
+        [r["pair_id"] for r in chosen],
+    )  # fmt: skip
+
+
+def _stored_images(attacks_dir: str, chosen: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """The clean and adversarial PNGs an attack job stored, decoded (only the chosen rows are read)."""
+    import pyarrow.dataset as pds
+
+    ids = [r["pair_id"] for r in chosen] + [r["id"] for r in chosen]
+    files = output_files(attacks_dir)
+    if not files:
+        raise RaydetectError(f"no attack output under {attacks_dir}")
+    data = pds.dataset(files, format="parquet", filesystem=open_filesystem(attacks_dir)[0])
+    got = data.to_table(columns=["id", "png"], filter=pds.field("id").isin(ids)).to_pylist()
+    png = {r["id"]: r["png"] for r in got}
+    missing = [i for i in ids if not png.get(i)]
+    if missing:
+        raise RaydetectError(f"the attack output under {attacks_dir} has no image for {missing[0]}")
+    return (np.stack([decode_png(png[r["pair_id"]]) for r in chosen]), np.stack([decode_png(png[r["id"]]) for r in chosen]))
+
+
+def _external_images(
+    table: Any, external: dict[str, Any], chosen: list[dict[str, Any]], pre: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Adversarial images made elsewhere and their clean originals, read again from their files."""
+    if external.get("pairing") == "none":
+        raise RaydetectError("unpaired images have no clean twin to show beside an adversarial one")
+    ids = {r["pair_id"] for r in chosen}
+    clean_path = {r["id"]: r["path"] for r in table.select(["id", "path"]).to_pylist() if r["id"] in ids}
+
+    def image(path: str) -> np.ndarray:
+        if not path or "#" in path or is_parquet(path):
+            raise RaydetectError("Figure 1 reads images from files; these came from Parquet")
+        return decode_cell(read_bytes(path), pre)
+
+    return np.stack([image(clean_path.get(r["pair_id"], "")) for r in chosen]), np.stack([image(r["path"]) for r in chosen])
+
+
+def _attack_again(model: ImageClassifier, job: dict[str, Any], chosen: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Attack the chosen clean images again as the job did: 8-bit input, the same per-image key."""
+    import torch
+
+    configs = {c.name: c for c in (from_dict(AttackConfig, a) for a in job.get("attacks", []))}
+    clean, advs = [], []
+    for r in chosen:
+        if r["attack"] not in configs:
+            raise RaydetectError(f"the job config does not record attack {r['attack']}")
+        x = quantize(torch.from_numpy(reread_image(r["path"], r["pair_id"], model.info.preprocess))[None])
+        res = make_attack(model, configs[r["attack"]])(x, torch.tensor([r["label"]]), np.array([stable_key(r["pair_id"])]))
+        clean.append(x[0].numpy())
+        advs.append(res.adversarial[0].cpu().numpy())
+    return np.stack(clean), np.stack(advs)

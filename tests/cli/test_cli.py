@@ -27,6 +27,21 @@ def err(result) -> str:
     return result.stderr if result.stderr_bytes is not None else result.output
 
 
+def assert_figures(out: Path, names: list[str]) -> None:
+    """Each figure is a valid PNG of a readable size, linked from report.md and embedded in report.html."""
+    from PIL import Image
+
+    md = (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    for name in names:
+        with Image.open(out / name) as img:
+            img.verify()
+        with Image.open(out / name) as img:
+            assert img.format == "PNG" and img.width >= 600 and img.height >= 250, (name, img.size)
+        assert f"]({name})" in md
+    assert page.count("<img src='data:image/png;base64,") == len(names)
+
+
 # Happy paths ---------------------------------------------------------------------------------------
 
 
@@ -54,7 +69,11 @@ def test_attack_features_train_pipeline(ray_cluster, tmp_path) -> None:
     t = run("train", str(tmp_path / "f"), "--out", str(tmp_path / "t"), "--detector", "lr", "--no-ray", "--bootstrap", "50")
     assert t.exit_code == 0, err(t)
     assert (tmp_path / "t" / "detector" / "manifest.json").exists()
-    assert "Table 2" in (tmp_path / "t" / "report.md").read_text()
+    md = (tmp_path / "t" / "report.md").read_text()
+    assert "Table 2" in md
+    # The paper's figures; Figure 1's images come from the attack job's stored PNGs.
+    assert_figures(tmp_path / "t", ["figure1_pairs.png", "figure2_distribution.png", "roc.png"])
+    assert "Figure 1 is not drawn" not in md
 
 
 def test_audit_writes_rows_and_report(ray_cluster, digits_bundle, tmp_path) -> None:
@@ -71,6 +90,7 @@ def test_audit_writes_rows_and_report(ray_cluster, digits_bundle, tmp_path) -> N
     assert "most suspicious" in report and "Inputs not scored" in report
     assert (tmp_path / "audit" / "score_histogram.png").stat().st_size > 1000
     assert (tmp_path / "audit" / "report.html").read_text().startswith("<!doctype html>")
+    assert len((tmp_path / "audit" / "rows.csv").read_text().splitlines()) == len(expected) + 1  # header + one per input
 
 
 def test_reproduce_local_engine(tmp_path) -> None:
@@ -95,6 +115,8 @@ def test_reproduce_local_engine(tmp_path) -> None:
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert [x["protocol"] for x in results["results"]] == ["paper", "corrected"]
     assert "Paper protocol" in (tmp_path / "r" / "report.md").read_text()
+    names = [f"{p}_{f}" for p in ("paper", "corrected") for f in ("figure1_pairs.png", "figure2_distribution.png", "roc.png")]
+    assert_figures(tmp_path / "r", names)
 
 
 @pytest.mark.parametrize(
@@ -139,6 +161,7 @@ def test_bad_option_values(tmp_path) -> None:
     )
     assert_clean_error(run("reproduce", "--model", "digits_cnn", "--detector", "svm", "--out", str(tmp_path / "o")), "detector")
     assert_clean_error(run("train", str(tmp_path), "--out", str(tmp_path / "o"), "--param", "oops"), "key=value")
+    assert_clean_error(run("train", str(tmp_path), "--out", str(tmp_path / "o"), "--workers", "0"), "--workers")
 
 
 def test_audit_with_a_bundle_from_another_model(digits_bundle, tmp_path) -> None:

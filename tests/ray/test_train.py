@@ -9,7 +9,8 @@ from raydetect.detect.fit import FitJob, fit_head
 from raydetect.detect.ray_fit import fit_on_ray
 from raydetect.detect.splits import pair_split
 from raydetect.stages.runner import FusedJob, run_job
-from raydetect.stages.train import run_training
+from raydetect.stages.train import run_training, write_training_report
+from raydetect.store import read_output
 
 
 @pytest.mark.parametrize("kind", ["lr", "rf", "xgboost"])
@@ -29,7 +30,7 @@ def test_training_job_writes_tables_transfer_matrix_and_a_bundle(ray_cluster, tm
     fcfg = FeatureConfig(quantiles=8)
     job = FusedJob("f", ModelConfig(name="digits_cnn"), Source("digits", limit=120), attacks, AttributionConfig(n_steps=4), fcfg)
     run_job(job, ResourceConfig(batch_size=32))
-    trained = run_training("f", "t", kinds=("lr", "rf"), use_ray=True, n_boot=50)
+    trained = run_training("f", "t", kinds=("lr", "rf"), use_ray=True, n_boot=50, figures=True)
     rep = trained.result
     assert {r["attack"] for r in rep.attack_rows} == {a.name for a in attacks}
     assert all(0 < r["success_rate"] <= 1 for r in rep.attack_rows)
@@ -38,6 +39,23 @@ def test_training_job_writes_tables_transfer_matrix_and_a_bundle(ray_cluster, tm
     det.check_compatible("digits_cnn", det.attribution, det.features)
     assert det.trained_on == sorted(a.name for a in attacks)
     assert det.metrics["overall"]["n_test_pairs"] > 0
+
+    # The figures: the fused job stored no images, so Figure 1's pairs are attacked again from the
+    # source; attacked and explained again here, they get the classes the job recorded for them.
+    figs = trained.figures
+    order = [r["attack"] for r in rep.attack_rows]
+    assert [p.attack for p in figs.pairs] == [*order, *order]
+    assert set(figs.distributions) == set(order)
+    assert {a: sorted(k) for a, k in figs.roc.items()} == {a: ["lr", "rf"] for a in order}
+    rows = read_output("f").to_pylist()
+    recorded = {(r["pair_id"], r["kind"], r["attack"]): str(r["pred"]) for r in rows if r["status"] == "ok"}
+    for p in figs.pairs:
+        assert recorded[(p.name, "clean", "")] == p.clean_pred
+        assert recorded[(p.name, "adversarial", p.attack)] == p.adversarial_pred
+    assert len({p.name for p in figs.pairs}) > 1
+    assert figs.notes == []
+    write_training_report("f", "t", trained)
+    assert all((tmp_path / "t" / f).stat().st_size > 10_000 for f in ("figure1_pairs.png", "figure2_distribution.png", "roc.png"))
 
     # Attacks with too few successful pairs get no detector row or transfer cell, but feed the bundle.
     few = run_training("f", "t2", kinds=("lr",), use_ray=False, n_boot=10, min_pairs=10_000)

@@ -130,7 +130,7 @@ def test_there_are_no_import_cycles() -> None:
         state[mod] = 1
         for dep in sorted(g[mod]):
             if state.get(dep) == 1:
-                cycle = path[path.index(dep) :] + [dep]
+                cycle = [*path[path.index(dep) :], dep]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if dep not in state:
                 visit(dep, [*path, dep])
