@@ -372,7 +372,8 @@ def run_audit(
         source = DatasetSource(source)
     det, mcfg = load_for_audit(bundle, model, weights)
     summary = run_job(AuditJob(out, mcfg, source, det, bundle), resources, address)
-    report = audit_report(out, det, bundle, top, source.uri, lambda: load_model(mcfg))
+    root = source.uri if isinstance(source, Source) else ""  # a Dataset has no root to show paths under
+    report = audit_report(out, det, bundle, top, root, lambda: load_model(mcfg))
     return summary, write_report(out, report)
 
 
