@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from raydetect import store
+from raydetect import __version__, store
 from raydetect import submit as sub
 from raydetect.config import (
     ATTACK_MODES,
@@ -31,13 +31,14 @@ from raydetect.config import (
 )
 from raydetect.errors import RaydetectError
 from raydetect.report import write_report
+from raydetect.stages.console import ConsoleFilter, set_verbose
 from raydetect.store import check_same_model, exists, is_remote
 
 app = typer.Typer(
     name="raydetect",
     help="Detect adversarial images by their explanations (Integrated Gradients), at cluster scale on Ray.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -62,8 +63,27 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# Commands that run Ray in this process: their console gets Ray's chatter filtered unless -v.
+RAY_COMMANDS = ("attack", "features", "train", "reproduce", "audit", "evaluate")
+
+
+def show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"raydetect {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False) -> None:
+def main(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail, and show Ray's own logs.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    set_verbose(verbose)
+    if not verbose and ctx.invoked_subcommand in RAY_COMMANDS and not ctx.resilient_parsing:
+        ctx.call_on_close(ConsoleFilter().close)
     # Ray Data logs a 7-line progress block every 10 s when stderr is not a terminal (CI, `ray job
     # submit`, nohup); every 30 s is progress enough for hour-long jobs. Read when ray.data is
     # imported, which happens later, inside the command.
@@ -191,6 +211,56 @@ LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use at most this 
 OffsetOpt = Annotated[int, typer.Option("--offset", help="Skip this many input files first (sorted by path).")]
 
 
+# Adversarial images made elsewhere (features, train) -------------------------------------------
+
+CleanOpt = Annotated[
+    str | None, typer.Option("--clean", help="Clean images beside --adversarial ones: folder or Parquet, local, s3:// or gs://.")
+]
+AdversarialOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--adversarial",
+        help="[NAME=]PATH: adversarial images made elsewhere (torchattacks, ART, ...), folder or Parquet; repeat per attack.",
+    ),
+]
+PairingOpt = Annotated[
+    str,
+    typer.Option(
+        "--pairing",
+        help="How an adversarial image finds its clean original: path (same relative path, any extension), id (Parquet: "
+        "--pair-column = clean --id-column), none (unpaired sets), auto (id for Parquet, else path).",
+    ),
+]
+GroupRegexOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--group-regex",
+        help="With --pairing none: images whose ids give the same match (its first group) are near-duplicates, kept on "
+        "one side of every split. Default: relative path with attack suffixes (_adv, -pgd, ...) stripped.",
+    ),
+]
+PairColOpt = Annotated[str, typer.Option("--pair-column", help="Parquet column of adversarial rows naming their clean row's id.")]
+
+
+def external_images(
+    clean: str | None, adversarial: list[str] | None, pairing: str, group_regex: str | None, image_column: str = "image",
+    id_column: str = "id", pair_column: str = "pair_id", label_column: str = "label",
+) -> Any:  # fmt: skip
+    """The validated ``ExternalImages`` of --clean/--adversarial, or None when neither is given."""
+    from raydetect.stages.external import ExternalImages, parse_adversarial  # Ray: only once a command runs
+
+    if not adversarial and clean is None:
+        return None
+    if not adversarial or clean is None:
+        raise RaydetectError("adversarial images made elsewhere need both --clean PATH and --adversarial [NAME=]PATH")
+    spec = ExternalImages(clean, parse_adversarial(adversarial), pairing, group_regex, image_column, id_column, pair_column,
+                          label_column).validate()  # fmt: skip
+    for uri in (spec.clean, *(u for _, u in spec.adversarial)):
+        if not is_remote(uri) and not exists(uri):
+            raise RaydetectError(f"input path does not exist: {uri}")
+    return spec
+
+
 def resource_config(
     batch_size: int | None, actors: int | None, gpus_per_actor: float, cpus_per_actor: float | None
 ) -> ResourceConfig:
@@ -316,8 +386,11 @@ def attack(
 @app.command()
 @handle_errors
 def features(
-    attacks_dir: Annotated[str, typer.Argument(help="Output directory of `raydetect attack`.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Output directory (Parquet parts); re-running resumes.")],
+    attacks_dir: Annotated[
+        str | None,
+        typer.Argument(help="Output directory of `raydetect attack` (or give --clean and --adversarial).", metavar="ATTACKS_DIR"),
+    ] = None,
     model: ModelOpt = "efficientnet_lite0",
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
@@ -342,22 +415,39 @@ def features(
     gpus_per_actor: GpusOpt = 0.0,
     cpus_per_actor: CpusOpt = None,
     address: AddressOpt = None,
+    clean: CleanOpt = None,
+    adversarial: AdversarialOpt = None,
+    pairing: PairingOpt = "auto",
+    group_regex: GroupRegexOpt = None,
+    image_column: ImageColOpt = "image",
+    id_column: IdColOpt = "id",
+    pair_column: PairColOpt = "pair_id",
+    label_column: LabelColOpt = "label",
 ) -> None:
-    """Explain every clean and adversarial image with Integrated Gradients; write descriptor vectors."""
+    """Explain every clean and adversarial image with Integrated Gradients; write descriptor vectors.
+
+    Input: the output of `raydetect attack`, or adversarial images made elsewhere with their clean originals
+    (--clean DIR --adversarial [NAME=]DIR), paired by relative path or id, or unpaired (--pairing none).
+    """
     from raydetect.stages import runner  # Ray and torch: only once a command runs
 
+    spec = external_images(clean, adversarial, pairing, group_regex, image_column, id_column, pair_column, label_column)
+    if (spec is None) == (attacks_dir is None):
+        raise RaydetectError("give either ATTACKS_DIR (from `raydetect attack`) or --clean and --adversarial, not both")
     if protocol not in ("corrected", "paper"):
         raise RaydetectError(f"protocol must be corrected or paper; got {protocol!r}")
     if not 0 <= maps_fraction <= 1:
         raise RaydetectError("--maps-fraction must be between 0 and 1")
     mcfg = model_config(model, weights, random_weights, device)
-    check_same_model(attacks_dir, mcfg.name)
     attribution = attribution_config(
         explainer, ig_steps, "pair" if protocol == "paper" else baseline, layer, blur_sigma, view, jitter
     )
-    job = runner.FeatureJob(
-        out, mcfg, attacks_dir, attribution, feature_config(descriptor, quantiles), maps_fraction=maps_fraction
-    )
+    fcfg = feature_config(descriptor, quantiles)
+    if spec is not None:
+        job: runner.Job = runner.ExternalFeatureJob(out, mcfg, spec, attribution, fcfg, maps_fraction)
+    else:
+        check_same_model(str(attacks_dir), mcfg.name)
+        job = runner.FeatureJob(out, mcfg, str(attacks_dir), attribution, fcfg, maps_fraction=maps_fraction)
     print_summary(runner.run_job(job, resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor), address))
 
 
@@ -496,8 +586,14 @@ def parse_params(values: list[str] | None) -> dict[str, Any]:
 @app.command()
 @handle_errors
 def train(
-    features_dir: Annotated[str, typer.Argument(help="Output directory of `raydetect features` (or of the fused job).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for report.md, results.json and the detector bundle.")],
+    features_dir: Annotated[
+        str | None,
+        typer.Argument(
+            help="Output directory of `raydetect features` (or of the fused job); or give --clean and --adversarial.",
+            metavar="FEATURES_DIR",
+        ),
+    ] = None,
     detector: Annotated[
         list[str] | None, typer.Option("--detector", help="lr, rf, xgboost; repeat to compare. Default: lr.")
     ] = None,
@@ -528,6 +624,14 @@ def train(
     ] = None,
     address: AddressOpt = None,
     seed: SeedOpt = 0,
+    clean: CleanOpt = None,
+    adversarial: AdversarialOpt = None,
+    pairing: PairingOpt = "auto",
+    group_regex: GroupRegexOpt = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="With --adversarial: the model to explain them with.")] = (
+        "efficientnet_lite0"
+    ),
+    weights: WeightsOpt = None,
 ) -> None:
     """Fit detectors per attack (Table 2, transfer matrix) and save one detector bundle trained on all attacks.
 
@@ -546,8 +650,13 @@ def train(
         raise RaydetectError("--bootstrap must be >= 0")
     if workers < 1:
         raise RaydetectError("--workers must be >= 1")
-    if not is_remote(features_dir) and not Path(features_dir).expanduser().is_dir():
-        raise RaydetectError(f"features directory does not exist: {features_dir}")
+    spec = external_images(clean, adversarial, pairing, group_regex)
+    if (spec is None) == (features_dir is None):
+        raise RaydetectError("give either FEATURES_DIR (from `raydetect features`) or --clean and --adversarial, not both")
+    features = str(out / "features") if spec is not None else str(features_dir)
+    if spec is None and not is_remote(features) and not Path(features).expanduser().is_dir():
+        raise RaydetectError(f"features directory does not exist: {features}")
+    mcfg = model_config(model, weights, False, "auto") if spec is not None else None
     cfg = DetectorConfig(
         kind=kinds[0],
         target_fpr=target_fpr,
@@ -561,10 +670,16 @@ def train(
         from raydetect.detect.signing import load_private_key  # cryptography: only once a command runs
 
         key = load_private_key(sign_key)  # fail before hours of fitting, not after
-    if not no_ray:
+    if not no_ray or spec is not None:
         init_ray(address)
+    if mcfg is not None:  # explain them first, with the default explainer and descriptor, into <out>/features
+        from raydetect.stages.runner import ExternalFeatureJob, run_job  # Ray and torch: only once a command runs
+
+        attribution = attribution_config(AttributionConfig.explainer, AttributionConfig.n_steps, AttributionConfig.baseline, None)
+        job = ExternalFeatureJob(features, mcfg, spec, attribution, feature_config(None, FeatureConfig.quantiles))
+        print_summary(run_job(job, ResourceConfig(), address))
     trained = run_training(
-        features_dir,
+        features,
         str(out),
         kinds,
         cfg,
@@ -579,7 +694,7 @@ def train(
     )
     rep = trained.result
     cal = rep.detector.calibration
-    path = write_training_report(features_dir, str(out), trained)
+    path = write_training_report(features, str(out), trained)
     overall = rep.bundle_metrics["overall"]
     signed = f", signed by key {_key_id(key)}" if key is not None else ", unsigned"
     typer.echo(
@@ -772,7 +887,8 @@ def submit(
     """Send a raydetect command to a Ray cluster: raydetect submit [OPTIONS] -- audit DATA --detector B --out OUT.
 
     The command after -- runs as `python -m raydetect ...` on the cluster, in a runtime environment that ships
-    --working-dir. It is checked here first, so a typo fails before anything is sent.
+    --working-dir. It is checked here first, so a typo fails before anything is sent, and so does a local path
+    the cluster would not see (relative and not shipped, e.g. under the git-ignored runs/).
     """
     args = list(ctx.args)
     if args and args[0] == "--":
@@ -781,9 +897,11 @@ def submit(
     group = typer.main.get_command(app)
     try:
         sub_command = group.commands[args[0]]  # type: ignore[attr-defined]
-        sub_command.make_context(args[0], list(args[1:]), resilient_parsing=False)
+        sub_ctx = sub_command.make_context(args[0], list(args[1:]), resilient_parsing=False)
     except Exception as exc:  # click usage errors: report them as ours
         raise RaydetectError(f"the command to submit is not valid: {getattr(exc, 'message', exc)}") from exc
+    for note in sub.check_paths(args[0], sub_ctx.params, str(working_dir)):
+        typer.echo(f"note: {note}", err=True)
     env_vars = dict(parse_params(env)) if env else None
     packages = [*(sub.package_requirements() if with_deps else []), *(pip or [])]
     jid = sub.submit(args, address, str(working_dir), packages, {k: str(v) for k, v in (env_vars or {}).items()}, job_id)

@@ -339,7 +339,7 @@ class ResourceConfig:
         return self
 
 
-SOURCE_KINDS = ("auto", "imagenet", "folder", "parquet", "digits")
+SOURCE_KINDS = ("auto", "imagenet", "folder", "parquet", "webdataset", "digits")
 
 
 @dataclass(frozen=True)

@@ -200,7 +200,7 @@ def job_config(out: str) -> dict[str, Any] | None:
 
 # What decides a job's rows. Device, batch size and source limit do not: resuming on another
 # machine, or with more images, is what resume is for.
-_RESULT_KEYS = ("attacks", "attribution", "features")
+_RESULT_KEYS = ("attacks", "attribution", "features", "external")
 _MODEL_KEYS = ("name", "weights", "random_weights")
 
 

@@ -21,5 +21,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     quiet pip install "torch==2.14.1" "torchvision==0.29.1" || quiet pip install torch torchvision
   fi
   quiet pip install -e ".[dev]"
+  # Test-only; --no-deps because its pin requests~=2.25 would downgrade Ray's (see pyproject.toml).
+  quiet pip install --no-deps "torchattacks>=3.5"
   echo "$want" >"$stamp"
 fi

@@ -60,6 +60,7 @@ class TrainingResult:
     bundle_split: dict[str, list[str]]  # the bundle's images (pair ids) per side: fit, val, test
     # attack -> detector kind -> (labels, scores) of its held-out test rows: the ROC curves
     test_scores: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    splits: str = ""  # how rows were grouped for the splits, in words (the report says it)
 
 
 def calibration_fields(cal: Calibration) -> dict[str, Any]:
@@ -191,4 +192,29 @@ def train_detectors(
         surrogate=fitted[("lr", "*surrogate")][0] if bkind != "lr" else None,
         surrogate_threshold=fitted[("lr", "*surrogate")][1].threshold if bkind != "lr" else None,
     )  # fmt: skip
-    return TrainingResult(attack_table(table), detection_rows, matrix, detector, metrics, bundle_split, test_scores)
+    grouping = describe_splits(job, fs, chosen)
+    return TrainingResult(attack_table(table), detection_rows, matrix, detector, metrics, bundle_split, test_scores, grouping)
+
+
+def describe_splits(job: dict[str, Any], fs: FeatureSet, attacks: list[str]) -> str:
+    """How the splits grouped rows: pairs, or (unpaired images) the near-duplicate groups the ids allowed."""
+    external = job.get("external")
+    if not external:
+        return "Splits keep each clean image and its adversarial twins on one side (pairs from the attack job)."
+    names = ", ".join(attacks)
+    if external.get("pairing") != "none":
+        return (
+            f"Adversarial images made elsewhere ({names}), {external.get('grouping', 'paired')}; each pair stays on one side "
+            "of every split. Every imported adversarial image counts as a successful attack (raydetect did not re-judge it)."
+        )
+    _, y, groups = fs.for_attacks(attacks)
+    kinds: dict[str, set[int]] = {}
+    for g, label in zip(groups, y, strict=True):
+        kinds.setdefault(g, set()).add(int(label))
+    both = sum(1 for k in kinds.values() if len(k) == 2)
+    return (
+        f"Unpaired clean and adversarial images made elsewhere ({names}): {external.get('grouping', 'unpaired')}. "
+        f"{len(y)} images in {len(kinds)} groups, {both} of which hold both a clean and an adversarial image; each group "
+        "stays on one side of every split. Near-duplicates whose ids differ beyond that rule may straddle a split and "
+        "flatter the held-out scores."
+    )

@@ -29,9 +29,12 @@ def training_report(
     figures: Figures | None = None,
     calibration: dict[str, Any] | None = None,
     bundle_metrics: dict[str, Any] | None = None,
+    splits: str = "",
 ) -> Report:
+    """``splits``: how the rows were grouped for the splits (``TrainingResult.splits``)."""
     report = Report("raydetect training")
-    report.add(*results_section("Detection", f"Features: `{features_dir}`.", attack_rows, detection_rows, transfer, bundle,
+    description = f"Features: `{features_dir}`." + (f" {splits}" if splits else "")
+    report.add(*results_section("Detection", description, attack_rows, detection_rows, transfer, bundle,
                                 calibration, bundle_metrics))  # fmt: skip
     _add_figures(report, figures)
     return report.add(FOOTNOTE)

@@ -295,6 +295,10 @@ def reread_image(path: str, row_id: str, pre: Preprocess) -> np.ndarray:
         return x[int(row_id.rsplit("-", 1)[1])]
     if path.lower().endswith((".parquet", ".pq")):
         raise RaydetectError("the image lives inside a Parquet file; it is not read again")
+    if path.lower().endswith((".tar", ".tar.gz", ".tgz")):
+        raise RaydetectError("the image lives inside a WebDataset shard; it is not read again")
+    if not path:
+        raise RaydetectError("the image came from a ray.data.Dataset without paths; it is not read again")
     try:
         return decode_image(read_bytes(path), pre)
     except (OSError, ValueError) as exc:  # ImageError is a ValueError: the file changed or vanished since

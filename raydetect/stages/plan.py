@@ -19,6 +19,7 @@ from ray.data import DataContext
 from raydetect.config import ModelConfig, ResourceConfig
 from raydetect.errors import RaydetectError
 from raydetect.models.runtime import actor_runtime_env
+from raydetect.stages.console import quiet_ray, verbose
 
 
 def init_ray(address: str | None = None) -> None:
@@ -26,7 +27,9 @@ def init_ray(address: str | None = None) -> None:
 
     A local Ray is for development on one machine: it starts without the dashboard and without
     pre-started idle workers, which on a 2-core laptop compete with the model actor for CPU.
+    Workers' output reaches this console only when verbose (see ``stages.console``).
     """
+    quiet_ray()
     ctx = DataContext.get_current()
     ctx.issue_detectors_config.detectors = []  # memory hints meant for other workloads; noise here
     ctx.enable_get_object_locations_for_metrics = False
@@ -35,11 +38,12 @@ def init_ray(address: str | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     try:
         if address:
-            ray.init(address=address, logging_level=logging.WARNING)
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=verbose())
         else:
             ray.init(
                 include_dashboard=False,
                 logging_level=logging.WARNING,
+                log_to_driver=verbose(),
                 runtime_env={"worker_process_setup_hook": "raydetect._ray_workers.quiet_local_workers"},
                 _system_config={"enable_worker_prestart": False},
             )

@@ -31,14 +31,26 @@ from raydetect.report import write_report
 from raydetect.report.audit import audit_report
 from raydetect.stages.attack import AttackStage
 from raydetect.stages.audit import AuditStage
+from raydetect.stages.console import Progress
 from raydetect.stages.evaluate import EvaluateStage
 from raydetect.stages.explain import FeatureStage
+from raydetect.stages.external import ExternalImages, read_external
 from raydetect.stages.fused import AttackFeatureStage
 from raydetect.stages.plan import Plan, init_ray, map_actors, plan_resources
-from raydetect.stages.read import read_source
+from raydetect.stages.read import DatasetSource, read_dataset, read_inputs
 from raydetect.stages.references import MarkReferences, choose_references, load_references, save_references
-from raydetect.stages.sink import ParquetSink
-from raydetect.store import SUMMARY_FILE, claim_output, done_ids, join, open_filesystem, output_files, read_output, write_json
+from raydetect.stages.sink import WriteParts
+from raydetect.store import (
+    SUMMARY_FILE,
+    claim_output,
+    done_ids,
+    join,
+    make_dir,
+    open_filesystem,
+    output_files,
+    read_output,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +80,15 @@ class Job:
 
     name: str
     resume_key = "pair_id"
+    # What the progress line counts: "clean" counts clean images (however many adversarial twins
+    # follow them), any other value counts distinct values of that column.
+    progress_key = "clean"
+    unit = "images"
 
     def __init__(self, out: str, model: ModelConfig) -> None:
         self.out = out
         self.model = model
+        self.pending: int | None = None  # inputs this run will process, once ``read`` knows
 
     def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
         raise NotImplementedError
@@ -103,10 +120,23 @@ def run_job(job: Job, resources: ResourceConfig = ResourceConfig(), address: str
     else:
         log.info("%s job: %d actors x %d threads on %s, batch %d; %d inputs already done", job.name, plan.num_actors,
                  plan.threads, plan.device, plan.batch_size, len(done))  # fmt: skip
-        sink = ParquetSink(job.out)
-        job.map(ds, model, plan).write_datasink(sink)
-        written = sink.rows_written
+        written = _write(job, job.map(ds, model, plan))
     return _summarize(job, start, len(done), written, config)
+
+
+def _write(job: Job, ds: Any) -> int:
+    """Write every block as a part, streaming the parts' counts back to one progress line."""
+    make_dir(job.out)
+    counts = ds.map_batches(WriteParts(job.out, job.progress_key), batch_size=None, batch_format="pyarrow")
+    progress = Progress(job.name, job.pending, job.unit)
+    written = 0
+    try:
+        for batch in counts.iter_batches(batch_size=None, batch_format="numpy"):
+            written += int(batch["rows"].sum())
+            progress.update(int(batch["inputs"].sum()))
+    finally:
+        progress.close()
+    return written
 
 
 def _summarize(job: Job, start: float, skipped: int, written: int, config: dict[str, Any]) -> JobSummary:
@@ -129,12 +159,19 @@ def _summarize(job: Job, start: float, skipped: int, written: int, config: dict[
 class _FromSource(Job):
     """Jobs that read images from a source; an image is done once its clean row is written."""
 
-    def __init__(self, out: str, model: ModelConfig, source: Source) -> None:
+    def __init__(self, out: str, model: ModelConfig, source: Source | DatasetSource) -> None:
         super().__init__(out, model)
         self.source = source
 
+    def source_config(self) -> dict[str, Any]:
+        return self.source.describe() if isinstance(self.source, DatasetSource) else asdict(self.source)
+
     def read(self, model: ModelConfig, done: set[str]) -> Any:
-        return read_source(self.source, model_info(model.name).preprocess, skip_ids=done)
+        pre = model_info(model.name).preprocess
+        if isinstance(self.source, DatasetSource):
+            return read_dataset(self.source, pre, skip_ids=done)
+        ds, self.pending = read_inputs(self.source, pre, skip_ids=done)
+        return ds
 
 
 class AttackJob(_FromSource):
@@ -153,7 +190,7 @@ class AttackJob(_FromSource):
         self.attacks, self.only_correct, self.detector, self.bundle = tuple(attacks), only_correct, detector, bundle
 
     def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
-        out = {"source": asdict(self.source), "model": to_dict(model), "attacks": [to_dict(a) for a in self.attacks]}
+        out = {"source": self.source_config(), "model": to_dict(model), "attacks": [to_dict(a) for a in self.attacks]}
         return {**out, "bundle": self.bundle} if self.bundle else out
 
     def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
@@ -209,7 +246,8 @@ class FeatureJob(Job):
             saved = load_references(out)  # a resumed job keeps the references its rows were explained against
             self.reference_ids, self.references = saved or choose_references(attacks_dir, attribution.seed)
         # The paper protocol's output ids are per (pair, attack): resume whole pairs.
-        self.resume_key = "pair_id" if attribution.baseline == "pair" else "id"
+        self.resume_key = self.progress_key = "pair_id" if attribution.baseline == "pair" else "id"
+        self.unit = "pairs" if attribution.baseline == "pair" else "images"
 
     def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
         refs = {} if self.references is None else {"references": {"images": len(self.references), "ids": self.reference_ids}}
@@ -219,6 +257,8 @@ class FeatureJob(Job):
     def read(self, model: ModelConfig, done: set[str]) -> Any:
         if self.references is not None:
             save_references(self.out, self.reference_ids, self.references)
+        keys = read_output(self.attacks_dir, columns=[self.resume_key]).column(self.resume_key).to_pylist()
+        self.pending = len(set(keys) - done)
         ds = ray.data.read_parquet(self.files, filesystem=open_filesystem(self.attacks_dir)[0])
         if self.reference_ids:
             ds = ds.map_batches(MarkReferences(self.reference_ids), batch_format="pyarrow")
@@ -241,19 +281,50 @@ class FeatureJob(Job):
         return read_output(self.attacks_dir, columns=["id"]).num_rows
 
 
+class ExternalFeatureJob(FeatureJob):
+    """Explain adversarial images made elsewhere beside clean images (see ``stages.external``)."""
+
+    def __init__(self, out: str, model: ModelConfig, external: ExternalImages, attribution: AttributionConfig,
+                 features: FeatureConfig, maps_fraction: float = 0.0) -> None:  # fmt: skip
+        Job.__init__(self, out, model)
+        if attribution.baseline == "pair" and not external.paired:
+            raise RaydetectError("the paper protocol explains each image against its twin: it needs paired images")
+        if attribution.baseline == "train":
+            raise RaydetectError("baseline 'train' draws references from an attack job's clean images; "
+                                 "with imported images use --baseline blur or black")  # fmt: skip
+        self.external, self.attribution, self.features = external.validate().resolved(), attribution, features
+        self.references, self.maps_fraction = None, maps_fraction
+        self.reference_ids = []
+        self.resume_key = self.progress_key = "pair_id" if attribution.baseline == "pair" else "id"
+        self.unit = "pairs" if attribution.baseline == "pair" else "images"
+        self.total = 0
+
+    def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
+        return {"external": self.external.describe(), "model": to_dict(model), "attribution": to_dict(self.attribution),
+                "features": to_dict(self.features)}  # fmt: skip
+
+    def read(self, model: ModelConfig, done: set[str]) -> Any:
+        key = "pair_id" if self.resume_key == "pair_id" else "item"
+        ds, self.pending, self.total = read_external(self.external, model_info(model.name).preprocess, done, key)
+        return ds
+
+    def inputs(self) -> int:
+        return self.total
+
+
 class AuditJob(_FromSource):
     """Score every input with a detector bundle; rows go to ``<out>/rows``."""
 
     name = "audit"
-    resume_key = "id"
+    resume_key = progress_key = "id"
 
-    def __init__(self, out: str, model: ModelConfig, source: Source, detector: Detector, bundle: str) -> None:
+    def __init__(self, out: str, model: ModelConfig, source: Source | DatasetSource, detector: Detector, bundle: str) -> None:
         super().__init__(join(out, "rows"), model, source)
         self.detector, self.bundle = detector, bundle
 
     def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
         return {
-            "source": asdict(self.source),
+            "source": self.source_config(),
             "bundle": self.bundle,
             "model": to_dict(model),
             "threshold": self.detector.threshold,
@@ -277,11 +348,12 @@ class EvaluateJob(_FromSource):
 
     def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
         ids = sorted(self.ids) if self.ids is not None else None
-        return {"source": asdict(self.source), "bundle": self.bundle, "model": to_dict(model),
+        return {"source": self.source_config(), "bundle": self.bundle, "model": to_dict(model),
                 "attacks": [to_dict(a) for a in self.attacks], "ids": ids}  # fmt: skip
 
     def read(self, model: ModelConfig, done: set[str]) -> Any:
-        return read_source(self.source, model_info(model.name).preprocess, skip_ids=done, keep_ids=self.ids)
+        ds, self.pending = read_inputs(self.source, model_info(model.name).preprocess, skip_ids=done, keep_ids=self.ids)
+        return ds
 
     def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
         args = (ConfiguredLoader(model), self.detector, self.attacks, plan.threads, plan.batch_size)
@@ -304,7 +376,7 @@ class _DropDone:
 
 
 def run_audit(
-    source: Source,
+    source: Source | DatasetSource | ray.data.Dataset,
     out: str,
     bundle: str,
     resources: ResourceConfig = ResourceConfig(),
@@ -318,13 +390,18 @@ def run_audit(
     ``<out>/rows.csv``), then the report, with thumbnails and heatmaps of the ``top`` most
     suspicious images (only those are explained again, here in the driver).
 
+    ``source``: a :class:`Source` (files, Parquet, WebDataset shards; local, s3://, gs://), or a
+    ``ray.data.Dataset`` with ``image`` and ``id`` columns (:class:`DatasetSource` names others).
     The bundle is verified here, once (signature against ``trusted_keys`` or
     ``RAYDETECT_TRUSTED_KEYS``, then checksums); the actors receive the verified detector.
     Returns the job's accounting and the report's location.
     """
+    if isinstance(source, ray.data.Dataset):
+        source = DatasetSource(source)
     det, mcfg = load_for_audit(bundle, model, weights, trusted_keys)
     summary = run_job(AuditJob(out, mcfg, source, det, bundle), resources, address)
-    report = audit_report(out, det, bundle, top, source.uri, lambda: load_model(mcfg))
+    root = source.uri if isinstance(source, Source) else ""  # a Dataset has no root to show paths under
+    report = audit_report(out, det, bundle, top, root, lambda: load_model(mcfg))
     return summary, write_report(out, report)
 
 

@@ -32,8 +32,9 @@ from raydetect.report.figures import (
     reread_image,
     round_robin,
 )
+from raydetect.stages.read import decode_cell, is_parquet
 from raydetect.stages.references import load_references
-from raydetect.store import is_remote, job_config, join, open_filesystem, output_files, read_output
+from raydetect.store import is_remote, job_config, join, open_filesystem, output_files, read_bytes, read_output
 
 
 @dataclass
@@ -90,14 +91,14 @@ def training_results(t: Trained) -> dict[str, Any]:
     """The JSON record of a training run (``results.json``)."""
     r = t.result
     return {"attacks": r.attack_rows, "detection": r.detection_rows, "transfer": r.transfer, "bundle": t.bundle,
-            "bundle_metrics": r.bundle_metrics, "bundle_calibration": r.detector.calibration}  # fmt: skip
+            "bundle_metrics": r.bundle_metrics, "bundle_calibration": r.detector.calibration, "splits": r.splits}  # fmt: skip
 
 
 def write_training_report(features_uri: str, out: str, trained: Trained) -> str:
     """``report.md``, ``report.html``, the figures and ``results.json`` under ``out``."""
     r = trained.result
     report = training_report(features_uri, r.attack_rows, r.detection_rows, r.transfer, trained.bundle, trained.figures,
-                             r.detector.calibration, r.bundle_metrics)  # fmt: skip
+                             r.detector.calibration, r.bundle_metrics, r.splits)  # fmt: skip
     return write_report(out, report, training_results(trained))
 
 
@@ -115,7 +116,7 @@ def training_figures(table: Any, job: dict[str, Any], result: TrainingResult, pa
     names = feature_names(from_dict(FeatureConfig, fcfg), from_dict(AttributionConfig, acfg) if acfg else None) if fcfg else []
     order = [r["attack"] for r in result.attack_rows if r["attack"] in fs.attacks]
     for attack in order:
-        X, y, _ = fs.for_attacks([attack])
+        X, y, _ = fs.for_attacks([attack], job.get("external", {}).get("pairing") != "none")
         values = attribution_values(X, names)
         if values is None:
             figs.notes.append("Figure 2 needs quantile descriptors (signed_quantiles, abs_quantiles or channel_quantiles).")
@@ -146,7 +147,9 @@ def example_pairs(table: Any, job: dict[str, Any], attacks: Sequence[str], k: in
     if not chosen:
         raise RaydetectError("no successful adversarial image to show")
     model = load_model(from_dict(ModelConfig, job["model"]))
-    if job.get("attacks_dir"):
+    if job.get("external"):
+        clean, advs = _external_images(table, job["external"], chosen, model.info.preprocess)
+    elif job.get("attacks_dir"):
         clean, advs = _stored_images(job["attacks_dir"], chosen)
     else:
         clean, advs = _attack_again(model, job, chosen)
@@ -172,6 +175,23 @@ def _stored_images(attacks_dir: str, chosen: list[dict[str, Any]]) -> tuple[np.n
     if missing:
         raise RaydetectError(f"the attack output under {attacks_dir} has no image for {missing[0]}")
     return (np.stack([decode_png(png[r["pair_id"]]) for r in chosen]), np.stack([decode_png(png[r["id"]]) for r in chosen]))
+
+
+def _external_images(
+    table: Any, external: dict[str, Any], chosen: list[dict[str, Any]], pre: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Adversarial images made elsewhere and their clean originals, read again from their files."""
+    if external.get("pairing") == "none":
+        raise RaydetectError("unpaired images have no clean twin to show beside an adversarial one")
+    ids = {r["pair_id"] for r in chosen}
+    clean_path = {r["id"]: r["path"] for r in table.select(["id", "path"]).to_pylist() if r["id"] in ids}
+
+    def image(path: str) -> np.ndarray:
+        if not path or "#" in path or is_parquet(path):
+            raise RaydetectError("Figure 1 reads images from files; these came from Parquet")
+        return decode_cell(read_bytes(path), pre)
+
+    return np.stack([image(clean_path.get(r["pair_id"], "")) for r in chosen]), np.stack([image(r["path"]) for r in chosen])
 
 
 def _attack_again(model: ImageClassifier, job: dict[str, Any], chosen: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:

@@ -274,7 +274,8 @@ def test_submit_rejects_bad_commands_before_sending(tmp_path) -> None:
 def test_job_server_unreachable_is_a_clear_error() -> None:
     dead = "http://127.0.0.1:9"
     assert_clean_error(run("status", "raysubmit_x", "--address", dead), "cannot reach the Ray job server")
-    assert_clean_error(run("submit", "--address", dead, "--", "audit", "imgs", "--detector", "d", "--out", "o"), "cannot reach")
+    args = ["audit", "s3://b/imgs", "--detector", "s3://b/d", "--out", "s3://b/o"]  # paths the cluster sees
+    assert_clean_error(run("submit", "--address", dead, "--", *args), "cannot reach")
 
 
 def test_features_refuse_another_model(ray_cluster, tmp_path) -> None:

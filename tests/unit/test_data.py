@@ -25,6 +25,7 @@ def quantize(images: np.ndarray, clean: np.ndarray | None = None, eps: float | N
     c = None if clean is None else torch.from_numpy(clean)
     return quantize_tensor(torch.from_numpy(images), c, eps).numpy()
 
+
 PRE = Preprocess(resize=40, crop=32)
 
 
