@@ -26,6 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def run_scenario(name: str, workdir: Path, timeout: float = 1200) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     env.pop("RAY_ADDRESS", None)  # the scenario connects to its own cluster only
+    # The session's ray.init() sets RAY_AUTH_MODE=token in this process's environment; Ray reads it
+    # at import, before the scenario could turn it off, and a driver in token mode against this
+    # cluster has every actor cancelled before it starts (seen on CI). Off from the first line.
+    env["RAY_AUTH_MODE"] = "disabled"
     log = workdir / f"{name}.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "tests.ray.multinode", name, str(workdir)], env=env, cwd=ROOT,
