@@ -13,6 +13,7 @@ from raydetect.detect import Detector
 from raydetect.images import class_name
 from raydetect.models import ImageClassifier
 from raydetect.models.runtime import set_threads
+from raydetect.stages.read import decode_rows
 from raydetect.stages.rows import rows_to_table
 
 
@@ -34,6 +35,7 @@ class AuditStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         set_threads(self.threads)
+        batch = decode_rows(batch, self.model.info.preprocess)  # encoded bytes on CPU jobs: see decode_rows
         rows: list[dict[str, Any]] = [
             {"id": str(i), "path": str(p), "label": int(lb), "pred": -1, "pred_name": "", "conf": 0.0, "score": float("nan"),
              "adversarial": False, "status": str(s), "error": str(e)}

@@ -45,7 +45,10 @@ def init_ray(address: str | None = None) -> None:
                 logging_level=logging.WARNING,
                 log_to_driver=verbose(),
                 runtime_env={"worker_process_setup_hook": "raydetect._ray_workers.quiet_local_workers"},
-                _system_config={"enable_worker_prestart": False},
+                # Ray starts workers at niceness 15 so they yield to its own daemons; a local Ray's
+                # model actor is the job itself, and on a machine with other work it then ran at a
+                # small share of the CPU that a plain loop gets (see BENCHMARKS.md).
+                _system_config={"enable_worker_prestart": False, "worker_niceness": 0},
             )
     except ConnectionError as exc:
         raise RaydetectError(f"cannot reach the Ray cluster at {address}: {exc}") from exc

@@ -122,8 +122,9 @@ class ReadImages:
     """Ray Data stage: work items -> decoded image rows (one per image, errors included)."""
 
     def __init__(self, uri: str, kind: str, pre: Preprocess, image_column: str = "image", id_column: str = "id",
-                 label_column: str = "label") -> None:  # fmt: skip
+                 label_column: str = "label", decode: bool = True) -> None:  # fmt: skip
         self.uri = uri
+        self.decode = decode  # False: rows carry the encoded bytes; the model actor decodes (decode_rows)
         self.kind = kind
         self.pre = pre
         self.image_column = image_column
@@ -139,12 +140,13 @@ class ReadImages:
         return self._fs
 
     def _error_row(self, rid: str, path: str, label: int, reason: str) -> dict[str, Any]:
-        empty = np.zeros((self.pre.channels, self.pre.crop, self.pre.crop), np.float32)
+        empty = np.zeros((self.pre.channels, self.pre.crop, self.pre.crop), np.float32) if self.decode else b""
         return {"id": rid, "path": path, "label": label, "image": empty, "status": "error", "error": reason}
 
     def _decoded_row(self, rid: str, path: str, label: int, data: Any) -> dict[str, Any]:
         try:
-            return {"id": rid, "path": path, "label": label, "image": decode_cell(data, self.pre), "status": "ok", "error": ""}
+            image = decode_cell(data, self.pre) if self.decode else encoded_bytes(data)
+            return {"id": rid, "path": path, "label": label, "image": image, "status": "ok", "error": ""}
         except ImageError as exc:
             return self._error_row(rid, path, label, str(exc))
 
@@ -266,6 +268,44 @@ class ReadImages:
             yield rows_to_batch(rows)
 
 
+def encoded_bytes(cell: Any) -> bytes:
+    """The encoded bytes of an image cell (bytes or a Hugging Face ``{"bytes", "path"}`` struct), or
+    :class:`ImageError`; the cell is decoded later, by :func:`decode_rows`."""
+    if isinstance(cell, dict):
+        if not cell.get("bytes"):
+            where = f" (path {cell['path']!r} only; the bytes are not in the file)" if cell.get("path") else ""
+            raise ImageError(f"image cell holds no bytes{where}")
+        cell = cell["bytes"]
+    if cell is None or (isinstance(cell, (bytes, bytearray)) and not cell):
+        raise ImageError("empty file (0 bytes)")  # decode_image's reason
+    if not isinstance(cell, (bytes, bytearray)):
+        raise ImageError(f"image cell must be encoded bytes or a {{'bytes', 'path'}} struct; got {type(cell).__name__}")
+    return bytes(cell)
+
+
+def decode_rows(batch: dict[str, np.ndarray], pre: Preprocess) -> dict[str, np.ndarray]:
+    """A batch read with ``decode=False`` -> the reader's decoded rows (a decode failure becomes an
+    error row, as in the reader); a batch already decoded is returned as it is.
+
+    CPU jobs decode in the model actor, between its batches: decoding in read tasks ran beside
+    the actor's torch threads on the same cores and slowed them, and moved float images (12x
+    the JPEG) through the object store (see BENCHMARKS.md).
+    """
+    images = batch["image"]
+    if images.dtype != object:
+        return batch
+    status, error = batch["status"].copy(), batch["error"].copy()
+    out = np.zeros((len(images), pre.channels, pre.crop, pre.crop), np.float32)
+    for i, cell in enumerate(images):
+        if status[i] != "ok":
+            continue
+        try:
+            out[i] = decode_image(cell, pre)
+        except ImageError as exc:
+            status[i], error[i] = "error", str(exc)
+    return {**batch, "image": out, "status": status, "error": error}
+
+
 def decode_cell(cell: Any, pre: Preprocess) -> np.ndarray:
     """One image cell -> a model-ready (C, H, W) array in [0,1], or :class:`ImageError`.
 
@@ -372,8 +412,12 @@ def read_inputs(
     skip_ids: set[str] | None = None,
     parallelism: int | None = None,
     keep_ids: set[str] | None = None,
+    decode: bool = True,
 ) -> tuple[Any, int | None]:
-    """:func:`read_source`, and how many inputs it will yield (None where only reading tells)."""
+    """:func:`read_source`, and how many inputs it will yield (None where only reading tells).
+
+    ``decode=False``: image rows carry encoded bytes, for a stage that calls :func:`decode_rows`
+    (sklearn's digits are arrays and stay decoded)."""
     kind, items = plan_inputs(source)
     if not items:
         raise RaydetectError(f"no input files under {source.uri}")
@@ -389,7 +433,8 @@ def read_inputs(
     blocks = parallelism or max(1, min(len(items) // 32 + 1, 4096))
     ds = ray.data.from_items(items, override_num_blocks=min(blocks, len(items)))
     # An instance (not the class) runs as stateless tasks: reading needs no warm-up.
-    reader = ReadImages(source.uri, kind, pre, source.image_column, source.id_column, source.label_column)
+    reader = ReadImages(source.uri, kind, pre, source.image_column, source.id_column, source.label_column,
+                        decode or kind == "digits")  # fmt: skip
     ds = ds.map_batches(reader, batch_size=8, batch_format="numpy")
     if skip_ids and kind in PER_ROW_SKIP:
         ds = ds.filter(lambda r: r["id"] not in skip_ids)

@@ -170,8 +170,16 @@ class _FromSource(Job):
         pre = model_info(model.name).preprocess
         if isinstance(self.source, DatasetSource):
             return read_dataset(self.source, pre, skip_ids=done)
-        ds, self.pending = read_inputs(self.source, pre, skip_ids=done)
+        ds, self.pending = read_inputs(self.source, pre, skip_ids=done, decode=not self.decode_in_actor(model))
         return ds
+
+    def decode_in_actor(self, model: ModelConfig) -> bool:
+        """Whether the model actor decodes the images (``read.decode_rows``): on CPUs, where read
+        tasks would decode beside the actor's threads on the same cores; a GPU actor leaves decoding
+        to the read tasks so its GPU does not wait on it."""
+        return self.decodes and model.device == "cpu"
+
+    decodes = False  # the job's stage calls read.decode_rows
 
 
 class AttackJob(_FromSource):
@@ -317,6 +325,7 @@ class AuditJob(_FromSource):
 
     name = "audit"
     resume_key = progress_key = "id"
+    decodes = True
 
     def __init__(self, out: str, model: ModelConfig, source: Source | DatasetSource, detector: Detector, bundle: str) -> None:
         super().__init__(join(out, "rows"), model, source)

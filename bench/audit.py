@@ -1,0 +1,293 @@
+"""Audit throughput on Ray against a plain loop, fixed and per-image costs, and peak memory, in one run.
+
+    python bench/audit.py [--sizes 100 300] [--repeats 3] [--data ../shared/data/imagenet-sample]
+    python bench/audit.py --memory 500 5000 --repeats 1     # flat memory: 5,000 distinct images
+
+Plain loop: ``Detector.score`` over the same files in one process, batches of 16 (model load,
+JPEG decode and the score; nothing written). Ray: ``run_audit`` on a local Ray that is already up
+(Ray start-up and Ray Data's helper actors are measured once and reported apart), timed as the
+job's own ``JobSummary.seconds`` and as the whole call (report and its 20 re-explained images
+included). Each repeat runs plain then Ray at every size, interleaved, so load from other work on
+the machine hits both sides alike; the fixed and per-image costs come from the two sizes.
+
+Peak memory: a sampler thread reads RSS every 0.1 s of this process (the driver) and of every
+process under it (the local Ray it started: raylet, GCS, workers), naming the audit actor by its
+process title (``ray::...AuditStage...``, Ray's ``MapWorker`` title). Other engineers' Ray
+sessions are not below this process, so they are not counted.
+
+The detector bundle: trained here once (fused attack+feature job on the first 96 images of the
+sample, efficientnet_lite0, raydetect's default attribution and descriptors, untargeted/random/second
+BIM at 4/255, logistic regression) and cached under runs/bench-audit/ (gitignored); --bundle uses
+another. The audited images are the sample's next images (offset 96), as a user audits unseen data;
+for --memory the benchmark writes 10 distinct variants of each sample image (flips and crops,
+re-encoded as JPEG, new ids) to a temporary folder, removed afterwards.
+
+Every measurement is one JSON line in --jsonl with the command that produced it and the load
+average at its start and end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ray  # also puts the psutil that Ray bundles (ray/thirdparty_files) on sys.path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "imagenet-sample"
+BUNDLE_DIR = ROOT / "runs" / "bench-audit"
+TRAIN_IMAGES = 96
+
+
+class PeakRSS:
+    """Peak resident memory of this process and of the processes under it, sampled in a thread."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        import psutil  # Ray's bundled copy, importable once ray is
+
+        self.psutil = psutil
+        self.interval = interval
+        self.me = psutil.Process()
+        self.driver = 0
+        self.actor = 0
+        self.workers = 0  # largest sum over all ray:: processes at one instant
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def sample(self) -> None:
+        self.driver = max(self.driver, self.me.memory_info().rss)
+        total = 0
+        for p in self.me.children(recursive=True):
+            try:
+                title = " ".join(p.cmdline())
+                if not title.startswith("ray::"):
+                    continue
+                rss = p.memory_info().rss
+            except (self.psutil.NoSuchProcess, self.psutil.AccessDenied, self.psutil.ZombieProcess):
+                continue
+            total += rss
+            if "AuditStage" in title:
+                self.actor = max(self.actor, rss)
+        self.workers = max(self.workers, total)
+
+    def mib(self) -> dict[str, float]:
+        return {"driver_mib": self.driver / 2**20, "actor_mib": self.actor / 2**20, "ray_workers_mib": self.workers / 2**20}
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def ensure_bundle(data: Path) -> str:
+    """The cached bundle, trained on the sample's first images when missing."""
+    bundle = BUNDLE_DIR / "corrected" / "detector"
+    if (bundle / "manifest.json").exists():
+        return str(bundle)
+    from raydetect.config import AttributionConfig, FeatureConfig, ModelConfig, ResourceConfig, Source
+    from raydetect.reproduce import protocol_attacks
+    from raydetect.stages.runner import FusedJob, run_job
+    from raydetect.stages.train import run_training
+
+    feats = str(BUNDLE_DIR / "corrected" / "features")
+    job = FusedJob(feats, ModelConfig(name="efficientnet_lite0"), Source(str(data), limit=TRAIN_IMAGES),
+                   protocol_attacks("corrected", 4 / 255), AttributionConfig(), FeatureConfig())  # fmt: skip
+    run_job(job, ResourceConfig())
+    return run_training(feats, str(BUNDLE_DIR / "corrected"), kinds=("lr",), use_ray=False, n_boot=100).bundle
+
+
+def image_files(data: Path, offset: int, n: int) -> list[str]:
+    """The files an audit of ``Source(data, offset, limit=n)`` reads, in the same order."""
+    from raydetect.config import Source
+    from raydetect.stages.read import plan_inputs
+
+    _, items = plan_inputs(Source(str(data), offset=offset, limit=n))
+    return [str(data / it["item"]) for it in items]
+
+
+def plain_loop(bundle: str, files: list[str], batch_size: int = 16) -> dict[str, Any]:
+    """Load the bundle's model, then ``Detector.score`` over the files, batches of 16."""
+    from raydetect.detect import Detector
+
+    with PeakRSS() as mem:
+        start = time.perf_counter()
+        det = Detector.load(bundle)
+        model = det.load_model("cpu")
+        scores = [det.score(files[i : i + batch_size], model=model) for i in range(0, len(files), batch_size)]
+        seconds = time.perf_counter() - start
+    det.__dict__.pop("_model_cache", None)
+    return {"seconds": seconds, "images": sum(len(s) for s in scores), **mem.mib()}
+
+
+def ray_audit(bundle: str, data: Path, offset: int, n: int) -> dict[str, Any]:
+    from raydetect.config import Source
+    from raydetect.stages.runner import run_audit
+
+    with tempfile.TemporaryDirectory() as tmp, PeakRSS() as mem:
+        start = time.perf_counter()
+        summary, _ = run_audit(Source(str(data), offset=offset, limit=n), f"{tmp}/audit", bundle)
+        wall = time.perf_counter() - start
+    return {"seconds": summary.seconds, "wall_seconds": wall, "images": summary.inputs,
+            "ok": summary.rows_by_status.get("ok", 0), **mem.mib()}  # fmt: skip
+
+
+def start_ray() -> float:
+    from raydetect.stages.plan import init_ray
+
+    t0 = time.perf_counter()
+    init_ray()
+    ray.data.range(8).map_batches(lambda b: b).count()  # Ray Data's helper actors, once per session
+    return time.perf_counter() - t0
+
+
+def variants(data: Path, out: Path, copies: int) -> int:
+    """``copies`` distinct JPEGs of each sample image under ``out/<wnid>/`` (flips and crops)."""
+    from PIL import Image, ImageOps
+
+    n = 0
+    for src in sorted(data.glob("*/*")):
+        with Image.open(src) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            (out / src.parent.name).mkdir(parents=True, exist_ok=True)
+            for k in range(copies):
+                v = ImageOps.mirror(im) if k % 2 else im
+                c = k // 2  # crop a few pixels off a different side per copy
+                box = (c if k % 4 < 2 else 0, 0 if k % 4 < 2 else c, w - (0 if k % 4 < 2 else c), h - (c if k % 4 < 2 else 0))
+                v.crop(box).save(out / src.parent.name / f"{src.stem}_v{k}.JPEG", quality=90)
+                n += 1
+    return n
+
+
+def summarize(values: list[float]) -> str:
+    return f"median {statistics.median(values):.2f} (range {min(values):.2f}-{max(values):.2f}, n={len(values)})"
+
+
+def emit(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--sizes", type=int, nargs=2, default=[100, 300], metavar=("SMALL", "LARGE"))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--bundle", default=None, help="detector bundle (default: train one under runs/bench-audit/)")
+    ap.add_argument("--memory", type=int, nargs=2, default=None, metavar=("SMALL", "LARGE"),
+                    help="instead: peak memory of Ray audits of SMALL sample images and LARGE variants")  # fmt: skip
+    ap.add_argument("--jsonl", type=Path, default=ROOT / "bench" / "results" / "audit.jsonl")
+    ap.add_argument("--label", default="", help="free text recorded with each line (e.g. the change measured)")
+    args = ap.parse_args()
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    bundle = args.bundle or ensure_bundle(args.data)
+    ray_s = start_ray()
+    print(f"Ray start-up and Ray Data warm-up (once per session, not counted below): {ray_s:.1f} s")
+    import subprocess
+
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    base = {"command": command, "commit": commit, "label": args.label, "cpus": os.cpu_count(), "ray_start_s": ray_s}
+
+    if args.memory:
+        small, large = args.memory
+        with tempfile.TemporaryDirectory() as tmp:
+            copies = -(-large // 500)
+            made = variants(args.data, Path(tmp), copies)
+            print(f"wrote {made} distinct variants to {tmp}")
+            for name, data, offset, n in (("sample", args.data, 0, small), ("variants", Path(tmp), 0, large)):
+                la0 = load()
+                r = ray_audit(bundle, data, offset, n)
+                rec = {
+                    **base,
+                    "kind": "memory",
+                    "side": "ray",
+                    "dataset": name,
+                    "size": n,
+                    **r,
+                    "load_start": la0,
+                    "load_end": load(),
+                }
+                emit(args.jsonl, rec)
+                print(f"{n:5d} images: job {r['seconds']:.1f} s; peak RSS driver {r['driver_mib']:.0f} MiB, "
+                      f"audit actor {r['actor_mib']:.0f} MiB, all Ray workers {r['ray_workers_mib']:.0f} MiB")  # fmt: skip
+        return
+
+    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for rep in range(args.repeats):
+        for n in args.sizes:
+            files = image_files(args.data, TRAIN_IMAGES, n)
+            for side in ("plain", "ray"):
+                la0 = load()
+                r = plain_loop(bundle, files) if side == "plain" else ray_audit(bundle, args.data, TRAIN_IMAGES, n)
+                rec = {
+                    **base,
+                    "kind": "throughput",
+                    "side": side,
+                    "size": n,
+                    "repeat": rep,
+                    **r,
+                    "load_start": la0,
+                    "load_end": load(),
+                }
+                emit(args.jsonl, rec)
+                results.setdefault((side, n), []).append(rec)
+                print(
+                    f"repeat {rep} {side:5s} {n:4d} images: {r['seconds']:6.1f} s (load {la0[0]:.1f}->{rec['load_end'][0]:.1f})"
+                )
+
+    small, large = args.sizes
+    print(f"\n{args.repeats} repeats, plain and Ray interleaved; images {small} and {large} (offset {TRAIN_IMAGES})")
+    for key in ("seconds", "wall_seconds"):
+        for n in args.sizes:
+            plain = [r["seconds"] for r in results[("plain", n)]]
+            ray_ = [r[key] for r in results[("ray", n)]]
+            ratios = [p / q for p, q in zip(plain, ray_, strict=True)]
+            print(f"{n:4d} images  plain {summarize(plain)} s | Ray {key} {summarize(ray_)} s | ratio {summarize(ratios)}")
+    # Fixed and per-image costs per repeat from the two sizes: t = fixed + n * per_image.
+    for side, key in (("plain", "seconds"), ("ray", "seconds"), ("ray", "wall_seconds")):
+        per = [(b[key] - a[key]) / (large - small) for a, b in zip(results[(side, small)], results[(side, large)], strict=True)]
+        fixed = [a[key] - small * p for a, p in zip(results[(side, small)], per, strict=True)]
+        print(f"{side:5s} {key:12s} fixed {summarize(fixed)} s; per image {summarize([p * 1000 for p in per])} ms")
+    per_ratio = [
+        ((pb["seconds"] - pa["seconds"]) / (rb["seconds"] - ra["seconds"]))
+        for pa, pb, ra, rb in zip(
+            results[("plain", small)], results[("plain", large)], results[("ray", small)], results[("ray", large)], strict=True
+        )
+    ]
+    print(f"marginal (per-image) throughput ratio Ray/plain: {summarize(per_ratio)}")
+    for side in ("plain", "ray"):
+        rows = results[(side, large)]
+        peak = {k: max(r[k] for r in rows) for k in ("driver_mib", "actor_mib", "ray_workers_mib")}
+        print(f"{side:5s} peak RSS at {large}: driver {peak['driver_mib']:.0f} MiB, audit actor {peak['actor_mib']:.0f} MiB, "
+              f"Ray workers {peak['ray_workers_mib']:.0f} MiB")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
