@@ -190,18 +190,27 @@ class Study:
         """Fit on the half's fit images: clean vs every successful training adversarial; threshold
         at 5% FPR on clean images of a held-out fifth of them (pair-grouped)."""
         idx = self.images.part(half, "fit")
-        clean = self.describe(design, self.images.x[idx])
-        X, y, groups = [clean], [np.zeros(len(idx), int)], [self.images.ids[idx]]
-        for cfg in design.train_attacks:
-            a = self.adversarial(cfg, idx)
-            ok = a["success"]
-            X.append(self.describe(design, torch.from_numpy(a["adv"][ok])))
-            y.append(np.ones(int(ok.sum()), int))
-            groups.append(self.images.ids[idx][ok])
-        X, y, groups = np.concatenate(X), np.concatenate(y), np.concatenate(groups)
+        # The descriptors depend only on the design's explainer and training attacks: cached, so a
+        # re-run (or a crash after the fit) does not pay for them again.
+        cache = CACHE / "desc" / f"{design.name}-{half}.npz"
+        if cache.exists():
+            with np.load(cache) as d:
+                X, y, groups = d["X"], d["y"], d["groups"].astype(str)
+        else:
+            clean = self.describe(design, self.images.x[idx])
+            Xs, ys, gs = [clean], [np.zeros(len(idx), int)], [self.images.ids[idx]]
+            for cfg in design.train_attacks:
+                a = self.adversarial(cfg, idx)
+                ok = a["success"]
+                Xs.append(self.describe(design, torch.from_numpy(a["adv"][ok])))
+                ys.append(np.ones(int(ok.sum()), int))
+                gs.append(self.images.ids[idx][ok])
+            X, y, groups = np.concatenate(Xs), np.concatenate(ys), np.concatenate(gs)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, X=X, y=y, groups=groups)
         fit, val = pair_split(groups, 0.2, seed=1)
         head = fit_head("lr", X[fit], y[fit])
-        det = self.detector(design, head, clean_threshold(head, X[val & (y == 0)], 0.05))
+        det = self.detector(design, head, clean_threshold(head, X[val & (y == 0)], 0.05).threshold)
         for r in range(design.rounds):
             # Adaptive adversarials against the current detector, on fit images of the training side only.
             pick = idx[fit[: len(idx)]][: design.round_images]
@@ -213,7 +222,7 @@ class Study:
             groups = np.concatenate([groups, self.images.ids[pick][ok]])
             fit, val = pair_split(groups, 0.2, seed=1)
             head = fit_head("lr", X[fit], y[fit])
-            det = self.detector(design, head, clean_threshold(head, X[val & (y == 0)], 0.05))
+            det = self.detector(design, head, clean_threshold(head, X[val & (y == 0)], 0.05).threshold)
             log(f"{design.name}: round {r + 1}: {int(ok.sum())} adaptive adversarials added, threshold {det.threshold:.4f}")
         return det
 
