@@ -37,7 +37,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 FIT_OUTPUTS = ("bundle", "audit", "score", "train_results")
-FIT_ATOL = 5e-4
+# Descriptors differ by ~4e-6 between runs (thread scheduling in the conv backward passes); the
+# logistic regression fitted on them moves by up to ~1e-3 (seen 5.9e-4 in a loaded test session).
+FIT_ATOL = 2e-3
+# Bootstrap interval ends jump by whole resample steps when a score moves a little: compared loosely.
+CI_ATOL = 0.05
 # Fixed weights: digits_cnn retrains itself where no cache exists, and CPU training is not
 # bit-reproducible across machines and thread counts.
 WEIGHTS = str(ROOT / "tests" / "data" / "digits_cnn-behaviour.pt")
@@ -123,6 +127,8 @@ def compare(
     top = path.lstrip(".").split(".")[0].split("[")[0]
     if top in FIT_OUTPUTS:
         atol = max(atol, fit_atol)
+    if "_ci" in path.rsplit(".", 1)[-1]:
+        atol = max(atol, CI_ATOL)
     if isinstance(old, dict) and isinstance(new, dict):
         for k in sorted(set(old) | set(new)):
             if k not in new:

@@ -34,8 +34,13 @@ def raydetect(*args: str) -> list[str]:
     return lines
 
 
+# raydetect's own log lines (cli.py's format): its warnings, e.g. too few calibration rows, are the
+# user's business, not Ray's chatter.
+OWN_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) ")
+
+
 def ray_lines(lines: list[str]) -> list[str]:
-    return [line for line in lines if RAY_LINE.search(line)]
+    return [line for line in lines if RAY_LINE.search(line) and not OWN_LINE.match(line)]
 
 
 def test_attack_console_is_quiet_unless_verbose(tmp_path) -> None:
