@@ -1,6 +1,6 @@
 """Hardening study: which detector design holds against attacks it never trained on and attackers who know it.
 
-    python bench/hardening.py run DESIGN [--half selection|confirmation] [--adaptive-images 24]
+    python bench/hardening.py run DESIGN [--half selection|confirmation] [--adaptive-images 24] [--eval-images N]
     python bench/hardening.py summary            # the STUDY.md tables, from bench/results/hardening.jsonl
 
 Protocol (efficientnet_lite0, the correctly classified images of the shared sample):
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -164,7 +165,9 @@ class Study:
             }
             have = {k: np.concatenate([have[k], new[k]]) if have else new[k] for k in new}
             path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(path, **have)
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # atomic: runs may share the cache
+            np.savez(tmp, **have)
+            os.replace(tmp, path)
             log(f"attack {cfg.name}: {len(todo)} images in {time.perf_counter() - t0:.0f} s, success {new['success'].mean():.1%}")
         pos = {int(i): k for k, i in enumerate(have["index"])}
         take = np.array([pos[int(i)] for i in idx])
@@ -209,7 +212,9 @@ class Study:
                 gs.append(self.images.ids[idx][ok])
             X, y, groups = np.concatenate(Xs), np.concatenate(ys), np.concatenate(gs)
             cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(cache, X=X, y=y, groups=groups)
+            tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, X=X, y=y, groups=groups)
+            os.replace(tmp, cache)
         fit, val = pair_split(groups, 0.2, seed=1)
         head = fit_head("lr", X[fit], y[fit])
         det = self.detector(design, head, clean_threshold(head, X[val & (y == 0)], 0.05).threshold)
@@ -238,8 +243,9 @@ class Study:
                 torch.cat([r.passes for r in res]).numpy())  # fmt: skip
 
     # -- evaluation ---------------------------------------------------------------------------
-    def evaluate(self, design: Design, det: Detector, half: str, adaptive_images: int, restarts: int) -> list[dict[str, Any]]:
-        idx = self.images.part(half, "eval")
+    def evaluate(self, design: Design, det: Detector, half: str, adaptive_images: int, restarts: int,
+                 eval_images: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+        idx = self.images.part(half, "eval")[:eval_images]  # a fixed random order: the first N are a random sample
         x = self.images.x[idx]
         scorer = det.scorer(self.model)
 
@@ -267,7 +273,7 @@ class Study:
                 smooth=10.0,
             ),
         ]
-        for cfg in adaptive:
+        for cfg in adaptive if adaptive_images > 0 else ():  # 0: the non-adaptive rows only
             n = min(2 * adaptive_images if cfg.method == "squeeze_eot" else adaptive_images, len(idx))
             adv, success, passes = self.attack_detector(cfg, det, idx[:n])
             out += self._rows(base, cfg, scores(adv), success, passes, det)
@@ -290,7 +296,7 @@ def run(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     det = st.fit(design, args.half)
     log(f"{design.name}: fitted in {time.perf_counter() - t0:.0f} s, threshold {det.threshold:.4f}")
-    rows = st.evaluate(design, det, args.half, args.adaptive_images, args.restarts)
+    rows = st.evaluate(design, det, args.half, args.adaptive_images, args.restarts, args.eval_images)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     command = "python bench/hardening.py " + " ".join(sys.argv[1:])
     with RESULTS.open("a") as f:
@@ -351,6 +357,7 @@ def main() -> None:
     r.add_argument("design", choices=sorted(DESIGNS))
     r.add_argument("--half", choices=["selection", "confirmation"], default="selection")
     r.add_argument("--adaptive-images", type=int, default=24)
+    r.add_argument("--eval-images", type=int, default=None, help="evaluate on the first N evaluation images (default: all)")
     r.add_argument("--restarts", type=int, default=1, help="adaptive attack: restarts (a lam search across them)")
     sub.add_parser("summary")
     a = p.parse_args()
