@@ -82,5 +82,6 @@ def test_version_and_completion() -> None:
 
     r = CliRunner().invoke(app, ["--version"])
     assert r.exit_code == 0 and r.output == f"raydetect {__version__}\n"
-    r = CliRunner().invoke(app, ["--show-completion", "bash"])
-    assert r.exit_code == 0 and "_RAYDETECT_COMPLETE" in r.output.upper()
+    # The program's name as users call it: otherwise it comes from sys.argv[0] (pytest's).
+    r = CliRunner().invoke(app, ["--show-completion", "bash"], prog_name="raydetect")
+    assert r.exit_code == 0 and "_RAYDETECT_COMPLETE" in r.output.upper(), (r.output, repr(r.exception))
