@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from raydetect.attacks.suite import robustness_suite
-from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig, ModelConfig, to_dict
+from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig, ModelConfig, parse_eps, to_dict
 from raydetect.detect import Detector
 from raydetect.detect.evaluation import robustness_rows
 from raydetect.detect.fit import clean_threshold, fit_head
@@ -244,7 +244,7 @@ class Study:
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self, design: Design, det: Detector, half: str, adaptive_images: int, restarts: int,
-                 eval_images: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+                 eval_images: int | None = None, extra_eps: tuple[float, ...] = ()) -> list[dict[str, Any]]:  # fmt: skip
         idx = self.images.part(half, "eval")[:eval_images]  # a fixed random order: the first N are a random sample
         x = self.images.x[idx]
         scorer = det.scorer(self.model)
@@ -256,7 +256,9 @@ class Study:
         base = [{"kind": "clean", "status": "ok", "correct": True, "score": float(s), "attack": ""} for s in clean]
         out = []
         paper = AttackConfig(eps=0.1, steps=10)
-        suite = [*robustness_suite(EPS, MODEL, adaptive=False), paper]
+        # Other budgets than the one trained on (4/255): the non-adaptive suite at each of ``extra_eps``.
+        suite = [*robustness_suite(EPS, MODEL, adaptive=False), paper,
+                 *(a for e in extra_eps for a in robustness_suite(e, MODEL, adaptive=False))]  # fmt: skip
         for cfg in suite:
             a = self.adversarial(cfg, idx)
             s = scores(torch.from_numpy(a["adv"]))
@@ -296,7 +298,8 @@ def run(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     det = st.fit(design, args.half)
     log(f"{design.name}: fitted in {time.perf_counter() - t0:.0f} s, threshold {det.threshold:.4f}")
-    rows = st.evaluate(design, det, args.half, args.adaptive_images, args.restarts, args.eval_images)
+    extra = tuple(parse_eps(e) for e in args.extra_eps.split(",")) if args.extra_eps else ()
+    rows = st.evaluate(design, det, args.half, args.adaptive_images, args.restarts, args.eval_images, extra)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     command = "python bench/hardening.py " + " ".join(sys.argv[1:])
     with RESULTS.open("a") as f:
@@ -321,33 +324,39 @@ def _cell(r: dict[str, Any] | None) -> str:
     return f"{r['auc']:.3f} / {r['evaded']:.0%}"
 
 
-def summary(_: argparse.Namespace) -> None:
+def summary_markdown() -> str:
     """Markdown tables for STUDY.md: one overview row per design and half, then every row."""
+    from raydetect.report.document import markdown_table
+    from raydetect.report.tables import robustness_table
+
     rows = _latest()
     key = {
         "BIM-10": "bim-untargeted-4/255", "BIM-10 @0.1": "bim-untargeted-0.1", "PGD-10": "pgd-untargeted-4/255",
         "early-stopped BIM": "bim-untargeted-4/255-stop", "DeepFool": "deepfool-untargeted-4/255",
         "transfer (lite1)": "bim-untargeted-4/255-from-efficientnet_lite1", "squeeze_eot": "squeeze_eot-untargeted-4/255",
     }  # fmt: skip
-    print("| design | half | audit passes/image | " + " | ".join(key) + " | adaptive |")
-    print("|---" * (len(key) + 4) + "|")
-    for d, half in sorted(
-        {(r["design"], r["half"]) for r in rows}, key=lambda t: (t[1] != "selection", list(DESIGNS).index(t[0]))
-    ):
+    runs = sorted({(r["design"], r["half"]) for r in rows}, key=lambda t: (t[1] != "selection", list(DESIGNS).index(t[0])))
+    body = []
+    for d, half in runs:
         by = {r["attack"]: r for r in rows if r["design"] == d and r["half"] == half}
         adaptive = next((r for a, r in by.items() if a.startswith("adaptive-")), None)
         passes = DESIGNS[d].attribution.passes_per_image + 2 * (1 + len(DESIGNS[d].attribution.views))
-        cells = [_cell(by.get(a)) for a in key.values()] + [_cell(adaptive)]
-        print(f"| {d} | {half} | {passes} | " + " | ".join(cells) + " |")
-    print("\nEach cell: ROC AUC (clean vs successful adversarial) / evaded (fools the model and passes the detector).\n")
-    for d, half in sorted({(r["design"], r["half"]) for r in rows}):
-        print(f"#### {d} ({half})\n\n`{next(r['command'] for r in rows if r['design'] == d and r['half'] == half)}`\n")
-        print("| attack | fools the model | ROC AUC | TPR@5%FPR | flagged | evaded | attacker passes/image |")
-        print("|---|---|---|---|---|---|---|")
-        for r in sorted((r for r in rows if r["design"] == d and r["half"] == half), key=lambda r: r["attack"]):
-            print(f"| {r['attack']} | {r['success_rate']:.1%} ({r['n_success']}/{r['n_attacked']}) | {r['auc']:.3f} | "
-                  f"{r['tpr_at_5fpr']:.1%} | {r['flagged']:.1%} | {r['evaded']:.1%} | {r['passes']:.0f} |")  # fmt: skip
-        print()
+        body.append([d, half, passes, *(_cell(by.get(a)) for a in key.values()), _cell(adaptive)])
+    out = [
+        markdown_table(["design", "half", "audit passes/image", *key, "adaptive"], body),
+        "",
+        "Each cell: ROC AUC (clean vs successful adversarial) / evaded (fools the model and passes the detector).",
+        "",
+    ]
+    for d, half in runs:
+        mine = sorted((r for r in rows if r["design"] == d and r["half"] == half), key=lambda r: r["attack"])
+        table = robustness_table(mine)
+        out += [f"#### {d} ({half})", "", f"`{mine[0]['command']}`", "", markdown_table(table.headers, table.rows), ""]
+    return "\n".join(out)
+
+
+def summary(_: argparse.Namespace) -> None:
+    print(summary_markdown())
 
 
 def main() -> None:
@@ -359,6 +368,7 @@ def main() -> None:
     r.add_argument("--adaptive-images", type=int, default=24)
     r.add_argument("--eval-images", type=int, default=None, help="evaluate on the first N evaluation images (default: all)")
     r.add_argument("--restarts", type=int, default=1, help="adaptive attack: restarts (a lam search across them)")
+    r.add_argument("--extra-eps", default="", help="also run the non-adaptive attacks at these eps, e.g. 2/255,8/255,16/255")
     sub.add_parser("summary")
     a = p.parse_args()
     torch.set_num_threads(2)

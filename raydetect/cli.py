@@ -487,6 +487,7 @@ def reproduce(
         typer.Option("--detector", help="lr, rf, xgboost; repeat for several. Default: lr and rf, as the paper."),
     ] = None,
     limit: LimitOpt = None,
+    offset: OffsetOpt = 0,
     engine: Annotated[
         str, typer.Option("--engine", help="ray (Ray Data jobs and Ray Train) or local (one process, no Ray).")
     ] = "ray",
@@ -540,6 +541,7 @@ def reproduce(
         data = "digits"
     if data != "digits" and not is_remote(data) and not Path(data).expanduser().is_dir():
         raise RaydetectError(f"data folder does not exist: {data}")
+    Source(data, limit=limit, offset=offset).validate()
     key = None
     if sign_key is not None:
         from raydetect.detect.signing import load_private_key  # cryptography: only once a command runs
@@ -556,6 +558,7 @@ def reproduce(
         features=feature_config(descriptor, quantiles),
         detectors=detectors,
         limit=limit,
+        offset=offset,
         batch_size=batch_size,
         seed=seed,
         engine=engine,

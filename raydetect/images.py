@@ -181,9 +181,10 @@ class LocalImages:
     errors: dict[str, str]  # id -> reason, for files that could not be decoded
 
 
-def load_image_folder(root: str | os.PathLike[str], pre: Preprocess, limit: int | None = None) -> LocalImages:
-    """Read an ImageNet-style folder (labels from wnid folder names) into memory."""
-    files = list_image_files(root)
+def load_image_folder(root: str | os.PathLike[str], pre: Preprocess, limit: int | None = None, offset: int = 0) -> LocalImages:
+    """Read an ImageNet-style folder (labels from wnid folder names) into memory: the files after
+    the first ``offset`` (sorted by path), at most ``limit`` of them."""
+    files = list_image_files(root)[offset:]
     if limit is not None:
         files = files[:limit]
     if not files:
@@ -216,13 +217,13 @@ def digits_split(
     return (x_tr, y_tr), (x_te, y_te)
 
 
-def load_digits_images(split: str = "test", limit: int | None = None) -> LocalImages:
-    """The digits train or test split as :class:`LocalImages` (ids ``digits-<split>-<i>``)."""
+def load_digits_images(split: str = "test", limit: int | None = None, offset: int = 0) -> LocalImages:
+    """The digits train or test split as :class:`LocalImages` (ids ``digits-<split>-<i>``), from
+    index ``offset`` on, at most ``limit`` of them."""
     (x_tr, y_tr), (x_te, y_te) = digits_split()
     x, y = (x_tr, y_tr) if split == "train" else (x_te, y_te)
-    if limit is not None:
-        x, y = x[:limit], y[:limit]
-    return LocalImages(x, y, [f"digits-{split}-{i}" for i in range(len(x))], {})
+    stop = len(x) if limit is None else offset + limit
+    return LocalImages(x[offset:stop], y[offset:stop], [f"digits-{split}-{i}" for i in range(offset, min(stop, len(x)))], {})
 
 
 def batches(n: int, size: int) -> Iterator[slice]:

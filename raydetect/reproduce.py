@@ -274,15 +274,15 @@ def reproduce_local(
     return result
 
 
-def load_local_data(data: str, model: ImageClassifier, limit: int | None) -> LocalImages:
+def load_local_data(data: str, model: ImageClassifier, limit: int | None, offset: int = 0) -> LocalImages:
     """'digits' for sklearn's test digits, else an ImageNet-style folder."""
     if data == "digits":
         if model.channels != 1 or model.input_size != 8:
             raise RaydetectError(f"data 'digits' (8x8 grey) does not fit model {model.name}; use --model digits_cnn")
-        return load_digits_images("test", limit)
+        return load_digits_images("test", limit, offset)
     if model.num_classes != 1000:
         raise RaydetectError(f"model {model.name} is not an ImageNet model; use --data digits")
-    return load_image_folder(data, model.info.preprocess, limit)
+    return load_image_folder(data, model.info.preprocess, limit, offset)
 
 
 @dataclass(frozen=True)
@@ -338,12 +338,14 @@ def _reproduce_ray(
     address: str | None,
     robustness: Robustness | None = None,
     signing_key: Any = None,
+    offset: int = 0,
 ) -> ReproResult:
     """One protocol through Ray: the fused attack+feature job, then Ray Train per attack and detector,
     then (``robustness``) attacks of every strength and adaptive ones on held-out images."""
     start = time.perf_counter()
     feats = str(out / protocol / "features")
-    job = FusedJob(feats, model_cfg, Source(data, limit=limit), attacks, protocol_attribution(protocol, attribution), features)
+    source = Source(data, limit=limit, offset=offset)
+    job = FusedJob(feats, model_cfg, source, attacks, protocol_attribution(protocol, attribution), features)
     summary = run_job(job, resources, address)
     trained = run_training(
         feats,
@@ -391,6 +393,7 @@ def run_reproduction(
     address: str | None = None,
     robustness: Robustness | None = None,
     signing_key: Any = None,
+    offset: int = 0,
 ) -> Path:
     """Run each protocol (through Ray, or in this process), write ``report.md`` and ``results.json``.
 
@@ -403,7 +406,7 @@ def run_reproduction(
     skipped: dict[str, str] = {}
     if engine == "local":
         model = load_model(model_cfg)
-        images = load_local_data(data, model, limit)
+        images = load_local_data(data, model, limit, offset)
         skipped = images.errors
         for path, reason in skipped.items():
             log.warning("skipped %s: %s", path, reason)
@@ -436,6 +439,7 @@ def run_reproduction(
                     address,
                     robustness,
                     signing_key,
+                    offset,
                 )
             )
     report = write_report(
@@ -447,6 +451,8 @@ def run_reproduction(
             "attribution": to_dict(attribution),
             "features": to_dict(features),
             "data": data,
+            "limit": limit,
+            "offset": offset,
             "skipped": skipped,
             "results": [
                 {
@@ -460,6 +466,7 @@ def run_reproduction(
                     "transfer": r.transfer,
                     "bundle": r.bundle,
                     "bundle_calibration": r.bundle_calibration,
+                    "bundle_metrics": r.bundle_metrics,
                     "robustness": r.robustness,
                     "robustness_images": r.robustness_images,
                 }

@@ -3,7 +3,7 @@
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"` for the fast subset.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-ruff check raydetect tests bench jobs
+ruff check raydetect tests bench jobs scripts
 # The audit report's browser test needs a headless Chromium; install Debian's where it is missing
 # (as root, quietly, never fatal: without it that one test skips and says why).
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

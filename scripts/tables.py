@@ -1,0 +1,204 @@
+"""Every results table in README.md, REPRODUCTION.md and STUDY.md, regenerated from the committed
+result files under bench/results/ (one JSON object a line, each with the command that made it).
+
+    python scripts/tables.py                 # rewrite the generated blocks in place
+    python scripts/tables.py --check         # exit 1 if a block differs from its result file
+    python scripts/tables.py record runs/repro-effnet/results.json --command "raydetect reproduce ..." \\
+        --to bench/results/reproduce-efficientnet_lite0.jsonl     # a reproduce run's results as JSONL
+
+A generated block sits between ``<!-- tables:NAME -->`` and ``<!-- /tables:NAME -->``; everything
+outside the markers is prose and stays as written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from raydetect.config import AttributionConfig, FeatureConfig
+from raydetect.report.document import Table, markdown_table, to_markdown
+from raydetect.report.experiments import reproduction_report
+from raydetect.report.tables import pct, robustness_table
+from raydetect.reproduce import ReproResult
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+DOCS = ("README.md", "REPRODUCTION.md", "STUDY.md")
+BLOCK = re.compile(r"(<!-- tables:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /tables:(?P=name) -->)", re.S)
+
+
+def read_jsonl(name: str) -> list[dict[str, Any]]:
+    path = RESULTS / name
+    if not path.exists():
+        raise SystemExit(f"tables: missing result file {path.relative_to(ROOT)}")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# -- reproduce ------------------------------------------------------------------------------------
+def record(results_json: Path, command: str, to: Path) -> None:
+    """One line per protocol of a ``raydetect reproduce`` run's results.json (figures are not kept)."""
+    run = json.loads(results_json.read_text())
+    shared = {k: run.get(k) for k in ("model", "attribution", "features", "data", "limit", "offset")}
+    with to.open("w") as f:
+        for r in run["results"]:
+            f.write(json.dumps({"command": command, **shared, **r}, sort_keys=True) + "\n")
+    print(f"tables: {len(run['results'])} protocols -> {to}")
+
+
+def _repro_results(lines: list[dict[str, Any]]) -> list[ReproResult]:
+    out = []
+    for d in lines:
+        r = ReproResult(d["protocol"], d["model"]["name"], d["n_images"], d["n_correct"], d["attacks"], d["detection"])
+        r.seconds, r.resumed, r.transfer, r.bundle = d["seconds"], d.get("resumed", 0), d["transfer"], d["bundle"]
+        r.bundle_calibration, r.bundle_metrics = d.get("bundle_calibration") or {}, d.get("bundle_metrics") or {}
+        r.robustness, r.robustness_images = d.get("robustness") or [], d.get("robustness_images", 0)
+        out.append(r)
+    return out
+
+
+def reproduction(file: str) -> str:
+    """The report ``raydetect reproduce`` wrote, one heading level down, with its command."""
+    lines = read_jsonl(file)
+    first = lines[0]
+    report = reproduction_report(
+        _repro_results(lines), AttributionConfig(**_tuples(first["attribution"])), FeatureConfig(**_tuples(first["features"]))
+    )
+    body = to_markdown(report).split("\n", 2)[2]  # drop the report's own title
+    body = re.sub(r"^(#+) ", r"#\1 ", body, flags=re.M)
+    return f"```bash\n{first['command']}\n```\n\n{body.strip()}\n"
+
+
+def _tuples(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+PAPER_TABLE1 = {"untargeted": "99.13%", "random": "98.41%", "second": "99.87%"}
+PAPER_TABLE2 = {("untargeted", "lr"): "99.16%", ("untargeted", "rf"): "99.81%", ("random", "lr"): "98.96%",
+                ("random", "rf"): "99.83%", ("second", "lr"): "99.17%", ("second", "rf"): "99.87%"}  # fmt: skip
+MODES = {"untargeted": "Untargeted", "random": "Targeted (random)", "second": "Targeted (2nd most confident)"}
+
+
+def repro_summary(file: str) -> str:
+    """The paper's Tables 1 and 2 beside the replication and the corrected protocol at each eps."""
+    by = {d["protocol"]: d for d in read_jsonl(file)}
+    paper, corrected = by.get("paper"), by["corrected"]
+    eps = sorted({a["eps"] for a in corrected["attacks"]}, reverse=True)
+    from raydetect.config import format_eps
+
+    def attack(d: dict[str, Any] | None, mode: str, e: float | None = None) -> dict[str, Any] | None:
+        rows = [a for a in (d or {}).get("attacks", []) if a["mode"] == mode and (e is None or abs(a["eps"] - e) < 1e-9)]
+        return rows[0] if rows else None
+
+    def success(a: dict[str, Any] | None) -> str:
+        return "not run" if a is None else f"{pct(a['success_rate'])} ({a['n_success']}/{a['n_correct']})"
+
+    def detection(d: dict[str, Any] | None, a: dict[str, Any] | None, det: str) -> str:
+        rows = [r for r in (d or {}).get("detection", []) if a is not None and r["attack"] == a["name"] and r["detector"] == det]
+        if not rows:
+            return "too few pairs" if a is not None else "not run"
+        r = rows[0]
+        return f"{pct(r['accuracy'])} / {r['auc']:.3f}"
+
+    heads1 = ["Attack", "paper's Table 1 (Inception-V3)", "paper protocol (1 step, eps 0.1)",
+              *(f"BIM-10, eps {format_eps(e)}" for e in eps)]  # fmt: skip
+    t1 = [[MODES[m], PAPER_TABLE1[m], success(attack(paper, m)), *(success(attack(corrected, m, e)) for e in eps)] for m in MODES]
+    dets = sorted({r["detector"] for r in corrected["detection"]}, key=["lr", "rf", "xgboost"].index)
+    heads2 = ["Attack", "Detector", "paper's Table 2: accuracy", "paper protocol: bal. accuracy / AUC",
+              *(f"BIM-10 eps {format_eps(e)}: bal. accuracy / AUC" for e in eps)]  # fmt: skip
+    t2 = [
+        [MODES[m], det, PAPER_TABLE2.get((m, det), "-"), detection(paper, attack(paper, m), det),
+         *(detection(corrected, attack(corrected, m, e), det) for e in eps)]
+        for m in MODES for det in dets
+    ]  # fmt: skip
+    return (
+        "Attack success over correctly classified images:\n\n" + markdown_table(heads1, t1) + "\n\n"
+        "Detection on held-out test images: balanced accuracy at the threshold chosen on clean validation images for "
+        "a 5% false-positive rate, and ROC AUC. The paper reports plain accuracy at 0.5 with no interval; its code "
+        "evaluates about 100 test images.\n\n" + markdown_table(heads2, t2) + "\n"
+    )
+
+
+# -- robustness (raydetect evaluate, bench/hardening.py) -----------------------------------------
+def _table(rows: list[dict[str, Any]]) -> str:
+    t: Table = robustness_table(rows)
+    return markdown_table(t.headers, t.rows)
+
+
+def evaluate_digits(file: str) -> str:
+    rows = read_jsonl(file)
+    order = ["bim", "pgd", "bim-stop", "deepfool", "squeeze_eot", "adaptive"]
+
+    def rank(r: dict[str, Any]) -> int:
+        return order.index("bim-stop" if r["attack"].endswith("-stop") else r["method"])
+
+    return f"```bash\n{rows[0]['command']}\n```\n\n{_table(sorted(rows, key=rank))}\n"
+
+
+def _hardening() -> Any:
+    spec = importlib.util.spec_from_file_location("hardening", ROOT / "bench" / "hardening.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def hardening(_: str) -> str:
+    return _hardening().summary_markdown()
+
+
+GENERATORS: dict[str, Callable[[], str]] = {
+    "repro-efficientnet_lite0": lambda: reproduction("reproduce-efficientnet_lite0.jsonl"),
+    "repro-digits_cnn": lambda: reproduction("reproduce-digits_cnn.jsonl"),
+    "repro-summary": lambda: repro_summary("reproduce-efficientnet_lite0.jsonl"),
+    "evaluate-digits": lambda: evaluate_digits("evaluate-digits.jsonl"),
+    "hardening": lambda: hardening("hardening.jsonl"),
+}
+
+
+def render(text: str, cache: dict[str, str]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        name = m["name"]
+        if name not in GENERATORS:
+            raise SystemExit(f"tables: unknown block {name!r}")
+        if name not in cache:
+            cache[name] = GENERATORS[name]().rstrip("\n") + "\n"
+        return m.group(1) + cache[name] + m.group(4)
+
+    return BLOCK.sub(sub, text)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd")
+    rec = sub.add_parser("record", help="store a reproduce run's results.json as JSONL")
+    rec.add_argument("results_json", type=Path)
+    rec.add_argument("--command", required=True)
+    rec.add_argument("--to", type=Path, required=True)
+    ap.add_argument("--check", action="store_true", help="do not write; exit 1 if a generated block is out of date")
+    a = ap.parse_args()
+    if a.cmd == "record":
+        record(a.results_json, a.command, a.to)
+        return 0
+    cache: dict[str, str] = {}
+    stale = []
+    for doc in DOCS:
+        path = ROOT / doc
+        old = path.read_text()
+        new = render(old, cache)
+        if new != old:
+            stale.append(doc)
+            if not a.check:
+                path.write_text(new)
+    verb = "out of date" if a.check else "rewritten"
+    print(f"tables: {', '.join(stale)} {verb}" if stale else "tables: every generated block matches its result file")
+    return 1 if a.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
