@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from raydetect.attacks.suite import robustness_suite
+from raydetect.attacks.suite import robustness_suite, strength_mix
 from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig, ModelConfig, parse_eps, to_dict
 from raydetect.detect import Detector
 from raydetect.detect.evaluation import robustness_rows
@@ -72,14 +72,10 @@ class Design:
 
 
 BIM3 = tuple(AttackConfig(mode=m, eps=EPS, steps=10) for m in ("untargeted", "random", "second"))
-# Strengths the detector trains on. The evaluation's early-stopped attack (untargeted, margin 0)
-# and DeepFool are deliberately *not* in the mix: they are the unseen strengths the issue asks about.
-MIX = (
-    *BIM3,
-    AttackConfig(mode="second", eps=EPS, steps=40, alpha=EPS / 8, stop_margin=0.0),
-    AttackConfig(mode="random", eps=EPS, steps=40, alpha=EPS / 8, stop_margin=0.0),
-    AttackConfig(eps=EPS, steps=40, alpha=EPS / 8, stop_margin=2.0),
-)
+# Strengths the detector trains on: raydetect's "mix" (attacks.suite.strength_mix). The evaluation's
+# early-stopped attack (untargeted, margin 0) and DeepFool are deliberately *not* in it: they are the
+# unseen strengths the issue asks about.
+MIX = (*BIM3, *strength_mix(EPS))
 
 DESIGNS = {
     d.name: d

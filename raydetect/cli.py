@@ -288,6 +288,19 @@ def attack_configs(
     ]
 
 
+def mixed_strengths(strengths: str, eps: list[float], seed: int, plain_bim: bool = True) -> list[AttackConfig]:
+    """The attacks ``--strengths`` adds to the plain ones, per eps."""
+    from raydetect.attacks.suite import STRENGTHS, strength_mix
+
+    if strengths not in STRENGTHS:
+        raise RaydetectError(f"--strengths must be one of {', '.join(STRENGTHS)}; got {strengths!r}")
+    if strengths == "bim":
+        return []
+    if not plain_bim:
+        raise RaydetectError("--strengths mix adds early-stopped BIM to plain BIM: use it with --method bim, no --stop-margin")
+    return [a for e in eps for a in strength_mix(e, seed)]
+
+
 MethodOpt = Annotated[
     str,
     typer.Option(
@@ -300,6 +313,15 @@ StopOpt = Annotated[
     float | None,
     typer.Option(
         "--stop-margin", help="Stop each image once its 8-bit image is adversarial by this logit margin (0: first success)."
+    ),
+]
+StrengthsOpt = Annotated[
+    str,
+    typer.Option(
+        "--strengths",
+        help="What a detector will train on. bim: BIM at --steps in each --mode (the paper's attacks). mix: also BIM "
+        "stopped at the first success (targeted) and at logit margin 2 (untargeted): lower-confidence adversarials, "
+        "so the detector does not learn 'over-optimised' alone (STUDY.md, Hardening).",
     ),
 ]
 RestartsOpt = Annotated[int, typer.Option("--restarts", help="adaptive: random restarts (the best iterate is kept).")]
@@ -339,6 +361,7 @@ def attack(
     steps: StepsOpt = 10,
     alpha: Annotated[float | None, typer.Option("--alpha", help="Step size (default 2.5*eps/steps).")] = None,
     stop_margin: StopOpt = None,
+    strengths: StrengthsOpt = "bim",
     detector: Annotated[
         str | None, typer.Option("--detector", "-d", help="Detector bundle that squeeze_eot and adaptive attack.")
     ] = None,
@@ -374,7 +397,9 @@ def attack(
     src = source_config(input, kind, image_column, id_column, label_column, limit, offset)
     strength = {"stop_margin": stop_margin, "restarts": restarts, "eot": eot, "lam": lam, "lam_search": lam_search,
                 "smooth": smooth, "source_model": source_model}  # fmt: skip
-    attacks = attack_configs(method, mode, parse_eps_list(eps, [4 / 255]), steps, alpha, seed, **strength)
+    eps_list = parse_eps_list(eps, [4 / 255])
+    attacks = attack_configs(method, mode, eps_list, steps, alpha, seed, **strength)
+    attacks += mixed_strengths(strengths, eps_list, seed, method == "bim" and stop_margin is None)
     if source_model:
         model_config(source_model, None, False, "auto")
     mcfg = model_config(model, weights, random_weights, device)
@@ -473,6 +498,7 @@ def reproduce(
     ] = "both",
     eps: EpsOpt = None,
     steps: StepsOpt = 10,
+    strengths: StrengthsOpt = "bim",
     explainer: ExplainerOpt = AttributionConfig.explainer,
     ig_steps: IGStepsOpt = AttributionConfig.n_steps,
     baseline: BaselineOpt = AttributionConfig.baseline,
@@ -542,6 +568,8 @@ def reproduce(
     if data != "digits" and not is_remote(data) and not Path(data).expanduser().is_dir():
         raise RaydetectError(f"data folder does not exist: {data}")
     Source(data, limit=limit, offset=offset).validate()
+    eps_list = parse_eps_list(eps, [4 / 255])
+    extra = mixed_strengths(strengths, eps_list, seed)
     key = None
     if sign_key is not None:
         from raydetect.detect.signing import load_private_key  # cryptography: only once a command runs
@@ -552,8 +580,9 @@ def reproduce(
         out=out,
         model_cfg=mcfg,
         protocols=("paper", "corrected") if protocol == "both" else (protocol,),  # type: ignore[arg-type]
-        eps=parse_eps_list(eps, [4 / 255]),
+        eps=eps_list,
         steps=steps,
+        extra_attacks=tuple(extra),
         attribution=attribution_config(explainer, ig_steps, baseline, layer, blur_sigma, view, jitter),
         features=feature_config(descriptor, quantiles),
         detectors=detectors,

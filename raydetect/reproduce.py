@@ -314,13 +314,16 @@ def add_metrics(det: Detector, bundle: str, metrics: dict[str, Any], signing_key
     det.save(bundle, signing_key)
 
 
-def protocol_plan(protocol: Protocol, eps: list[float], steps: int, seed: int) -> tuple[AttackConfig, ...]:
+def protocol_plan(
+    protocol: Protocol, eps: list[float], steps: int, seed: int, extra: tuple[AttackConfig, ...] = ()
+) -> tuple[AttackConfig, ...]:
+    """The paper's one attack setting, or BIM in three modes at each eps plus ``extra`` (the corrected protocol)."""
     if protocol == "paper":
         return protocol_attacks("paper", PAPER_EPS, seed=seed)
     attacks: tuple[AttackConfig, ...] = ()
     for e in eps:
         attacks += protocol_attacks("corrected", e, steps, seed)
-    return attacks
+    return attacks + extra
 
 
 def _reproduce_ray(
@@ -394,6 +397,7 @@ def run_reproduction(
     robustness: Robustness | None = None,
     signing_key: Any = None,
     offset: int = 0,
+    extra_attacks: tuple[AttackConfig, ...] = (),
 ) -> Path:
     """Run each protocol (through Ray, or in this process), write ``report.md`` and ``results.json``.
 
@@ -411,7 +415,7 @@ def run_reproduction(
         for path, reason in skipped.items():
             log.warning("skipped %s: %s", path, reason)
         for protocol in protocols:
-            attacks = protocol_plan(protocol, eps, steps, seed)
+            attacks = protocol_plan(protocol, eps, steps, seed, extra_attacks)
             log.info("protocol %s: %d attacks on %d images", protocol, len(attacks), len(images.ids))
             results.append(
                 reproduce_local(
@@ -421,7 +425,7 @@ def run_reproduction(
     else:
         res = resources or ResourceConfig(batch_size=batch_size)
         for protocol in protocols:
-            attacks = protocol_plan(protocol, eps, steps, seed)
+            attacks = protocol_plan(protocol, eps, steps, seed, extra_attacks)
             log.info("protocol %s: %d attacks through Ray", protocol, len(attacks))
             results.append(
                 _reproduce_ray(

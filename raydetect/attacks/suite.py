@@ -14,6 +14,23 @@ TRANSFER_SOURCE = {"efficientnet_lite0": "efficientnet_lite1", "efficientnet_lit
                    "efficientnet_lite2": "efficientnet_lite0"}  # fmt: skip
 
 
+# What a detector trains on. "bim": BIM-10 in the paper's three modes, high-confidence adversarials.
+# "mix" adds lower-confidence ones, so the detector cannot learn "over-optimised" alone: BIM stopped at
+# the first success (targeted at the 2nd most confident class and at a random class; step eps/8, up to
+# 40 steps) and untargeted BIM stopped at logit margin 2. The untargeted early-stopped attack and
+# DeepFool of ``robustness_suite`` are deliberately not in it: they stay unseen strengths.
+STRENGTHS = ("bim", "mix")
+
+
+def strength_mix(eps: float, seed: int = 0) -> tuple[AttackConfig, ...]:
+    """The attacks "mix" adds to BIM-10 in three modes (see ``STRENGTHS``)."""
+    return (
+        AttackConfig(mode="second", eps=eps, steps=40, alpha=eps / 8, stop_margin=0.0, seed=seed),
+        AttackConfig(mode="random", eps=eps, steps=40, alpha=eps / 8, stop_margin=0.0, seed=seed),
+        AttackConfig(eps=eps, steps=40, alpha=eps / 8, stop_margin=2.0, seed=seed),
+    )
+
+
 def robustness_suite(
     eps: float,
     model: str,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +39,10 @@ def attack_label(row: dict[str, Any]) -> str:
         "fgsm": "FGSM",
         "paper_bim": "paper's BIM (= 1 step)",
     }.get(row["method"], row["method"])
+    name = row.get("attack", "")
+    stop = re.search(r"-(stop|k[0-9.e+]+)(-|$)", name)  # AttackConfig.name's stop-margin part
+    if stop:
+        method += " stopped at " + ("the first success" if stop[1] == "stop" else f"margin {stop[1][1:]}")
     return f"{MODE_LABEL.get(row['mode'], row['mode'])}, {method}, eps={format_eps(row['eps'])}"
 
 
