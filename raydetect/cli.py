@@ -290,7 +290,7 @@ def attack_configs(
 
 def mixed_strengths(strengths: str, eps: list[float], seed: int, plain_bim: bool = True) -> list[AttackConfig]:
     """The attacks ``--strengths`` adds to the plain ones, per eps."""
-    from raydetect.attacks.suite import STRENGTHS, strength_mix
+    from raydetect.attacks.suite import STRENGTHS, strength_mix  # the attacks package imports torch: only when used
 
     if strengths not in STRENGTHS:
         raise RaydetectError(f"--strengths must be one of {', '.join(STRENGTHS)}; got {strengths!r}")

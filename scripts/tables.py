@@ -185,6 +185,32 @@ def hardening(_: str) -> str:
     return _hardening().summary_markdown()
 
 
+# The design the defaults follow and the half its README figures come from (STUDY.md, Hardening).
+README_DESIGN = ("baseline", "selection")
+
+
+def hardening_readme(file: str, design: str, half: str) -> str:
+    """README's robustness table: one design of bench/hardening.py on one half, in plain columns."""
+    rows = [r for r in read_jsonl(file) if r["design"] == design and r["half"] == half]
+    latest = {r["attack"]: r for r in rows}  # a re-run replaces its row
+    order = ["bim", "pgd", "bim-stop", "deepfool", "transfer", "squeeze_eot", "adaptive"]
+
+    def rank(r: dict[str, Any]) -> tuple[int, float]:
+        kind = "bim-stop" if "-stop" in r["attack"] else "transfer" if "-from-" in r["attack"] else r["method"]
+        return order.index(kind), -r["eps"]
+
+    from raydetect.config import format_eps
+    from raydetect.report.tables import knows
+
+    body = [
+        [f"`{r['attack']}`", knows(r), format_eps(r["eps"]), pct(r["success_rate"]), f"{r['auc']:.3f}",
+         f"**{pct(r['evaded'])}**", f"{r['passes']:.0f}", r["n_attacked"]]
+        for r in sorted(latest.values(), key=rank)
+    ]  # fmt: skip
+    heads = ["attack", "knows the detector?", "eps", "fools the model", "ROC AUC", "evaded", "attacker's passes/image", "images"]
+    return markdown_table(heads, body) + f"\n\nRows: `{file}`, design `{design}`, {half} half (`{rows[0]['command']}`).\n"
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
     "repro-efficientnet_lite0": lambda: reproduction("reproduce-efficientnet_lite0.jsonl"),
     "repro-digits_cnn": lambda: reproduction("reproduce-digits_cnn.jsonl"),
@@ -192,6 +218,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "readme-expect": lambda: repro_headline("reproduce-efficientnet_lite0.jsonl"),
     "evaluate-digits": lambda: evaluate_digits("evaluate-digits.jsonl"),
     "hardening": lambda: hardening("hardening.jsonl"),
+    "readme-robust": lambda: hardening_readme("hardening.jsonl", *README_DESIGN),
 }
 
 
