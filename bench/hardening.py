@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,7 +241,9 @@ class Study:
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self, design: Design, det: Detector, half: str, adaptive_images: int, restarts: int,
-                 eval_images: int | None = None, extra_eps: tuple[float, ...] = ()) -> list[dict[str, Any]]:  # fmt: skip
+                 eval_images: int | None = None, extra_eps: tuple[float, ...] = (),
+                 emit: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> list[dict[str, Any]]:  # fmt: skip
+        """Every attack's rows; each attack's also go to ``emit`` as soon as they exist (a run cut short keeps them)."""
         idx = self.images.part(half, "eval")[:eval_images]  # a fixed random order: the first N are a random sample
         x = self.images.x[idx]
         scorer = det.scorer(self.model)
@@ -259,7 +262,7 @@ class Study:
         for cfg in suite:
             a = self.adversarial(cfg, idx)
             s = scores(torch.from_numpy(a["adv"]))
-            out += self._rows(base, cfg, s, a["success"], a["passes"], det)
+            out += emit_rows(self._rows(base, cfg, s, a["success"], a["passes"], det), emit)
         adaptive = [
             AttackConfig(method="squeeze_eot", eps=EPS, steps=100, eot=design.adaptive_eot),
             AttackConfig(
@@ -275,7 +278,7 @@ class Study:
         for cfg in adaptive if adaptive_images > 0 else ():  # 0: the non-adaptive rows only
             n = min(2 * adaptive_images if cfg.method == "squeeze_eot" else adaptive_images, len(idx))
             adv, success, passes = self.attack_detector(cfg, det, idx[:n])
-            out += self._rows(base, cfg, scores(adv), success, passes, det)
+            out += emit_rows(self._rows(base, cfg, scores(adv), success, passes, det), emit)
         return out
 
     @staticmethod
@@ -289,6 +292,11 @@ class Study:
         return robustness_rows(base + adv, det.threshold)
 
 
+def emit_rows(rows: list[dict[str, Any]], emit: Callable[[list[dict[str, Any]]], None]) -> list[dict[str, Any]]:
+    emit(rows)
+    return rows
+
+
 def run(args: argparse.Namespace) -> None:
     design = DESIGNS[args.design]
     st = Study()
@@ -296,15 +304,18 @@ def run(args: argparse.Namespace) -> None:
     det = st.fit(design, args.half)
     log(f"{design.name}: fitted in {time.perf_counter() - t0:.0f} s, threshold {det.threshold:.4f}")
     extra = tuple(parse_eps(e) for e in args.extra_eps.split(",")) if args.extra_eps else ()
-    rows = st.evaluate(design, det, args.half, args.adaptive_images, args.restarts, args.eval_images, extra)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     command = "python bench/hardening.py " + " ".join(sys.argv[1:])
-    with RESULTS.open("a") as f:
+
+    def record(rows: list[dict[str, Any]]) -> None:
+        with RESULTS.open("a") as f:
+            for r in rows:
+                f.write(json.dumps({"design": design.name, "half": args.half, "command": command, **r}) + "\n")
         for r in rows:
-            f.write(json.dumps({"design": design.name, "half": args.half, "command": command, **r}) + "\n")
-    for r in rows:
-        print(f"{r['attack']:42s} fools {r['success_rate']:6.1%}  AUC {r['auc']:.3f}  flagged {r['flagged']:6.1%}  "
-              f"evaded {r['evaded']:6.1%}  passes {r['passes']:6.0f}")  # fmt: skip
+            print(f"{r['attack']:42s} fools {r['success_rate']:6.1%}  AUC {r['auc']:.3f}  flagged {r['flagged']:6.1%}  "
+                  f"evaded {r['evaded']:6.1%}  passes {r['passes']:6.0f}", flush=True)  # fmt: skip
+
+    st.evaluate(design, det, args.half, args.adaptive_images, args.restarts, args.eval_images, extra, record)
 
 
 def _latest() -> list[dict[str, Any]]:

@@ -177,6 +177,7 @@ def _hardening() -> Any:
     spec = importlib.util.spec_from_file_location("hardening", ROOT / "bench" / "hardening.py")
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
