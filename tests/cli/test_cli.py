@@ -236,6 +236,27 @@ def test_bad_option_values(tmp_path) -> None:
     assert_clean_error(run("train", str(tmp_path), "--out", str(tmp_path / "o"), "--workers", "0"), "--workers")
 
 
+def test_strengths_mix_is_refused_where_it_cannot_apply(tmp_path) -> None:
+    base = ("attack", "digits", "--out", str(tmp_path / "o"), "--model", "digits_cnn")
+    assert_clean_error(run(*base, "--strengths", "all"), "--strengths must be one of bim, mix")
+    assert_clean_error(run(*base, "--strengths", "mix", "--method", "deepfool"), "--strengths mix", "--method bim")
+    assert_clean_error(run(*base, "--strengths", "mix", "--stop-margin", "0"), "--strengths mix")
+    assert_clean_error(run("reproduce", "--model", "digits_cnn", "--strengths", "x", "--out", str(tmp_path / "r")), "--strengths")
+    assert_clean_error(run("reproduce", "--model", "digits_cnn", "--offset", "-1", "--out", str(tmp_path / "r")), "offset")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()  # refused before any work
+
+
+def test_strengths_mix_adds_early_stopped_attacks_per_eps() -> None:
+    from raydetect.cli import mixed_strengths
+
+    assert mixed_strengths("bim", [0.1], 0) == []
+    names = [a.name for a in mixed_strengths("mix", [0.1, 4 / 255], 3)]
+    assert names == ["bim-second-0.1-stop", "bim-random-0.1-stop", "bim-untargeted-0.1-k2",
+                     "bim-second-4/255-stop", "bim-random-4/255-stop", "bim-untargeted-4/255-k2"]  # fmt: skip
+    # The evaluation's unseen strengths stay out of the mix: untargeted early-stopped BIM and DeepFool.
+    assert all(a.method == "bim" and a.seed == 3 for a in mixed_strengths("mix", [0.1], 3))
+
+
 def test_audit_with_a_bundle_from_another_model(digits_bundle, tmp_path) -> None:
     write_digit_folder(tmp_path / "imgs", n=3, broken=False)
     r = run(

@@ -128,3 +128,14 @@ def test_images_already_at_input_size_are_used_as_they_are(rng) -> None:
     arr = (rng.random((32, 32, 3)) * 255).astype(np.uint8)
     x = decode_image(_encode(Image.fromarray(arr, "RGB"), "PNG"), PRE)  # PRE: resize 40, crop 32
     assert np.array_equal(np.rint(x * 255).astype(np.uint8), arr.transpose(2, 0, 1))
+
+
+def test_offset_and_limit_take_the_same_slice_as_the_whole_list() -> None:
+    from raydetect.images import load_digits_images
+
+    whole = load_digits_images("test")
+    part = load_digits_images("test", limit=7, offset=5)
+    assert part.ids == whole.ids[5:12]
+    np.testing.assert_array_equal(part.images, whole.images[5:12])
+    np.testing.assert_array_equal(part.labels, whole.labels[5:12])
+    assert load_digits_images("test", offset=len(whole.ids) - 2).ids == whole.ids[-2:]
