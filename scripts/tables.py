@@ -129,34 +129,6 @@ def repro_summary(file: str) -> str:
     )
 
 
-def repro_headline(file: str, detector: str = "lr") -> str:
-    """README's table: the corrected protocol's held-out detection per eps and mode, one detector."""
-    from raydetect.config import format_eps
-    from raydetect.report.tables import interval
-
-    d = next(d for d in read_jsonl(file) if d["protocol"] == "corrected")
-    attacks = {a["attack"]: a for a in d["attacks"]}
-    det = {r["attack"]: r for r in d["detection"] if r["detector"] == detector}
-    eps = sorted({a["eps"] for a in d["attacks"]}, reverse=True)
-    body = []
-    for e in eps:
-        cells = []
-        for m in MODES:
-            name = next((n for n, a in attacks.items() if a["mode"] == m and abs(a["eps"] - e) < 1e-9), None)
-            r = det.get(name or "")
-            cells.append(
-                "not enough pairs" if r is None else f"{r['auc']:.3f} {interval(r.get('auc_ci'))}, {pct(r['tpr_at_5fpr'])}"
-            )
-        body.append([f"BIM-10, eps {format_eps(e)}", *cells])
-    fpr = d.get("bundle_metrics", {}).get("overall", {})
-    return (
-        markdown_table(["attack", *MODES.values()], body) + "\n\n"
-        f"Each cell: ROC AUC [95% CI], TPR at 5% FPR; {detector.upper()} per attack on {d['n_correct']} correctly classified "
-        f"images (`{d['command']}`), test images held out from fit and threshold. The bundle trained on all six attacks "
-        f"flagged {pct(fpr.get('fpr'))} of {fpr.get('n_test_clean', '?')} held-out clean images at its threshold.\n"
-    )
-
-
 # -- robustness (raydetect evaluate, bench/hardening.py) -----------------------------------------
 def _table(rows: list[dict[str, Any]]) -> str:
     t: Table = robustness_table(rows)
@@ -180,10 +152,6 @@ def _hardening() -> Any:
     sys.modules[spec.name] = mod  # its dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
-
-
-def hardening(_: str) -> str:
-    return _hardening().summary_markdown()
 
 
 # The design the defaults follow and the half its README figures come from (STUDY.md, Hardening).
@@ -225,9 +193,8 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "repro-efficientnet_lite0": lambda: reproduction("reproduce-efficientnet_lite0.jsonl"),
     "repro-digits_cnn": lambda: reproduction("reproduce-digits_cnn.jsonl"),
     "repro-summary": lambda: repro_summary("reproduce-efficientnet_lite0.jsonl"),
-    "readme-expect": lambda: repro_headline("reproduce-efficientnet_lite0.jsonl"),
     "evaluate-digits": lambda: evaluate_digits("evaluate-digits.jsonl"),
-    "hardening": lambda: hardening("hardening.jsonl"),
+    "hardening": lambda: _hardening().summary_markdown(),  # bench/hardening.py reads bench/results/hardening.jsonl
     "readme-robust": lambda: hardening_readme("hardening.jsonl", *README_DESIGN),
 }
 
