@@ -1,6 +1,7 @@
 """The paper's protocol on digits_cnn reproduces what STUDY.md documents for it.
 
-Documented (STUDY.md, "The paper's protocol"): on the 353 correctly classified sklearn test digits
+Documented (STUDY.md's "paper protocol" table for digits, now removed with the sweep's lost result
+files; `git show f835739:STUDY.md`): on the 353 correctly classified sklearn test digits
 at eps = 0.1, the paper's "BIM" is one FGSM step and succeeds on 28% (untargeted), 5% (random
 target) and 30% (second most confident) of them; with each image explained against its twin and
 the sorted signed attributions as features, logistic regression separates clean from adversarial
