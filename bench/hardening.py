@@ -262,7 +262,9 @@ class Study:
         for cfg in suite:
             a = self.adversarial(cfg, idx)
             s = scores(torch.from_numpy(a["adv"]))
-            out += emit_rows(self._rows(base, cfg, s, a["success"], a["passes"], det), emit)
+            rows = self._rows(base, cfg, s, a["success"], a["passes"], det)
+            emit(rows)
+            out += rows
         adaptive = [
             AttackConfig(method="squeeze_eot", eps=EPS, steps=100, eot=design.adaptive_eot),
             AttackConfig(
@@ -278,7 +280,9 @@ class Study:
         for cfg in adaptive if adaptive_images > 0 else ():  # 0: the non-adaptive rows only
             n = min(2 * adaptive_images if cfg.method == "squeeze_eot" else adaptive_images, len(idx))
             adv, success, passes = self.attack_detector(cfg, det, idx[:n])
-            out += emit_rows(self._rows(base, cfg, scores(adv), success, passes, det), emit)
+            rows = self._rows(base, cfg, scores(adv), success, passes, det)
+            emit(rows)
+            out += rows
         return out
 
     @staticmethod
@@ -290,11 +294,6 @@ class Study:
             for v, ok, p in zip(s, success, passes, strict=True)
         ]  # fmt: skip
         return robustness_rows(base + adv, det.threshold)
-
-
-def emit_rows(rows: list[dict[str, Any]], emit: Callable[[list[dict[str, Any]]], None]) -> list[dict[str, Any]]:
-    emit(rows)
-    return rows
 
 
 def run(args: argparse.Namespace) -> None:

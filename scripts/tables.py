@@ -135,14 +135,19 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(t.headers, t.rows)
 
 
+ATTACK_ORDER = ["bim", "pgd", "bim-stop", "deepfool", "transfer", "squeeze_eot", "adaptive"]
+
+
+def attack_rank(r: dict[str, Any]) -> tuple[int, float]:
+    """Robustness rows in the order the docs show them: trained-on strengths first, then unseen, then
+    attacks that know the detector; larger budgets first."""
+    kind = "bim-stop" if "-stop" in r["attack"] else "transfer" if "-from-" in r["attack"] else r["method"]
+    return ATTACK_ORDER.index(kind), -r["eps"]
+
+
 def evaluate_digits(file: str) -> str:
     rows = read_jsonl(file)
-    order = ["bim", "pgd", "bim-stop", "deepfool", "squeeze_eot", "adaptive"]
-
-    def rank(r: dict[str, Any]) -> int:
-        return order.index("bim-stop" if r["attack"].endswith("-stop") else r["method"])
-
-    return f"```bash\n{rows[0]['command']}\n```\n\n{_table(sorted(rows, key=rank))}\n"
+    return f"```bash\n{rows[0]['command']}\n```\n\n{_table(sorted(rows, key=attack_rank))}\n"
 
 
 def _hardening() -> Any:
@@ -165,19 +170,13 @@ def hardening_readme(file: str, design: str, half: str) -> str:
     latest = {r["attack"]: r for r in every if r["design"] == design and r["half"] == half}  # a re-run replaces its row
     other = {r["attack"]: r for r in every if r["design"] == design and r["half"] != half}
     fallback = {a: r for a, r in other.items() if a not in latest and not a.endswith(("-2/255", "-8/255", "-16/255"))}
-    order = ["bim", "pgd", "bim-stop", "deepfool", "transfer", "squeeze_eot", "adaptive"]
-
-    def rank(r: dict[str, Any]) -> tuple[int, float]:
-        kind = "bim-stop" if "-stop" in r["attack"] else "transfer" if "-from-" in r["attack"] else r["method"]
-        return order.index(kind), -r["eps"]
-
     from raydetect.config import format_eps
     from raydetect.report.tables import knows
 
     body = [
         [f"`{r['attack']}`" + (f" ({r['half']} half)" if r["attack"] in fallback else ""), knows(r), format_eps(r["eps"]),
          pct(r["success_rate"]), f"{r['auc']:.3f}", f"**{pct(r['evaded'])}**", f"{r['passes']:.0f}", r["n_attacked"]]
-        for r in sorted([*latest.values(), *fallback.values()], key=rank)
+        for r in sorted([*latest.values(), *fallback.values()], key=attack_rank)
     ]  # fmt: skip
     heads = ["attack", "knows the detector?", "eps", "fools the model", "ROC AUC", "evaded", "attacker's passes/image", "images"]
     commands = sorted({r["command"] for r in [*latest.values(), *fallback.values()]})
