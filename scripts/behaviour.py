@@ -20,6 +20,12 @@ logistic-regression weights that differ by up to 4.6e-5 (measured at 58c6782), b
 batches images differently per run, IG's float sums move by ~1e-7 and the L-BFGS fit over
 near-duplicate descriptor columns amplifies that. Attack rows and descriptors are held to the
 strict tolerance; strings, integers and booleans (statuses, predictions, verdicts) must be equal.
+
+Recordings are per CPU kernel family (``torch.backends.cpu.get_cpu_capability()``: AVX2, AVX512...):
+torch picks other float32 kernels per family, and BIM's sign step turns their rounding into other
+pixels: against ``behaviour-digits.json`` an AVX2 machine differs in 5 of 240 attacks (seen
+2026-12-01 with f835739, which had passed against that file in CI). Run to run on one machine the
+outputs are identical. ``recording_for`` picks the file for this machine.
 """
 
 from __future__ import annotations
@@ -59,6 +65,18 @@ det = Detector.load(sys.argv[1])
 files = sorted(str(p) for p in Path(sys.argv[2]).rglob("*.png"))[:10]
 print(json.dumps({"files": [Path(f).name for f in files], "scores": [float(s) for s in det.score(files)]}))
 """
+
+
+def cpu_capability() -> str:
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
+def recording_for(default: Path) -> Path:
+    """``<stem>-<capability>.json`` beside ``default`` where one was recorded on this CPU kind, else ``default``."""
+    specific = default.with_name(f"{default.stem}-{cpu_capability().lower()}{default.suffix}")
+    return specific if specific.exists() else default
 
 
 def run(repo: Path, *args: str) -> str:
@@ -118,6 +136,7 @@ def record(repo: Path) -> dict[str, Any]:
             },
             "audit": audit,
             "score": scores,
+            "machine": {"cpu_capability": cpu_capability()},
         }
 
 
@@ -170,6 +189,9 @@ def main() -> None:
         print(f"recorded {a.file}")
         return
     want = json.loads(a.file.read_text())
+    recorded_on = want.pop("machine", {}).get("cpu_capability", "not recorded")
+    got.pop("machine")
+    print(f"recorded on CPU capability {recorded_on}; this machine {cpu_capability()}")
     diffs: list[str] = []
     worst: dict[str, float] = {}
     compare(want, json.loads(json.dumps(got)), "", a.rtol, a.atol, a.fit_atol, diffs, worst)

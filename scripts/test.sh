@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the test suite: lint, then every test (the slow end-to-end ones too).
-# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"` for the fast subset.
+# Set up (if needed) and run the test suite: lint, then the fast default (every test not marked slow;
+# about 12 minutes on 2 cores). `bash scripts/test.sh --all` adds the slow end-to-end ones (the demo,
+# multi-node clusters, `ray job submit`, the recorded digits run: about 15 minutes more). Other
+# arguments go to pytest, e.g. `bash scripts/test.sh tests/unit -x`.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 ruff check raydetect tests bench jobs scripts
@@ -10,4 +12,9 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
   { apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; } >/dev/null 2>&1 ||
     echo "test: could not install chromium; the browser test will skip"
 fi
-python -m pytest -q "$@"
+if [ "${1:-}" = "--all" ]; then
+  shift
+  python -m pytest -q "$@"
+else
+  python -m pytest -q -m "not slow" "$@"
+fi

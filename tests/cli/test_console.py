@@ -43,6 +43,7 @@ def ray_lines(lines: list[str]) -> list[str]:
     return [line for line in lines if RAY_LINE.search(line) and not OWN_LINE.match(line)]
 
 
+@pytest.mark.slow
 def test_attack_console_is_quiet_unless_verbose(tmp_path) -> None:
     lines = raydetect("attack", "digits", "--model", "digits_cnn", "--eps", "0.3", "--mode", "untargeted", "--limit", "24",
                       "--out", str(tmp_path / "a"))  # fmt: skip
@@ -87,5 +88,8 @@ def test_version_and_completion() -> None:
     script = Path(sys.executable).with_name("raydetect")
     if not script.exists():
         pytest.skip(f"no installed raydetect script beside {sys.executable}")
-    done = subprocess.run([str(script), "--show-completion", "bash"], capture_output=True, text=True, timeout=120)
+    # Typer detects the shell from the parent processes, which a test runner need not have (it printed
+    # "Shell  not supported" under a detached pytest); its test switch makes the shell the argument.
+    env = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    done = subprocess.run([str(script), "--show-completion", "bash"], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0 and "_RAYDETECT_COMPLETE" in done.stdout.upper(), done.stdout + done.stderr

@@ -63,6 +63,7 @@ def check_spread_into_one_output(job: dict[str, Any], expected: set[str]) -> Non
     assert summary["rows_by_status"] == {"ok": len(ids)}
 
 
+@pytest.mark.slow
 def test_audit_and_fused_jobs_spread_their_actors_over_both_workers(digits_model, tmp_path) -> None:
     """Which actor takes which block is Ray Data's choice (locality, then the least busy): the
     fused job's blocks take seconds each, so both actors make rows; the audit's take under a
