@@ -241,9 +241,10 @@ class Study:
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self, design: Design, det: Detector, half: str, adaptive_images: int, restarts: int,
-                 eval_images: int | None = None, extra_eps: tuple[float, ...] = (),
+                 eval_images: int | None = None, extra_eps: tuple[float, ...] = (), only: frozenset[str] = frozenset(),
                  emit: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> list[dict[str, Any]]:  # fmt: skip
-        """Every attack's rows; each attack's also go to ``emit`` as soon as they exist (a run cut short keeps them)."""
+        """Every attack's rows (only those whose method is in ``only``, when given); each attack's also go to
+        ``emit`` as soon as they exist (a run cut short keeps them)."""
         idx = self.images.part(half, "eval")[:eval_images]  # a fixed random order: the first N are a random sample
         x = self.images.x[idx]
         scorer = det.scorer(self.model)
@@ -259,7 +260,7 @@ class Study:
         # less DeepFool, whose minimal perturbation does not depend on the budget unless it is clipped.
         other = [a for e in extra_eps for a in robustness_suite(e, MODEL, adaptive=False) if a.method != "deepfool"]
         suite = [*robustness_suite(EPS, MODEL, adaptive=False), paper, *other]
-        for cfg in suite:
+        for cfg in (c for c in suite if not only or c.method in only):
             a = self.adversarial(cfg, idx)
             s = scores(torch.from_numpy(a["adv"]))
             rows = self._rows(base, cfg, s, a["success"], a["passes"], det)
@@ -277,7 +278,7 @@ class Study:
                 smooth=10.0,
             ),
         ]
-        for cfg in adaptive if adaptive_images > 0 else ():  # 0: the non-adaptive rows only
+        for cfg in (c for c in adaptive if adaptive_images > 0 and (not only or c.method in only)):  # 0: none
             n = min(2 * adaptive_images if cfg.method == "squeeze_eot" else adaptive_images, len(idx))
             adv, success, passes = self.attack_detector(cfg, det, idx[:n])
             rows = self._rows(base, cfg, scores(adv), success, passes, det)
@@ -314,7 +315,8 @@ def run(args: argparse.Namespace) -> None:
             print(f"{r['attack']:42s} fools {r['success_rate']:6.1%}  AUC {r['auc']:.3f}  flagged {r['flagged']:6.1%}  "
                   f"evaded {r['evaded']:6.1%}  passes {r['passes']:6.0f}", flush=True)  # fmt: skip
 
-    st.evaluate(design, det, args.half, args.adaptive_images, args.restarts, args.eval_images, extra, record)
+    only = frozenset(m for m in args.only.split(",") if m)
+    st.evaluate(design, det, args.half, args.adaptive_images, args.restarts, args.eval_images, extra, only, record)
 
 
 def _latest() -> list[dict[str, Any]]:
@@ -375,6 +377,7 @@ def main() -> None:
     r.add_argument("--adaptive-images", type=int, default=24)
     r.add_argument("--eval-images", type=int, default=None, help="evaluate on the first N evaluation images (default: all)")
     r.add_argument("--restarts", type=int, default=1, help="adaptive attack: restarts (a lam search across them)")
+    r.add_argument("--only", default="", help="run only these attack methods, e.g. adaptive or bim,pgd (default: all)")
     r.add_argument("--extra-eps", default="", help="also run the non-adaptive attacks at these eps, e.g. 2/255,8/255,16/255")
     sub.add_parser("summary")
     a = p.parse_args()
