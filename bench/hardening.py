@@ -358,9 +358,11 @@ def summary_markdown() -> str:
         "",
     ]
     for d, half in runs:
-        mine = sorted((r for r in rows if r["design"] == d and r["half"] == half), key=lambda r: r["attack"])
-        table = robustness_table(mine)
-        out += [f"#### {d} ({half})", "", f"`{mine[0]['command']}`", "", markdown_table(table.headers, table.rows), ""]
+        mine = [r for r in rows if r["design"] == d and r["half"] == half]
+        commands = list(dict.fromkeys(r["command"] for r in mine))  # each run that wrote some of these rows
+        table = robustness_table(sorted(mine, key=lambda r: r["attack"]))
+        runs_md = [x for c in commands for x in (f"`{c}`", "")]
+        out += [f"#### {d} ({half})", "", *runs_md, markdown_table(table.headers, table.rows), ""]
     return "\n".join(out)
 
 
