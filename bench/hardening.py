@@ -260,7 +260,11 @@ class Study:
         # less DeepFool, whose minimal perturbation does not depend on the budget unless it is clipped.
         other = [a for e in extra_eps for a in robustness_suite(e, MODEL, adaptive=False) if a.method != "deepfool"]
         suite = [*robustness_suite(EPS, MODEL, adaptive=False), paper, *other]
-        for cfg in (c for c in suite if not only or c.method in only):
+
+        def wanted(cfg: AttackConfig) -> bool:
+            return not only or cfg.method in only
+
+        for cfg in filter(wanted, suite):
             a = self.adversarial(cfg, idx)
             s = scores(torch.from_numpy(a["adv"]))
             rows = self._rows(base, cfg, s, a["success"], a["passes"], det)
@@ -278,7 +282,7 @@ class Study:
                 smooth=10.0,
             ),
         ]
-        for cfg in (c for c in adaptive if adaptive_images > 0 and (not only or c.method in only)):  # 0: none
+        for cfg in filter(wanted, adaptive if adaptive_images > 0 else []):  # 0: the non-adaptive rows only
             n = min(2 * adaptive_images if cfg.method == "squeeze_eot" else adaptive_images, len(idx))
             adv, success, passes = self.attack_detector(cfg, det, idx[:n])
             rows = self._rows(base, cfg, scores(adv), success, passes, det)

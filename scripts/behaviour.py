@@ -25,7 +25,7 @@ Recordings are per CPU kernel family (``torch.backends.cpu.get_cpu_capability()`
 torch picks other float32 kernels per family, and BIM's sign step turns their rounding into other
 pixels: against ``behaviour-digits.json`` an AVX2 machine differs in 5 of 240 attacks (seen
 2026-12-01 with f835739, which had passed against that file in CI). Run to run on one machine the
-outputs are identical. ``recording_for`` picks the file for this machine.
+outputs are identical. ``compare FILE`` reads ``FILE``'s recording for this machine (``recording_for``).
 """
 
 from __future__ import annotations
@@ -188,7 +188,9 @@ def main() -> None:
         a.file.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
         print(f"recorded {a.file}")
         return
-    want = json.loads(a.file.read_text())
+    file = recording_for(a.file)  # the recording for this machine's CPU kind, where there is one
+    print(f"comparing with {file}")
+    want = json.loads(file.read_text())
     recorded_on = want.pop("machine", {}).get("cpu_capability", "not recorded")
     got.pop("machine")
     print(f"recorded on CPU capability {recorded_on}; this machine {cpu_capability()}")

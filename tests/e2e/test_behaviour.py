@@ -15,14 +15,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-from behaviour import recording_for  # noqa: E402
 
 
 @pytest.mark.slow
 def test_fixed_digits_run_matches_the_recorded_outputs() -> None:
     proc = subprocess.run(
-        [sys.executable, "scripts/behaviour.py", "compare", str(recording_for(ROOT / "tests/data/behaviour-digits.json"))],
+        [sys.executable, "scripts/behaviour.py", "compare", "tests/data/behaviour-digits.json"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
