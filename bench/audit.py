@@ -10,7 +10,7 @@ job's own ``JobSummary.seconds`` and as the whole call (report and its 20 re-exp
 included). Each repeat runs plain then Ray at every size, interleaved, so load from other work on
 the machine hits both sides alike; the fixed and per-image costs come from the two sizes.
 
-Peak memory: a sampler thread reads RSS every 0.1 s of this process (the driver) and of every
+Peak memory: a sampler thread reads RSS every 0.5 s (0.1 s cost the plain loop, in the same process, a visible share of the CPU) of this process (the driver) and of every
 process under it (the local Ray it started: raylet, GCS, workers), naming the audit actor by its
 process title (``ray::...AuditStage...``, Ray's ``MapWorker`` title). Other engineers' Ray
 sessions are not below this process, so they are not counted.
@@ -52,7 +52,7 @@ TRAIN_IMAGES = 32  # the bundle's cost per scored image does not depend on how m
 class PeakRSS:
     """Peak resident memory of this process and of the processes under it, sampled in a thread."""
 
-    def __init__(self, interval: float = 0.1) -> None:
+    def __init__(self, interval: float = 0.5) -> None:
         import psutil  # Ray's bundled copy, importable once ray is
 
         self.psutil = psutil
@@ -204,12 +204,20 @@ def main() -> None:
     ap.add_argument("--jsonl", type=Path, default=ROOT / "bench" / "results" / "audit.jsonl")
     ap.add_argument("--decode-in-read", action="store_true", help="before: decode in read tasks, float images to the actor")
     ap.add_argument("--ray-niceness", action="store_true", help="before: Ray workers at Ray's default niceness 15")
+    ap.add_argument("--offset", type=int, default=TRAIN_IMAGES,
+                    help=f"first audited image of the sample (default {TRAIN_IMAGES}: after the bundle's training images)")
+    ap.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats of every audit job")
     ap.add_argument("--label", default="", help="free text recorded with each line (e.g. the change measured)")
     args = ap.parse_args()
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
+    if args.stats:
+        import logging
+
+        logging.basicConfig(format="%(message)s")
+        logging.getLogger("raydetect.stages.runner").setLevel(logging.DEBUG)
     if args.decode_in_read:
         from raydetect.stages.runner import AuditJob
 
@@ -222,7 +230,7 @@ def main() -> None:
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
-    base = {"command": command, "commit": commit, "label": args.label, "cpus": os.cpu_count(), "ray_start_s": ray_s,
+    base = {"command": command, "commit": commit, "offset": args.offset, "label": args.label, "cpus": os.cpu_count(), "ray_start_s": ray_s,
             "decode_in_read": args.decode_in_read, "ray_niceness_15": args.ray_niceness}  # fmt: skip
 
     if args.memory:
@@ -252,10 +260,10 @@ def main() -> None:
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for rep in range(args.repeats):
         for n in args.sizes:
-            files = image_files(args.data, TRAIN_IMAGES, n)
+            files = image_files(args.data, args.offset, n)
             for side in ("plain", "ray"):
                 la0 = load()
-                r = plain_loop(bundle, files) if side == "plain" else ray_audit(bundle, args.data, TRAIN_IMAGES, n)
+                r = plain_loop(bundle, files) if side == "plain" else ray_audit(bundle, args.data, args.offset, n)
                 rec = {
                     **base,
                     "kind": "throughput",
@@ -273,7 +281,7 @@ def main() -> None:
                 )
 
     small, large = args.sizes
-    print(f"\n{args.repeats} repeats, plain and Ray interleaved; images {small} and {large} (offset {TRAIN_IMAGES})")
+    print(f"\n{args.repeats} repeats, plain and Ray interleaved; images {small} and {large} (offset {args.offset})")
     for key in ("seconds", "wall_seconds"):
         for n in args.sizes:
             plain = [r["seconds"] for r in results[("plain", n)]]

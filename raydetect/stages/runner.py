@@ -120,8 +120,14 @@ def run_job(job: Job, resources: ResourceConfig = ResourceConfig(), address: str
     else:
         log.info("%s job: %d actors x %d threads on %s, batch %d; %d inputs already done", job.name, plan.num_actors,
                  plan.threads, plan.device, plan.batch_size, len(done))  # fmt: skip
+        t_write = time.perf_counter()
         written = _write(job, job.map(ds, model, plan))
-    return _summarize(job, start, len(done), written, config)
+        log.debug("%s job: %.2f s to plan and read the resume state, %.2f s to run", job.name, t_write - start,
+                  time.perf_counter() - t_write)  # fmt: skip
+    t_sum = time.perf_counter()
+    summary = _summarize(job, start, len(done), written, config)
+    log.debug("%s job: %.2f s to account", job.name, time.perf_counter() - t_sum)
+    return summary
 
 
 def _write(job: Job, ds: Any) -> int:
@@ -136,6 +142,8 @@ def _write(job: Job, ds: Any) -> int:
             progress.update(int(batch["inputs"].sum()))
     finally:
         progress.close()
+    if log.isEnabledFor(logging.DEBUG):  # where a job's time went, per operator (bench/audit.py --stats)
+        log.debug("%s job, Ray Data stats:\n%s", job.name, counts.stats())
     return written
 
 
