@@ -10,7 +10,8 @@ job's own ``JobSummary.seconds`` and as the whole call (report and its 20 re-exp
 included). Each repeat runs plain then Ray at every size, interleaved, so load from other work on
 the machine hits both sides alike; the fixed and per-image costs come from the two sizes.
 
-Peak memory: a sampler thread reads RSS every 0.5 s (0.1 s cost the plain loop, in the same process, a visible share of the CPU) of this process (the driver) and of every
+Peak memory: a sampler thread reads RSS every 0.5 s (at 0.1 s it took a visible share of the
+plain loop's CPU, which runs in the same process) of this process (the driver) and of every
 process under it (the local Ray it started: raylet, GCS, workers), naming the audit actor by its
 process title (``ray::...AuditStage...``, Ray's ``MapWorker`` title). Other engineers' Ray
 sessions are not below this process, so they are not counted.
@@ -230,7 +231,8 @@ def main() -> None:
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
-    base = {"command": command, "commit": commit, "offset": args.offset, "label": args.label, "cpus": os.cpu_count(), "ray_start_s": ray_s,
+    base = {"command": command, "commit": commit, "offset": args.offset, "label": args.label, "cpus": os.cpu_count(),
+            "ray_start_s": ray_s,
             "decode_in_read": args.decode_in_read, "ray_niceness_15": args.ray_niceness}  # fmt: skip
 
     if args.memory:
