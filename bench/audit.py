@@ -205,8 +205,12 @@ def main() -> None:
     ap.add_argument("--jsonl", type=Path, default=ROOT / "bench" / "results" / "audit.jsonl")
     ap.add_argument("--decode-in-read", action="store_true", help="before: decode in read tasks, float images to the actor")
     ap.add_argument("--ray-niceness", action="store_true", help="before: Ray workers at Ray's default niceness 15")
-    ap.add_argument("--offset", type=int, default=TRAIN_IMAGES,
-                    help=f"first audited image of the sample (default {TRAIN_IMAGES}: after the bundle's training images)")
+    ap.add_argument(
+        "--offset",
+        type=int,
+        default=TRAIN_IMAGES,
+        help=f"first audited image of the sample (default {TRAIN_IMAGES}: after the bundle's training images)",
+    )
     ap.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats of every audit job")
     ap.add_argument("--label", default="", help="free text recorded with each line (e.g. the change measured)")
     args = ap.parse_args()
