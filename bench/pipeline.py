@@ -1,18 +1,26 @@
 """Throughput of the Ray attack+feature pipeline against a plain PyTorch loop, in one run.
 
-    python bench/pipeline.py [--images 100] [--data ../shared/data/imagenet-sample] [--defaults]
+    python bench/pipeline.py [--images 100] [--data ../shared/data/imagenet-sample] [--defaults] [--repeats 2]
 
 Both sides do the same model work on the same images with efficientnet_lite0: untargeted BIM-10
 at eps 4/255, then Integrated Gradients (16 steps against black; with --defaults raydetect's
 current defaults, 4 steps against a blurred copy plus its logits) on the clean and on the 8-bit
 adversarial image, then the descriptor. The plain loop holds decoded images in memory and writes nothing;
 the pipeline reads files, streams through Ray Data actors, round-trips PNGs and writes Parquet.
-Prints images/s of both, their ratio, and gradient passes per image.
+Prints images/s of both, their ratio, and gradient passes per image; each repeat runs the plain
+loop then the Ray jobs (interleaved, so load from other work hits both alike) and appends one JSON
+line with its command to --jsonl.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -82,7 +90,6 @@ def pipeline(
         a = run_job(AttackJob(f"{tmp}/attacks", MODEL, src, [ATTACK]), res)
         run_job(FeatureJob(f"{tmp}/features", MODEL, f"{tmp}/attacks", attribution, features), res)
         separate_s = time.perf_counter() - start
-    ray.shutdown()
     assert fused.inputs == a.inputs
     return fused_s, separate_s, ray_start, a.inputs
 
@@ -93,27 +100,41 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--defaults", action="store_true", help="raydetect's current attribution and descriptor defaults")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--jsonl", type=Path, default=Path(__file__).resolve().parent / "results" / "pipeline.jsonl")
     args = ap.parse_args()
     attribution, features = (AttributionConfig(), FeatureConfig()) if args.defaults else (ATTRIBUTION, FEATURES)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
 
-    loop_s, n = plain_loop(args.data, args.images, args.batch_size, attribution, features)
-    fused_s, sep_s, ray_s, n_pipe = pipeline(args.data, args.images, args.batch_size, attribution, features)
-    assert n == n_pipe, (n, n_pipe)
-    loop_ips = n / loop_s
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    root = Path(__file__).resolve().parents[1]
+    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     passes = ATTACK.effective_steps + 2 * attribution.passes_per_image
-    print(f"images: {n}; model efficientnet_lite0; torch threads {torch.get_num_threads()}")
-    print(f"attribution: {attribution}; descriptors: {', '.join(features.descriptors)}")
-    print(
-        f"gradient passes per image: {passes} (BIM {ATTACK.effective_steps} + IG {attribution.n_steps} x clean and adversarial)"
-    )
-    print(f"plain PyTorch loop:                         {loop_s:6.1f} s  {loop_ips:.3f} img/s  ratio 1.000")
-    for name, secs in (("Ray, one attack+feature job (reproduce)", fused_s), ("Ray, attack job then feature job", sep_s)):
-        print(f"{name + ':':43s} {secs:6.1f} s  {n / secs:.3f} img/s  ratio {n / secs / loop_ips:.3f}")
-    print(f"Ray start-up and Ray Data warm-up, once per session, not counted above: {ray_s:.1f} s")
-    print(f"one attack+feature job including that start-up: ratio {n / (fused_s + ray_s) / loop_ips:.3f}")
+    print(f"model efficientnet_lite0; torch threads {torch.get_num_threads()}; attribution: {attribution}")
+    print(f"descriptors: {', '.join(features.descriptors)}; gradient passes per image: {passes} "
+          f"(BIM {ATTACK.effective_steps} + IG x clean and adversarial)")  # fmt: skip
+    ratios: dict[str, list[float]] = {"fused": [], "separate": []}
+    for rep in range(args.repeats):
+        load_start = [round(x, 2) for x in os.getloadavg()]
+        loop_s, n = plain_loop(args.data, args.images, args.batch_size, attribution, features)
+        fused_s, sep_s, ray_s, n_pipe = pipeline(args.data, args.images, args.batch_size, attribution, features)
+        assert n == n_pipe, (n, n_pipe)
+        rec = {"command": command, "commit": commit.stdout.strip(), "repeat": rep, "images": n, "plain_s": loop_s,
+               "fused_s": fused_s, "attack_then_features_s": sep_s, "ray_start_s": ray_s, "defaults": args.defaults,
+               "passes_per_image": passes, "load_start": load_start,
+               "load_end": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
+        args.jsonl.parent.mkdir(parents=True, exist_ok=True)
+        with args.jsonl.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        ratios["fused"].append(loop_s / fused_s)
+        ratios["separate"].append(loop_s / sep_s)
+        print(f"repeat {rep}: {n} images; plain {loop_s:.1f} s; fused job {fused_s:.1f} s (ratio {loop_s / fused_s:.3f}); "
+              f"attack job then feature job {sep_s:.1f} s (ratio {loop_s / sep_s:.3f})")  # fmt: skip
+    for name, vals in ratios.items():
+        med, lo, hi = statistics.median(vals), min(vals), max(vals)
+        print(f"{name}: ratio Ray/plain median {med:.3f} (range {lo:.3f}-{hi:.3f}, n={len(vals)})")
 
 
 if __name__ == "__main__":
