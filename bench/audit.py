@@ -3,6 +3,7 @@
     python bench/audit.py [--sizes 100 300] [--repeats 3] [--data ../shared/data/imagenet-sample]
     python bench/audit.py --memory 500 5000 --repeats 1     # flat memory: 5,000 distinct images
     python bench/audit.py --contention 64 --repeats 3       # what Ray's own processes cost the model
+    python bench/audit.py --startup --repeats 3             # the audit actor's fixed cost, step by step
 
 Plain loop: ``Detector.score`` over the same files in one process, batches of 16 (model load,
 JPEG decode and the score; nothing written). Ray: ``run_audit`` on a local Ray that is already up
@@ -43,20 +44,95 @@ import time
 from pathlib import Path
 from typing import Any
 
-import ray  # also puts the psutil that Ray bundles (ray/thirdparty_files) on sys.path
-
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "imagenet-sample"
 BUNDLE_DIR = ROOT / "runs" / "bench-audit"
 TRAIN_IMAGES = 32  # the bundle's cost per scored image does not depend on how many images trained it
 
 
+class _StartupProbe:
+    """A Ray actor that starts as the audit actor does, timing each step (``--startup``)."""
+
+    def __init__(self) -> None:
+        self.started = time.time()  # the actor's Python is up: worker process, ray, the actor class
+        self.process_created = _psutil().Process().create_time()
+
+    def run(self, bundle: str, batches: list[dict[str, Any]]) -> dict[str, float]:
+        t = {"process_created": self.process_created, "actor_class_ready": self.started, "method_called": time.time()}
+        from raydetect.detect.bundle import load_for_audit
+        from raydetect.models import ConfiguredLoader
+        from raydetect.stages.audit import AuditStage
+
+        t["imported"] = time.time()
+        det, mcfg = load_for_audit(bundle)
+        stage = AuditStage(ConfiguredLoader(mcfg), det, threads=2, batch_size=16)
+        t["model_loaded"] = time.time()
+        for i, b in enumerate(batches):
+            stage(b)
+            t[f"batch_{i}"] = time.time()
+        return t
+
+
+def _steps(t: dict[str, float], asked: float) -> dict[str, float]:
+    return {
+        "process started": t["process_created"] - asked,
+        "Python (and Ray worker) up": t["actor_class_ready"] - t["process_created"],
+        "imports (torch, raydetect)": t["imported"] - t["method_called"],
+        "bundle and model loaded": t["model_loaded"] - t["imported"],
+        "first batch of 16 (warm-up)": t["batch_0"] - t["model_loaded"],
+        "second batch of 16": t["batch_1"] - t["batch_0"],
+    }
+
+
+def startup(bundle: str, data: Path, repeats: int) -> list[dict[str, Any]]:
+    """Where the audit actor's fixed cost goes: process start, imports, model load, first batches."""
+    import numpy as np
+    import ray
+
+    from raydetect.config import Source
+    from raydetect.models import model_info
+    from raydetect.models.runtime import actor_runtime_env
+    from raydetect.stages.read import ReadImages, plan_inputs
+
+    kind, items = plan_inputs(Source(str(data), limit=32))
+    det_model = json.loads((Path(bundle) / "manifest.json").read_text())["model"]["name"]
+    reader = ReadImages(str(data), kind, model_info(det_model).preprocess, decode=False)
+    batches = [r for i in (0, 16) for r in reader({k: np.array([it[k] for it in items[i : i + 16]]) for k in items[0]})]
+    probe = ray.remote(_StartupProbe)
+    records = []
+    for rep in range(repeats):
+        asked = time.time()
+        actor = probe.options(num_cpus=1, runtime_env=actor_runtime_env()).remote()
+        steps = _steps(ray.get(actor.run.remote(bundle, batches)), asked)
+        ray.kill(actor)
+        records.append({"kind": "startup", "side": "ray actor", "repeat": rep, "steps": steps})
+        print(f"repeat {rep} Ray actor: " + "; ".join(f"{k} {v:.2f} s" for k, v in steps.items()))
+        asked = time.time()
+        steps = _steps(_in_subprocess(_probe_in_process, bundle, batches), asked)
+        records.append({"kind": "startup", "side": "fresh process", "repeat": rep, "steps": steps})
+        print(f"repeat {rep} fresh process: " + "; ".join(f"{k} {v:.2f} s" for k, v in steps.items()))
+    return records
+
+
+def _probe_in_process(bundle: str, batches: list[dict[str, Any]]) -> dict[str, float]:
+    """The probe's steps in a plain Python process (what a user's own loop pays to start)."""
+    return _StartupProbe().run(bundle, batches)
+
+
+def _psutil() -> Any:
+    """The psutil that Ray bundles (ray/thirdparty_files), on sys.path once ray is imported."""
+    import importlib
+
+    import ray  # noqa: F401
+
+    return importlib.import_module("psutil")
+
+
 class PeakRSS:
     """Peak resident memory of this process and of the processes under it, sampled in a thread."""
 
     def __init__(self, interval: float = 0.5) -> None:
-        import psutil  # Ray's bundled copy, importable once ray is
-
+        psutil = _psutil()
         self.psutil = psutil
         self.interval = interval
         self.me = psutil.Process()
@@ -156,6 +232,8 @@ def ray_audit(bundle: str, data: Path, offset: int, n: int) -> dict[str, Any]:
 
 
 def start_ray(ray_niceness: bool = False) -> float:
+    import ray
+
     from raydetect.stages.plan import init_ray
 
     t0 = time.perf_counter()
@@ -195,6 +273,8 @@ class _Idle:
 
 def _idle_pipeline(stop: threading.Event | None = None, blocks: int = 30) -> None:
     """A read -> actor -> driver pipeline shaped like the audit's, one block per second."""
+    import ray
+
     ds = ray.data.range(blocks * 8, override_num_blocks=blocks).map_batches(
         _Idle, batch_size=8, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1
     )
@@ -205,7 +285,7 @@ def _idle_pipeline(stop: threading.Event | None = None, blocks: int = 30) -> Non
 
 def cpu_by_process() -> dict[int, tuple[str, float]]:
     """CPU seconds (user + system) so far of every process on the machine, with its title."""
-    import psutil
+    psutil = _psutil()
 
     out = {}
     for p in psutil.process_iter():
@@ -231,7 +311,7 @@ def _in_subprocess(fn: Any, *args: Any, niceness: int | None = None) -> Any:
 
 def _renice_ray(niceness: int, keep: set[int] = frozenset()) -> None:  # type: ignore[assignment]
     """Set the niceness of this process and every process under it but ``keep`` (lowering needs root)."""
-    import psutil
+    psutil = _psutil()
 
     me = psutil.Process()
     for p in [me, *me.children(recursive=True)]:
@@ -282,6 +362,118 @@ def contention(bundle: str, data: Path, images: int, repeats: int) -> list[dict[
     return records
 
 
+def latest_run(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """Every record of the newest run (one command, one Ray session) that wrote ``kind`` records."""
+    runs = [r for r in records if r.get("kind") == kind]
+    if not runs:
+        return []
+    key = (runs[-1]["command"], runs[-1]["commit"], runs[-1]["ray_start_s"])
+    return [r for r in records if (r["command"], r["commit"], r.get("ray_start_s")) == key]
+
+
+def _med(values: list[float], fmt: str = "{:.1f}") -> str:
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def throughput_markdown(records: list[dict[str, Any]]) -> str:
+    """BENCHMARKS.md's tables of one throughput run: per size, then fixed and per-image costs."""
+    from raydetect.report.document import markdown_table
+
+    records = [r for r in records if r["kind"] == "throughput"]
+    by: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in records:
+        by.setdefault((r["side"], r["size"]), []).append(r)
+    small, large = sorted({r["size"] for r in records})
+    sizes = []
+    for n in (small, large):
+        plain, ray_ = by[("plain", n)], by[("ray", n)]
+        job = [p["seconds"] / q["seconds"] for p, q in zip(plain, ray_, strict=True)]
+        wall = [p["seconds"] / q["wall_seconds"] for p, q in zip(plain, ray_, strict=True)]
+        sizes.append([n, _med([p["seconds"] for p in plain]) + " s", _med([q["seconds"] for q in ray_]) + " s",
+                      f"**{_med(job, '{:.2f}')}**", _med([q["wall_seconds"] for q in ray_]) + " s",
+                      _med(wall, "{:.2f}")])  # fmt: skip
+    costs = []
+    for label, side, key in (("plain loop", "plain", "seconds"), ("Ray, job", "ray", "seconds"),
+                             ("Ray, wall with report", "ray", "wall_seconds")):  # fmt: skip
+        a, b = by[(side, small)], by[(side, large)]
+        per = [(y[key] - x[key]) / (large - small) for x, y in zip(a, b, strict=True)]
+        fixed = [x[key] - small * p for x, p in zip(a, per, strict=True)]
+        costs.append([label, _med(fixed) + " s", _med([p * 1000 for p in per], "{:.0f}") + " ms"])
+    marginal = [
+        (pb["seconds"] - pa["seconds"]) / (rb["seconds"] - ra["seconds"])
+        for pa, pb, ra, rb in zip(by[("plain", small)], by[("plain", large)], by[("ray", small)], by[("ray", large)], strict=True)
+    ]
+    loads = [x for r in records for x in (r["load_start"][0], r["load_end"][0])]
+    peak = {k: max(r[k] for r in by[("ray", large)]) for k in ("driver_mib", "actor_mib")}
+    return (
+        f"`{records[0]['command']}` at commit {records[0]['commit']}; medians of {len(by[('plain', small)])} repeats "
+        f"(range); 1-minute load average {min(loads):.1f}-{max(loads):.1f} over the run.\n\n"
+        + markdown_table(["images", "plain loop", "Ray, job", "ratio (job)", "Ray, wall with report", "ratio (wall)"], sizes)
+        + "\n\n" + markdown_table(["", "fixed per job", "per image"], costs)
+        + f"\n\n**Marginal (per-image) throughput ratio Ray / plain: {_med(marginal, '{:.2f}')}.** Peak RSS at {large} "
+        f"images: driver {peak['driver_mib']:.0f} MiB, audit actor {peak['actor_mib']:.0f} MiB.\n"
+    )  # fmt: skip
+
+
+def memory_markdown(records: list[dict[str, Any]]) -> str:
+    """BENCHMARKS.md's table of one memory run: peak RSS per size, and the change from the first."""
+    from raydetect.report.document import markdown_table
+
+    records = [r for r in records if r["kind"] == "memory"]
+    first = records[0]
+
+    def rel(r: dict[str, Any], k: str) -> str:
+        return f"{r[k]:.0f} MiB" + ("" if r is first else f" ({100 * (r[k] / first[k] - 1):+.1f}%)")
+
+    rows = [[r["size"], r["dataset"], f"{r['seconds']:.0f} s", rel(r, "driver_mib"), rel(r, "actor_mib"),
+             rel(r, "ray_workers_mib"), f"{r['load_start'][0]:.1f} -> {r['load_end'][0]:.1f}"] for r in records]  # fmt: skip
+    heads = ["images", "inputs", "job", "peak RSS driver", "peak RSS audit actor", "peak RSS all Ray workers", "load"]
+    return (
+        f"`{first['command']}` at commit {first['commit']}, one run each in one Ray session.\n\n"
+        + markdown_table(heads, rows)
+        + "\n"
+    )
+
+
+def contention_markdown(records: list[dict[str, Any]]) -> str:
+    """BENCHMARKS.md's tables of one --contention run: Ray's own CPU, and the plain loop beside it."""
+    from raydetect.report.document import markdown_table
+
+    bg = next(r for r in records if r["kind"] == "ray_background")
+    procs = [[name, f"{cpu:.1f} s", f"{100 * cpu / bg['seconds']:.1f}%"] for name, cpu in list(bg["by_process"].items())[:8]]
+    sides: dict[str, list[float]] = {}
+    for r in records:
+        if r["kind"] == "contention":
+            sides.setdefault(r["side"], []).append(r["seconds"])
+    alone = sides["alone"]
+    rows = [[side, _med(v) + " s", _med([a / b for a, b in zip(alone, v, strict=True)], "{:.2f}")] for side, v in sides.items()]
+    images = next(r["images"] for r in records if r["kind"] == "contention")
+    return (
+        f"`{bg['command']}` at commit {bg['commit']}. An idle Ray Data pipeline (a stage that only sleeps) ran "
+        f"{bg['seconds']:.0f} s; every process on the machine used {bg['cpu_seconds']:.1f} CPU s in that time, "
+        f"{bg['cores_busy']:.2f} of the 2 cores. The busiest:\n\n"
+        + markdown_table(["process", "CPU", "of one core"], procs)
+        + f"\n\nThe plain loop over {images} images, in a process of its own, medians of {len(alone)} repeats (range):\n\n"
+        + markdown_table(["plain loop", "time", "speed vs alone"], rows) + "\n"
+    )  # fmt: skip
+
+
+def startup_markdown(records: list[dict[str, Any]]) -> str:
+    """BENCHMARKS.md's table of one --startup run: each step's median and range, Ray actor and fresh process."""
+    from raydetect.report.document import markdown_table
+
+    sides: dict[str, list[dict[str, float]]] = {}
+    for r in records:
+        if r["kind"] == "startup":
+            sides.setdefault(r["side"], []).append(r["steps"])
+    steps = list(next(iter(sides.values()))[0])
+    rows = [[step, *(_med([r[step] for r in runs], "{:.2f}") + " s" for runs in sides.values())] for step in steps]
+    rows.append(["**total**", *(_med([sum(r.values()) for r in runs], "{:.2f}") + " s" for runs in sides.values())])
+    n = len(next(iter(sides.values())))
+    head = f"`{records[0]['command']}` at commit {records[0]['commit']}; medians of {n} repeats (range).\n\n"
+    return head + markdown_table(["step", *sides], rows) + "\n"
+
+
 def summarize(values: list[float]) -> str:
     return f"median {statistics.median(values):.2f} (range {min(values):.2f}-{max(values):.2f}, n={len(values)})"
 
@@ -311,6 +503,7 @@ def main() -> None:
     )
     ap.add_argument("--contention", type=int, default=None, metavar="IMAGES",
                     help="instead: CPU of Ray's own processes; the plain loop of IMAGES alone vs beside Ray Data")  # fmt: skip
+    ap.add_argument("--startup", action="store_true", help="instead: where the audit actor's fixed cost goes")
     ap.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats of every audit job")
     ap.add_argument("--label", default="", help="free text recorded with each line (e.g. the change measured)")
     args = ap.parse_args()
@@ -338,6 +531,11 @@ def main() -> None:
     base = {"command": command, "commit": commit, "offset": args.offset, "label": args.label, "cpus": os.cpu_count(),
             "ray_start_s": ray_s,
             "decode_in_read": args.decode_in_read, "ray_niceness_15": args.ray_niceness}  # fmt: skip
+
+    if args.startup:
+        for rec in startup(bundle, args.data, args.repeats):
+            emit(args.jsonl, {**base, **rec, "load_end": load()})
+        return
 
     if args.contention:
         for rec in contention(bundle, args.data, args.contention, args.repeats):

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -92,6 +93,30 @@ def pipeline(
         separate_s = time.perf_counter() - start
     assert fused.inputs == a.inputs
     return fused_s, separate_s, ray_start, a.inputs
+
+
+def pipeline_markdown(records: list[dict[str, Any]]) -> str:
+    """BENCHMARKS.md's table of the newest run (one command and commit) in ``records``."""
+    from raydetect.report.document import markdown_table
+
+    key = (records[-1]["command"], records[-1]["commit"])
+    run = [r for r in records if (r["command"], r["commit"]) == key]
+
+    def med(vals: list[float], fmt: str) -> str:
+        return f"{fmt.format(statistics.median(vals))} ({fmt.format(min(vals))}-{fmt.format(max(vals))})"
+
+    plain = [r["plain_s"] for r in run]
+    rows = [["plain loop (one process, images in memory, nothing written)", med(plain, "{:.1f}") + " s", "1"]]
+    for label, k in (("Ray, one attack+feature job", "fused_s"), ("Ray, attack job then feature job", "attack_then_features_s")):
+        rows.append(
+            [label, med([r[k] for r in run], "{:.1f}") + " s", "**" + med([r["plain_s"] / r[k] for r in run], "{:.3f}") + "**"]
+        )
+    loads = [x for r in run for x in (r["load_start"][0], r["load_end"][0])]
+    return (
+        f"`{key[0]}` at commit {key[1]}: {run[0]['images']} images, {run[0]['passes_per_image']} gradient passes per image; "
+        f"medians of {len(run)} repeats (range); load average {min(loads):.1f}-{max(loads):.1f}.\n\n"
+        + markdown_table(["", "time", "ratio plain / Ray"], rows) + "\n"
+    )  # fmt: skip
 
 
 def main() -> None:

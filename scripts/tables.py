@@ -29,7 +29,7 @@ from raydetect.report.tables import pct, robustness_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-DOCS = ("README.md", "REPRODUCTION.md", "STUDY.md")
+DOCS = ("README.md", "REPRODUCTION.md", "STUDY.md", "BENCHMARKS.md")
 BLOCK = re.compile(r"(<!-- tables:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /tables:(?P=name) -->)", re.S)
 
 
@@ -150,13 +150,30 @@ def evaluate_digits(file: str) -> str:
     return f"```bash\n{rows[0]['command']}\n```\n\n{_table(sorted(rows, key=attack_rank))}\n"
 
 
-def _hardening() -> Any:
-    spec = importlib.util.spec_from_file_location("hardening", ROOT / "bench" / "hardening.py")
+def _bench(name: str) -> Any:
+    """A module of bench/ (its table functions), loaded without running it."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # its dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
+
+
+def _hardening() -> Any:
+    return _bench("hardening")
+
+
+def bench_audit(kind: str) -> str:
+    """The newest ``bench/audit.py`` run of ``kind`` (throughput, memory, contention) in audit.jsonl."""
+    mod = _bench("audit")
+    run = mod.latest_run(read_jsonl("audit.jsonl"), kind)
+    return {
+        "throughput": mod.throughput_markdown,
+        "memory": mod.memory_markdown,
+        "contention": mod.contention_markdown,
+        "startup": mod.startup_markdown,
+    }[kind](run)
 
 
 # The design the defaults follow and the half its README figures come from (STUDY.md, Hardening).
@@ -195,6 +212,11 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "evaluate-digits": lambda: evaluate_digits("evaluate-digits.jsonl"),
     "hardening": lambda: _hardening().summary_markdown(),  # bench/hardening.py reads bench/results/hardening.jsonl
     "readme-robust": lambda: hardening_readme("hardening.jsonl", *README_DESIGN),
+    "bench-audit": lambda: bench_audit("throughput"),
+    "bench-memory": lambda: bench_audit("memory"),
+    "bench-contention": lambda: bench_audit("contention"),
+    "bench-startup": lambda: bench_audit("startup"),
+    "bench-pipeline": lambda: _bench("pipeline").pipeline_markdown(read_jsonl("pipeline.jsonl")),
 }
 
 
