@@ -65,6 +65,19 @@ def plain_loop(data: Path, n: int, batch_size: int, attribution: AttributionConf
     return time.perf_counter() - start, len(x_all)
 
 
+def png_round_trip_ms(data: Path, n: int = 64) -> float:
+    """Median ms to encode one model-sized image as the jobs' 8-bit PNG and decode it again."""
+    from raydetect.images import decode_png, encode_png
+
+    images = load_image_folder(data, load_model(MODEL).info.preprocess, limit=n).images
+    times = []
+    for x in images:
+        t = time.perf_counter()
+        decode_png(encode_png(x))
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
 def pipeline(
     data: Path, n: int, batch_size: int, attribution: AttributionConfig, features: FeatureConfig
 ) -> tuple[float, float, float, int]:
@@ -115,7 +128,9 @@ def pipeline_markdown(records: list[dict[str, Any]]) -> str:
     return (
         f"`{key[0]}` at commit {key[1]}: {run[0]['images']} images, {run[0]['passes_per_image']} gradient passes per image; "
         f"medians of {len(run)} repeats (range); load average {min(loads):.1f}-{max(loads):.1f}.\n\n"
-        + markdown_table(["", "time", "ratio plain / Ray"], rows) + "\n"
+        + markdown_table(["", "time", "ratio plain / Ray"], rows)
+        + f"\n\nThe jobs' PNG round trip (encode, then decode, one model input): {run[0]['png_round_trip_ms']:.1f} ms "
+        "(median of 64 images); the fused job makes one per clean and one per adversarial image.\n"
     )  # fmt: skip
 
 
@@ -140,6 +155,8 @@ def main() -> None:
     print(f"model efficientnet_lite0; torch threads {torch.get_num_threads()}; attribution: {attribution}")
     print(f"descriptors: {', '.join(features.descriptors)}; gradient passes per image: {passes} "
           f"(BIM {ATTACK.effective_steps} + IG x clean and adversarial)")  # fmt: skip
+    png_ms = png_round_trip_ms(args.data)
+    print(f"PNG round trip (encode + decode, one {MODEL.name} input): {png_ms:.1f} ms, median of 64 images")
     ratios: dict[str, list[float]] = {"fused": [], "separate": []}
     for rep in range(args.repeats):
         load_start = [round(x, 2) for x in os.getloadavg()]
@@ -148,7 +165,7 @@ def main() -> None:
         assert n == n_pipe, (n, n_pipe)
         rec = {"command": command, "commit": commit.stdout.strip(), "repeat": rep, "images": n, "plain_s": loop_s,
                "fused_s": fused_s, "attack_then_features_s": sep_s, "ray_start_s": ray_s, "defaults": args.defaults,
-               "passes_per_image": passes, "load_start": load_start,
+               "passes_per_image": passes, "png_round_trip_ms": png_ms, "load_start": load_start,
                "load_end": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
         args.jsonl.parent.mkdir(parents=True, exist_ok=True)
         with args.jsonl.open("a") as f:
