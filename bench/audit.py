@@ -139,6 +139,9 @@ class PeakRSS:
         self.driver = 0
         self.actor = 0
         self.workers = 0  # largest sum over all ray:: processes at one instant
+        # [seconds, audit actor MiB, all Ray workers MiB] every 10 s: growth vs a plateau
+        self.series: list[list[float]] = []
+        self._t0 = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -157,7 +160,7 @@ class PeakRSS:
 
     def sample(self) -> None:
         self.driver = max(self.driver, self.me.memory_info().rss)
-        total = 0
+        total = actor = 0
         for p in self.me.children(recursive=True):
             try:
                 title = " ".join(p.cmdline())
@@ -169,10 +172,15 @@ class PeakRSS:
             total += rss
             if "AuditStage" in title:
                 self.actor = max(self.actor, rss)
+                actor = rss
         self.workers = max(self.workers, total)
+        now = time.perf_counter() - self._t0
+        if actor and (not self.series or now - self.series[-1][0] >= 10):
+            self.series.append([round(now, 1), round(actor / 2**20), round(total / 2**20)])
 
     def mib(self) -> dict[str, float]:
-        return {"driver_mib": self.driver / 2**20, "actor_mib": self.actor / 2**20, "ray_workers_mib": self.workers / 2**20}
+        return {"driver_mib": self.driver / 2**20, "actor_mib": self.actor / 2**20, "ray_workers_mib": self.workers / 2**20,
+                "series": self.series}  # fmt: skip
 
 
 def load() -> list[float]:
@@ -347,7 +355,7 @@ def contention(bundle: str, data: Path, images: int, repeats: int) -> list[dict[
     for rep in range(repeats):
         for side in ("alone", "beside Ray Data", "beside Ray Data at niceness 19"):
             stop = threading.Event()
-            bg = threading.Thread(target=_idle_pipeline, args=(stop, 10_000), daemon=True)
+            bg = threading.Thread(target=_idle_pipeline, args=(stop, 90), daemon=True)  # 90 s: outlasts the loop
             if side != "alone":
                 bg.start()
                 time.sleep(8)  # past the idle actor's start
@@ -433,6 +441,21 @@ def memory_markdown(records: list[dict[str, Any]]) -> str:
         + markdown_table(heads, rows)
         + "\n"
     )
+
+
+def series_markdown(records: list[dict[str, Any]], every: float = 60.0) -> str:
+    """The audit actor's RSS over the largest audit of one --memory run, about every ``every`` s."""
+    from raydetect.report.document import markdown_table
+
+    big = max((r for r in records if r["kind"] == "memory"), key=lambda r: r["size"])
+    rows, last = [], -every
+    for t, actor, workers in big["series"]:
+        if t - last >= every or [t, actor, workers] == big["series"][-1]:
+            rows.append([f"{t:.0f} s", f"{actor} MiB", f"{workers} MiB"])
+            last = t
+    head = (f"`{big['command']}` at commit {big['commit']}: the audit of {big['size']} images ({big['seconds']:.0f} s), "
+            "RSS sampled every 0.5 s, shown about once a minute.\n\n")  # fmt: skip
+    return head + markdown_table(["time into the audit", "audit actor", "all Ray workers"], rows) + "\n"
 
 
 def contention_markdown(records: list[dict[str, Any]]) -> str:

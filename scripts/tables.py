@@ -216,6 +216,9 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "bench-memory": lambda: bench_audit("memory"),
     "bench-contention": lambda: bench_audit("contention"),
     "bench-startup": lambda: bench_audit("startup"),
+    "bench-memory-series": lambda: _bench("audit").series_markdown(
+        _bench("audit").latest_run(read_jsonl("audit-memory-series.jsonl"), "memory")
+    ),
     "bench-pipeline": lambda: _bench("pipeline").pipeline_markdown(read_jsonl("pipeline.jsonl")),
 }
 
