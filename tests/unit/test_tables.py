@@ -47,3 +47,22 @@ def test_a_changed_result_changes_the_table(tmp_path: Path, monkeypatch: pytest.
     text = next((ROOT / d).read_text() for d in tables.DOCS if "<!-- tables:evaluate-digits -->" in (ROOT / d).read_text())
     new = tables.render(text, {})
     assert new != text and "0.123" in new
+
+
+def test_audit_benchmark_tables_split_fixed_and_per_image_costs() -> None:
+    """Two sizes give t = fixed + n * per_image for each side; the marginal ratio compares the slopes."""
+    audit = _tables()._bench("audit")
+    base = {"command": "c", "commit": "x", "ray_start_s": 1.0, "kind": "throughput", "load_start": [1.0], "load_end": [2.0],
+            "driver_mib": 100.0, "actor_mib": 200.0}  # fmt: skip
+    # plain: 0 s + 100 ms/image; Ray: 10 s + 125 ms/image (wall adds 5 s of report)
+    recs = [
+        {**base, "side": side, "size": n, "repeat": 0, "seconds": s, "wall_seconds": s + 5}
+        for side, n, s in (("plain", 100, 10.0), ("ray", 100, 22.5), ("plain", 500, 50.0), ("ray", 500, 72.5))
+    ]
+    md = audit.throughput_markdown(audit.latest_run([{**recs[0], "command": "older"}, *recs], "throughput"))
+    assert "| Ray, job | 10.0 (10.0-10.0) s | 125 (125-125) ms |" in md
+    assert "| plain loop | 0.0 (0.0-0.0) s | 100 (100-100) ms |" in md
+    assert "ratio Ray / plain: 0.80 (0.80-0.80)" in md  # 100 ms / 125 ms
+    mem = [{**base, "kind": "memory", "dataset": d, "size": n, "seconds": 1.0, "driver_mib": m, "actor_mib": m,
+            "ray_workers_mib": m} for d, n, m in (("sample", 500, 1000.0), ("variants", 5000, 1100.0))]  # fmt: skip
+    assert "1100 MiB (+10.0%)" in audit.memory_markdown(mem)
