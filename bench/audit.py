@@ -463,7 +463,8 @@ def contention_markdown(records: list[dict[str, Any]]) -> str:
     from raydetect.report.document import markdown_table
 
     bg = next(r for r in records if r["kind"] == "ray_background")
-    procs = [[name, f"{cpu:.1f} s", f"{100 * cpu / bg['seconds']:.1f}%"] for name, cpu in list(bg["by_process"].items())[:8]]
+    busiest = list(bg["by_process"].items())[:8]
+    procs = [[name.strip(), f"{cpu:.1f} s", f"{100 * cpu / bg['seconds']:.1f}%"] for name, cpu in busiest]
     sides: dict[str, list[float]] = {}
     for r in records:
         if r["kind"] == "contention":
