@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import shlex
-import statistics
 import sys
 import tempfile
 import threading
@@ -379,8 +378,10 @@ def latest_run(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]
     return [r for r in records if (r["command"], r["commit"], r.get("ray_start_s")) == key]
 
 
-def _med(values: list[float], fmt: str = "{:.1f}") -> str:
-    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+def _med(values: list[float], digits: int = 1) -> str:
+    from raydetect.report.tables import median_range
+
+    return median_range(values, digits)
 
 
 def throughput_markdown(records: list[dict[str, Any]]) -> str:
@@ -398,19 +399,17 @@ def throughput_markdown(records: list[dict[str, Any]]) -> str:
         job = [p["seconds"] / q["seconds"] for p, q in zip(plain, ray_, strict=True)]
         wall = [p["seconds"] / q["wall_seconds"] for p, q in zip(plain, ray_, strict=True)]
         sizes.append([n, _med([p["seconds"] for p in plain]) + " s", _med([q["seconds"] for q in ray_]) + " s",
-                      f"**{_med(job, '{:.2f}')}**", _med([q["wall_seconds"] for q in ray_]) + " s",
-                      _med(wall, "{:.2f}")])  # fmt: skip
-    costs = []
+                      f"**{_med(job, 2)}**", _med([q["wall_seconds"] for q in ray_]) + " s",
+                      _med(wall, 2)])  # fmt: skip
+    # Per repeat, from the two sizes: t = fixed + n * per_image.
+    costs, slopes = [], {}
     for label, side, key in (("plain loop", "plain", "seconds"), ("Ray, job", "ray", "seconds"),
                              ("Ray, wall with report", "ray", "wall_seconds")):  # fmt: skip
         a, b = by[(side, small)], by[(side, large)]
-        per = [(y[key] - x[key]) / (large - small) for x, y in zip(a, b, strict=True)]
+        per = slopes[label] = [(y[key] - x[key]) / (large - small) for x, y in zip(a, b, strict=True)]
         fixed = [x[key] - small * p for x, p in zip(a, per, strict=True)]
-        costs.append([label, _med(fixed) + " s", _med([p * 1000 for p in per], "{:.0f}") + " ms"])
-    marginal = [
-        (pb["seconds"] - pa["seconds"]) / (rb["seconds"] - ra["seconds"])
-        for pa, pb, ra, rb in zip(by[("plain", small)], by[("plain", large)], by[("ray", small)], by[("ray", large)], strict=True)
-    ]
+        costs.append([label, _med(fixed) + " s", _med([p * 1000 for p in per], 0) + " ms"])
+    marginal = [p / q for p, q in zip(slopes["plain loop"], slopes["Ray, job"], strict=True)]
     loads = [x for r in records for x in (r["load_start"][0], r["load_end"][0])]
     peak = {k: max(r[k] for r in by[("ray", large)]) for k in ("driver_mib", "actor_mib")}
     return (
@@ -418,7 +417,7 @@ def throughput_markdown(records: list[dict[str, Any]]) -> str:
         f"(range); 1-minute load average {min(loads):.1f}-{max(loads):.1f} over the run.\n\n"
         + markdown_table(["images", "plain loop", "Ray, job", "ratio (job)", "Ray, wall with report", "ratio (wall)"], sizes)
         + "\n\n" + markdown_table(["", "fixed per job", "per image"], costs)
-        + f"\n\n**Marginal (per-image) throughput ratio Ray / plain: {_med(marginal, '{:.2f}')}.** Peak RSS at {large} "
+        + f"\n\n**Marginal (per-image) throughput ratio Ray / plain: {_med(marginal, 2)}.** Peak RSS at {large} "
         f"images: driver {peak['driver_mib']:.0f} MiB, audit actor {peak['actor_mib']:.0f} MiB.\n"
     )  # fmt: skip
 
@@ -470,7 +469,7 @@ def contention_markdown(records: list[dict[str, Any]]) -> str:
         if r["kind"] == "contention":
             sides.setdefault(r["side"], []).append(r["seconds"])
     alone = sides["alone"]
-    rows = [[side, _med(v) + " s", _med([a / b for a, b in zip(alone, v, strict=True)], "{:.2f}")] for side, v in sides.items()]
+    rows = [[side, _med(v) + " s", _med([a / b for a, b in zip(alone, v, strict=True)], 2)] for side, v in sides.items()]
     images = next(r["images"] for r in records if r["kind"] == "contention")
     return (
         f"`{bg['command']}` at commit {bg['commit']}. An idle Ray Data pipeline (a stage that only sleeps) ran "
@@ -492,22 +491,18 @@ def startup_markdown(records: list[dict[str, Any]]) -> str:
             sides.setdefault(r["side"], []).append(r["steps"])
     # psutil's process start time is in clock ticks since boot and drifts from time.time() by a
     # few tenths of a second here: show the process's start and its Python's start as one step.
-    first = "process start to Python (and Ray worker) up"
-    for runs in sides.values():
-        for r in runs:
-            if "process started" in r:
-                r[first] = r.pop("process started") + r.pop("Python (and Ray worker) up")
-                r.update({k: r.pop(k) for k in [k for k in r if k != first]})  # keep the steps in order
+    split = ("process started", "Python (and Ray worker) up")
+    sides = {
+        side: [{"process start to Python (and Ray worker) up": sum(r[k] for k in split)}
+               | {k: v for k, v in r.items() if k not in split} for r in runs]
+        for side, runs in sides.items()
+    }  # fmt: skip
     steps = list(next(iter(sides.values()))[0])
-    rows = [[step, *(_med([r[step] for r in runs], "{:.2f}") + " s" for runs in sides.values())] for step in steps]
-    rows.append(["**total**", *(_med([sum(r.values()) for r in runs], "{:.2f}") + " s" for runs in sides.values())])
+    rows = [[step, *(_med([r[step] for r in runs], 2) + " s" for runs in sides.values())] for step in steps]
+    rows.append(["**total**", *(_med([sum(r.values()) for r in runs], 2) + " s" for runs in sides.values())])
     n = len(next(iter(sides.values())))
     head = f"`{records[0]['command']}` at commit {records[0]['commit']}; medians of {n} repeats (range).\n\n"
     return head + markdown_table(["step", *sides], rows) + "\n"
-
-
-def summarize(values: list[float]) -> str:
-    return f"median {statistics.median(values):.2f} (range {min(values):.2f}-{max(values):.2f}, n={len(values)})"
 
 
 def emit(path: Path, record: dict[str, Any]) -> None:
@@ -621,31 +616,8 @@ def main() -> None:
                     f"repeat {rep} {side:5s} {n:4d} images: {r['seconds']:6.1f} s (load {la0[0]:.1f}->{rec['load_end'][0]:.1f})"
                 )
 
-    small, large = args.sizes
-    print(f"\n{args.repeats} repeats, plain and Ray interleaved; images {small} and {large} (offset {args.offset})")
-    for key in ("seconds", "wall_seconds"):
-        for n in args.sizes:
-            plain = [r["seconds"] for r in results[("plain", n)]]
-            ray_ = [r[key] for r in results[("ray", n)]]
-            ratios = [p / q for p, q in zip(plain, ray_, strict=True)]
-            print(f"{n:4d} images  plain {summarize(plain)} s | Ray {key} {summarize(ray_)} s | ratio {summarize(ratios)}")
-    # Fixed and per-image costs per repeat from the two sizes: t = fixed + n * per_image.
-    for side, key in (("plain", "seconds"), ("ray", "seconds"), ("ray", "wall_seconds")):
-        per = [(b[key] - a[key]) / (large - small) for a, b in zip(results[(side, small)], results[(side, large)], strict=True)]
-        fixed = [a[key] - small * p for a, p in zip(results[(side, small)], per, strict=True)]
-        print(f"{side:5s} {key:12s} fixed {summarize(fixed)} s; per image {summarize([p * 1000 for p in per])} ms")
-    per_ratio = [
-        ((pb["seconds"] - pa["seconds"]) / (rb["seconds"] - ra["seconds"]))
-        for pa, pb, ra, rb in zip(
-            results[("plain", small)], results[("plain", large)], results[("ray", small)], results[("ray", large)], strict=True
-        )
-    ]
-    print(f"marginal (per-image) throughput ratio Ray/plain: {summarize(per_ratio)}")
-    for side in ("plain", "ray"):
-        rows = results[(side, large)]
-        peak = {k: max(r[k] for r in rows) for k in ("driver_mib", "actor_mib", "ray_workers_mib")}
-        print(f"{side:5s} peak RSS at {large}: driver {peak['driver_mib']:.0f} MiB, audit actor {peak['actor_mib']:.0f} MiB, "
-              f"Ray workers {peak['ray_workers_mib']:.0f} MiB")  # fmt: skip
+    print()
+    print(throughput_markdown([r for recs in results.values() for r in recs]))
 
 
 if __name__ == "__main__":

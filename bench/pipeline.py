@@ -111,19 +111,15 @@ def pipeline(
 def pipeline_markdown(records: list[dict[str, Any]]) -> str:
     """BENCHMARKS.md's table of the newest run (one command and commit) in ``records``."""
     from raydetect.report.document import markdown_table
+    from raydetect.report.tables import median_range as med
 
     key = (records[-1]["command"], records[-1]["commit"])
     run = [r for r in records if (r["command"], r["commit"]) == key]
 
-    def med(vals: list[float], fmt: str) -> str:
-        return f"{fmt.format(statistics.median(vals))} ({fmt.format(min(vals))}-{fmt.format(max(vals))})"
-
     plain = [r["plain_s"] for r in run]
-    rows = [["plain loop (one process, images in memory, nothing written)", med(plain, "{:.1f}") + " s", "1"]]
+    rows = [["plain loop (one process, images in memory, nothing written)", med(plain) + " s", "1"]]
     for label, k in (("Ray, one attack+feature job", "fused_s"), ("Ray, attack job then feature job", "attack_then_features_s")):
-        rows.append(
-            [label, med([r[k] for r in run], "{:.1f}") + " s", "**" + med([r["plain_s"] / r[k] for r in run], "{:.3f}") + "**"]
-        )
+        rows.append([label, med([r[k] for r in run]) + " s", "**" + med([r["plain_s"] / r[k] for r in run], 3) + "**"])
     loads = [x for r in run for x in (r["load_start"][0], r["load_end"][0])]
     return (
         f"`{key[0]}` at commit {key[1]}: {run[0]['images']} images, {run[0]['passes_per_image']} gradient passes per image; "
@@ -157,7 +153,7 @@ def main() -> None:
           f"(BIM {ATTACK.effective_steps} + IG x clean and adversarial)")  # fmt: skip
     png_ms = png_round_trip_ms(args.data)
     print(f"PNG round trip (encode + decode, one {MODEL.name} input): {png_ms:.1f} ms, median of 64 images")
-    ratios: dict[str, list[float]] = {"fused": [], "separate": []}
+    records = []
     for rep in range(args.repeats):
         load_start = [round(x, 2) for x in os.getloadavg()]
         loop_s, n = plain_loop(args.data, args.images, args.batch_size, attribution, features)
@@ -170,13 +166,11 @@ def main() -> None:
         args.jsonl.parent.mkdir(parents=True, exist_ok=True)
         with args.jsonl.open("a") as f:
             f.write(json.dumps(rec) + "\n")
-        ratios["fused"].append(loop_s / fused_s)
-        ratios["separate"].append(loop_s / sep_s)
+        records.append(rec)
         print(f"repeat {rep}: {n} images; plain {loop_s:.1f} s; fused job {fused_s:.1f} s (ratio {loop_s / fused_s:.3f}); "
               f"attack job then feature job {sep_s:.1f} s (ratio {loop_s / sep_s:.3f})")  # fmt: skip
-    for name, vals in ratios.items():
-        med, lo, hi = statistics.median(vals), min(vals), max(vals)
-        print(f"{name}: ratio Ray/plain median {med:.3f} (range {lo:.3f}-{hi:.3f}, n={len(vals)})")
+    print()
+    print(pipeline_markdown(records))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +31,11 @@ def interval(ci: Sequence[float] | None, digits: int = 3) -> str:
     if not ci or any(c is None or math.isnan(c) for c in ci):
         return "n/a"
     return f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def median_range(values: Sequence[float], digits: int = 1) -> str:
+    """``median (min-max)`` of repeated measurements, as the benchmark tables show them."""
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def attack_label(row: dict[str, Any]) -> str:
