@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 import torch
 
@@ -75,3 +76,73 @@ def set_threads(threads: int | None) -> None:
     """
     if threads and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+def _rss_bytes() -> int:
+    """This process's resident set size (0 where /proc is unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class HeapTrim:
+    """Keep a long-running model process's RSS at its level after warm-up.
+
+    With the allocator tuned (:func:`tune_allocator`, one arena, no automatic trimming), freed
+    activations stay resident for the next batch, which is what makes gradient passes fast; but
+    the heap fragments slowly and RSS crept about 60 KiB per image through an audit (BENCHMARKS.md).
+    Called after each batch, this records the highest RSS of the first ``warmup`` batches, and
+    once RSS exceeds that level by ``slack`` it hands every free page back (``malloc_trim``): the
+    next batch faults in only what it uses. If the very next batch is above the limit again, the
+    work needs that much and the level rises, so trimming never repeats batch after batch.
+    """
+
+    def __init__(self, warmup: int = 3, slack: float = 0.03) -> None:
+        self.warmup, self.slack = warmup, slack
+        self.calls = self.trims = 0
+        self.level = 0
+        self._trimmed_last = False
+        self._trim = _malloc_trim()
+
+    def __call__(self) -> None:
+        if self._trim is None:
+            return
+        self.calls += 1
+        rss = _rss_bytes()
+        if self.calls <= self.warmup:
+            self.level = max(self.level, rss)
+            return
+        if rss <= self.level * (1 + self.slack):
+            self._trimmed_last = False
+        elif self._trimmed_last:  # trimmed one batch ago and above again: the work needs it
+            self.level, self._trimmed_last = rss, False
+        else:
+            self._trim(0)
+            self.trims += 1
+            self._trimmed_last = True
+            log.debug("RSS %.0f MiB over %.0f MiB: freed heap pages returned", rss / 2**20, self.level / 2**20)
+
+
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, where the allocator is tuned to keep freed memory (else None)."""
+    if os.environ.get("RAYDETECT_NO_MALLOC_TUNING") or not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_HEAP_TRIM: HeapTrim | None = None
+
+
+def trim_heap() -> None:
+    """:class:`HeapTrim` for this process (one per process: stages may nest); call after each batch."""
+    global _HEAP_TRIM
+    if _HEAP_TRIM is None:
+        _HEAP_TRIM = HeapTrim()
+    _HEAP_TRIM()

@@ -1,7 +1,8 @@
 """Attack actor: one input row per image becomes one "clean" row plus one "adversarial" row per attack.
 
 Images travel as lossless 8-bit PNG: the adversarial image an auditor would receive, on which
-the attack judged its own success.
+the attack judged its own success. (The fused attack+feature stage hands the same 8-bit images
+to the explainer as arrays, without the PNG round trip.)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from raydetect.config import AttackConfig, ModelConfig
 from raydetect.detect import Detector
 from raydetect.images import encode_png
 from raydetect.models import ImageClassifier, load_model
-from raydetect.models.runtime import set_threads
+from raydetect.models.runtime import set_threads, trim_heap
 from raydetect.stages.rows import rows_to_batch
 
 
@@ -81,14 +82,25 @@ class AttackStage:
         self.only_correct = only_correct
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows, images = self.attack_rows(batch)
+        for row, image in zip(rows, images, strict=True):
+            if image is not None:
+                row["png"] = encode_png(image)
+        trim_heap()
+        return rows_to_batch(rows)
+
+    def attack_rows(self, batch: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], list[np.ndarray | None]]:
+        """(rows, each row's 8-bit image as a float (C, H, W) array, or None for rows without one);
+        the rows' ``png`` is left empty for the caller to fill or skip."""
         set_threads(self.threads)
         rows = [
             clean_row(str(i), str(p), int(lb), str(s), str(e))
             for i, p, lb, s, e in zip(batch["id"], batch["path"], batch["label"], batch["status"], batch["error"], strict=True)
         ]
+        images: list[np.ndarray | None] = [None] * len(rows)
         ok = np.flatnonzero(batch["status"] == "ok")
         if len(ok) == 0:
-            return rows_to_batch(rows)
+            return rows, images
         # What is stored is 8-bit; attack and judge exactly that image.
         x = quantize(torch.from_numpy(np.asarray(batch["image"][ok], dtype=np.float32)))
         labels = torch.from_numpy(np.asarray(batch["label"][ok], dtype=np.int64))
@@ -99,10 +111,11 @@ class AttackStage:
         correct = pred == torch.where(labels >= 0, labels, pred)
         for j, i in enumerate(ok):
             rows[i].update(clean_pred=int(pred[j]), clean_conf=float(conf[j]), pred=int(pred[j]), conf=float(conf[j]),
-                           correct=bool(correct[j]), png=encode_png(x[j].numpy()))  # fmt: skip
+                           correct=bool(correct[j]))  # fmt: skip
+            images[i] = x[j].numpy()
         sel = np.flatnonzero(correct.numpy()) if self.only_correct else np.arange(len(ok))
         if len(sel) == 0:
-            return rows_to_batch(rows)
+            return rows, images
         xs = x[sel]
         for cfg, attack in self.attacks:
             res = judged_on(self.model, cfg, attack(xs, labels[sel], keys[sel]))
@@ -117,7 +130,8 @@ class AttackStage:
                         "steps": cfg.effective_steps, "target": int(res.targets[j]), "pred": int(res.adv_pred[j]),
                         "conf": float(res.adv_conf[j]), "success": bool(res.success[j]),
                         "success_float": bool(res.success_float[j]), "linf": float(linf[j]),
-                        "passes": float(res.passes[j]), "png": encode_png(res.adversarial[j].numpy()),
+                        "passes": float(res.passes[j]),
                     }
                 )  # fmt: skip
-        return rows_to_batch(rows)
+                images.append(res.adversarial[j].numpy())
+        return rows, images

@@ -12,7 +12,7 @@ from raydetect.attacks import stable_key
 from raydetect.detect import Detector
 from raydetect.images import class_name
 from raydetect.models import ImageClassifier
-from raydetect.models.runtime import set_threads
+from raydetect.models.runtime import set_threads, trim_heap
 from raydetect.stages.read import decode_rows
 from raydetect.stages.rows import rows_to_table
 
@@ -53,4 +53,5 @@ class AuditStage:
                 t = int(targets[j])
                 rows[i].update(pred=t, pred_name=class_name(t, self.model.num_classes), conf=float(probs[j, t]),
                                score=float(scores[j]), adversarial=bool(scores[j] > self.threshold))  # fmt: skip
+        trim_heap()
         return rows_to_table(rows)

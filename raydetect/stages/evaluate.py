@@ -17,7 +17,7 @@ from raydetect.attacks import quantize, stable_key
 from raydetect.config import AttackConfig
 from raydetect.detect import Detector
 from raydetect.models import ImageClassifier
-from raydetect.models.runtime import set_threads
+from raydetect.models.runtime import set_threads, trim_heap
 from raydetect.stages.attack import build_attacks, judged_on
 from raydetect.stages.rows import rows_to_table
 
@@ -85,4 +85,5 @@ class EvaluateStage:
                     "eps": cfg.eps, "pred": int(adv_pred[j]), "success": bool(success[j]), "score": float(adv_scores[j]),
                     "flagged": bool(adv_scores[j] > self.threshold), "passes": float(res.passes[j]), "linf": float(linf[j]),
                 })  # fmt: skip
+        trim_heap()
         return rows_to_table(rows)

@@ -18,7 +18,7 @@ from raydetect.config import AttributionConfig, FeatureConfig
 from raydetect.explain import Explainer, describe, feature_names
 from raydetect.images import decode_png
 from raydetect.models import ImageClassifier
-from raydetect.models.runtime import set_threads
+from raydetect.models.runtime import set_threads, trim_heap
 from raydetect.stages.rows import cell, rows_to_table
 
 
@@ -143,4 +143,5 @@ class FeatureStage:
                 if self.maps_fraction > 0 and (keys[j] % 10_000) < self.maps_fraction * 10_000:
                     row["map"] = _npy_bytes(expl.attributions[j].sum(0).cpu().numpy())
                 out.append(row)
+        trim_heap()
         return rows_to_table(out)

@@ -84,3 +84,20 @@ def test_feature_stage_paper_protocol_explains_each_clean_per_attack(digits_mode
     clean_per_attack = [r for r in rows if r["kind"] == "clean" and r["status"] == "ok"]
     assert len(clean_per_attack) == len(ok_adv)
     assert all(r["id"] == f"{r['pair_id']}|clean|{r['attack']}" for r in clean_per_attack)
+
+
+@pytest.mark.parametrize("keep_png", [False, True])
+def test_fused_stage_without_png_equals_attack_then_feature_stage(digits_model, attacked, image_batch, keep_png) -> None:
+    """The fused stage skips the PNG round trip; its rows must be those of the two stages chained."""
+    from raydetect.stages.fused import AttackFeatureStage
+
+    attacks = [AttackConfig(eps=0.3, steps=10), AttackConfig(mode="second", eps=0.3, steps=10)]
+    attr, fcfg = AttributionConfig(n_steps=4), FeatureConfig(quantiles=8)
+    chained = FeatureStage(lambda: digits_model, attr, fcfg)(attacked).to_pylist()
+    fused = AttackFeatureStage(lambda: digits_model, attacks, attr, fcfg, keep_png=keep_png)(image_batch).to_pylist()
+    assert [r["id"] for r in fused] == [r["id"] for r in chained]
+    png = dict(zip(attacked["id"], attacked["png"], strict=True))
+    for f, c in zip(fused, chained, strict=True):
+        assert f.pop("png", png[f["id"]]) == png[f["id"]]  # kept PNGs are the attack stage's bytes
+        np.testing.assert_array_equal(f.pop("features"), c.pop("features"))
+        assert f == c
