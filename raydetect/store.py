@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,36 +146,132 @@ def output_files(uri: str, clean_partial: bool = False) -> list[str]:
     return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
 
 
+SCAN_ROWS = 200_000  # rows :func:`scan_output` holds at once (a few tens of MiB of audit rows)
+
+
+def _read_part(fs: Any, path: str, columns: list[str] | None) -> Any:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path, filesystem=fs, columns=columns)
+    except Exception as exc:  # a foreign or damaged file: say which
+        raise RaydetectError(f"cannot read output part {path}: {exc}") from exc
+
+
+def _first_of_each(table: Any, key: str, order: str) -> Any:
+    """Rows of ``table`` with the lowest ``order`` per ``key`` value, in ``order`` (vectorized)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if table.num_rows < 2:
+        return table
+    table = table.take(pc.sort_indices(table, sort_keys=[(key, "ascending"), (order, "ascending")]))
+    ids = table.column(key)
+    changed = pc.not_equal(ids.slice(1), ids.slice(0, table.num_rows - 1))
+    keep = pa.concat_arrays([pa.array([True]), *pc.fill_null(changed, True).chunks])
+    return table.filter(keep).sort_by(order)
+
+
 def read_output(uri: str, columns: list[str] | None = None, dedupe_on: str | None = "id") -> Any:
     """All complete part files of an output as one pyarrow Table (None when there are none).
 
     Rows are de-duplicated on ``dedupe_on`` (first wins): a task retried after its write
-    succeeded may have written its rows twice; readers see each id once.
+    succeeded may have written its rows twice; readers see each id once. This holds the whole
+    output in memory; :func:`scan_output` reads any size in bounded memory.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     fs, _ = open_filesystem(uri)
     files = output_files(uri)
     if not files:
         return None
-    tables = []
-    for f in files:
-        try:
-            tables.append(pq.read_table(f, filesystem=fs, columns=columns))
-        except Exception as exc:  # a foreign or damaged file: say which
-            raise RaydetectError(f"cannot read output part {f}: {exc}") from exc
-    table = pa.concat_tables(tables, promote_options="default")
+    table = pa.concat_tables([_read_part(fs, f, columns) for f in files], promote_options="default")
     if dedupe_on and dedupe_on in table.column_names:
-        seen: set[str] = set()
-        keep = []
-        for i, v in enumerate(table.column(dedupe_on).to_pylist()):
-            if v not in seen:
-                seen.add(v)
-                keep.append(i)
-        if len(keep) != table.num_rows:
-            table = table.take(pa.array(keep))
+        ordered = table.append_column("__order", pa.array(range(table.num_rows), pa.int64()))
+        deduped = _first_of_each(ordered, dedupe_on, "__order")
+        if deduped.num_rows != table.num_rows:
+            table = deduped.drop_columns(["__order"])
     return table
+
+
+def count_rows(uri: str) -> int:
+    """Rows in an output's part files, duplicates included (from the Parquet footers)."""
+    import pyarrow.parquet as pq
+
+    fs, _ = open_filesystem(uri)
+    total = 0
+    for f in output_files(uri):
+        try:
+            total += pq.ParquetFile(f, filesystem=fs).metadata.num_rows
+        except Exception as exc:
+            raise RaydetectError(f"cannot read output part {f}: {exc}") from exc
+    return total
+
+
+def scan_output(uri: str, columns: list[str] | None = None, dedupe_on: str = "id", max_rows: int = SCAN_ROWS) -> Iterator[Any]:
+    """Every row of an output once (first part file wins, as in :func:`read_output`), as pyarrow
+    Tables of about ``max_rows`` rows or fewer, so memory stays bounded whatever the output's size.
+
+    An output of at most ``max_rows`` rows comes as one table in file order. A larger one is
+    spilled to a temporary directory in buckets by a hash of ``dedupe_on`` (every copy of an id
+    lands in the same bucket, where duplicates are dropped) and comes bucket by bucket, in no
+    particular order. ``columns`` must include ``dedupe_on``.
+    """
+    import tempfile
+    import zlib
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    if columns is not None and dedupe_on not in columns:
+        raise RaydetectError(f"scan_output needs the {dedupe_on!r} column to de-duplicate on")
+    fs, _ = open_filesystem(uri)
+    files = output_files(uri)
+    total = count_rows(uri)
+    if total <= max_rows:
+        table = read_output(uri, columns, dedupe_on)
+        if table is not None:
+            yield table
+        return
+    buckets = -(-total // max_rows)
+    seen = 0  # rows before this part, in file order: "first wins" across buckets
+    with tempfile.TemporaryDirectory(prefix="raydetect-scan-") as spill:
+        pending: list[Any] = []
+        spilled: dict[int, list[str]] = {}
+
+        def flush() -> None:
+            chunk = pa.concat_tables(pending, promote_options="default")
+            pending.clear()
+            keys = chunk.column(dedupe_on).to_pylist()
+            bucket = np.fromiter((zlib.crc32(str(k).encode()) % buckets for k in keys), np.int64, len(keys))
+            order = np.argsort(bucket, kind="stable")
+            edges = np.searchsorted(bucket[order], np.arange(buckets + 1))
+            for b in range(buckets):
+                if edges[b + 1] > edges[b]:
+                    path = f"{spill}/{b}-{len(spilled.get(b, []))}.arrow"
+                    feather.write_feather(chunk.take(pa.array(order[edges[b] : edges[b + 1]])), path, compression="lz4")
+                    spilled.setdefault(b, []).append(path)
+
+        held = 0
+        for f in files:
+            part = _read_part(fs, f, columns)
+            pending.append(part.append_column("__order", pa.array(range(seen, seen + part.num_rows), pa.int64())))
+            seen += part.num_rows
+            held += part.num_rows
+            if held >= max_rows:
+                flush()
+                held = 0
+        if pending:
+            flush()
+        for paths in spilled.values():
+            table = pa.concat_tables([feather.read_table(p) for p in paths], promote_options="default")
+            yield _first_of_each(table, dedupe_on, "__order").drop_columns(["__order"])
+
+
+def count_distinct(uri: str, column: str = "id") -> int:
+    """Distinct values of ``column`` in an output, in bounded memory."""
+    return sum(t.num_rows for t in scan_output(uri, [column], dedupe_on=column))
 
 
 def done_ids(uri: str, column: str = "id") -> set[str]:

@@ -9,9 +9,13 @@ so a million-image audit stores no million maps.
 
 from __future__ import annotations
 
+import heapq
 import io
+import itertools
 import math
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,29 +28,32 @@ from raydetect.models import ImageClassifier
 from raydetect.report.document import Block, Cell, Gallery, Heading, Image, Paragraph, Report, Table, Thumb
 from raydetect.report.figures import heatmap_thumbnail, reread_image, shown_path, thumbnail
 from raydetect.report.tables import ROBUSTNESS_NOTE, interval, num, pct, robustness_table
-from raydetect.store import join, open_filesystem, read_output
+from raydetect.store import SCAN_ROWS, join, open_filesystem, output_files, scan_output
 
 ROWS_CSV = "rows.csv"
 TABLE_ROWS = 50_000  # flagged rows the HTML table holds (the browser stays usable); the CSV has all
 KNOWS_DETECTOR = ("adaptive", "squeeze_eot")  # attack methods that optimise against the detector
+RUN_BATCH = 512  # rows per record batch of a sorted run: the CSV merge holds one batch per run
+HIST_EDGES = np.linspace(0, 1, 41)  # the score histogram's bins
 CSV_COLUMNS = ["id", "shown_path", "path", "label", "pred", "pred_name", "conf", "score", "adversarial", "status", "error"]
 
 
-def score_histogram(scores: np.ndarray, threshold: float, target_fpr: float, flagged: int) -> bytes:
+def score_histogram(counts: np.ndarray, threshold: float, target_fpr: float, flagged: int) -> bytes:
+    """PNG of the scored images' score histogram (``counts`` per bin of ``HIST_EDGES``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
-    if len(scores):
-        ax.hist(scores, bins=np.linspace(0, 1, 41), color="#4c72b0")
+    if counts.sum():
+        ax.hist(HIST_EDGES[:-1], bins=HIST_EDGES, weights=counts, color="#4c72b0")
     ax.axvline(threshold, color="#c44e52", linestyle="--", label=f"threshold {threshold:.3f} (target FPR {target_fpr:.0%})")
     ax.set_xlabel("adversarial score")
     ax.set_ylabel("images")
     ax.set_yscale("symlog")
     ax.legend(loc="upper center")
-    ax.set_title(f"{len(scores)} images scored, {flagged} flagged")
+    ax.set_title(f"{int(counts.sum())} images scored, {flagged} flagged")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -68,30 +75,119 @@ def bundle_note(det: Detector) -> str:
     return note + f"Bundle: {det.provenance or 'provenance not checked'}."
 
 
-def audit_rows(out: str, root: str) -> Any:
-    """Every audit row (pyarrow Table), most suspicious first, with ``shown_path``: the input's
-    path relative to the audited ``root``."""
+def _sort_key(row: dict[str, Any]) -> tuple[int, float, str]:
+    """rows.csv's order in Python, as pyarrow sorts (score descending, NaN then null last; id)."""
+    score = row["score"]
+    rank = 2 if score is None else 1 if score != score else 0
+    return rank, -score if rank == 0 else 0.0, row["id"]
+
+
+@dataclass
+class AuditRows:
+    """What the report needs from every audit row, gathered in one pass in bounded memory: counts,
+    at most ``top`` and ``TABLE_ROWS`` rows, and ``rows.csv`` written along the way."""
+
+    csv_path: str
+    inputs: int = 0
+    scored: int = 0
+    flagged: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)  # why inputs were not scored -> count
+    histogram: np.ndarray = field(default_factory=lambda: np.zeros(len(HIST_EDGES) - 1, np.int64))  # scored images
+    per_class: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # (pred_name, pred) -> [scored, flagged]
+    top: list[dict[str, Any]] = field(default_factory=list)  # the most suspicious scored rows
+    flagged_rows: list[dict[str, Any]] = field(default_factory=list)  # the highest-scoring flagged rows
+
+
+def _with_shown_path(table: Any, root: str) -> Any:
     import pyarrow as pa
 
-    table = read_output(join(out, "rows"))
-    if table is None:
-        raise RaydetectError(f"no audit rows under {out}")
     paths, ids = table.column("path").to_pylist(), table.column("id").to_pylist()
     shown = [shown_path(p, i, root) for p, i in zip(paths, ids, strict=True)]
-    table = table.append_column("shown_path", pa.array(shown, pa.string()))
-    # NaN scores (inputs not scored) sort last.
-    return table.sort_by([("score", "descending"), ("id", "ascending")])
+    return table.append_column("shown_path", pa.array(shown, pa.string()))
 
 
-def export_csv(table: Any, out: str) -> str:
-    """``<out>/rows.csv``: one row per input (errors included), most suspicious first."""
+def _best(held: list[dict[str, Any]], table: Any, n: int) -> list[dict[str, Any]]:
+    """The ``n`` first rows of ``held`` and the (sorted) ``table`` together, in rows.csv order."""
+    return sorted(held + table.slice(0, n).to_pylist(), key=_sort_key)[:n]
+
+
+def scan_audit(out: str, root: str = "", top: int = 20, table_rows: int = TABLE_ROWS, max_rows: int = SCAN_ROWS) -> AuditRows:
+    """Read every audit row under ``<out>/rows`` once (each id once, ``store.scan_output``), with
+    ``shown_path`` (the input's path relative to the audited ``root``), and write ``<out>/rows.csv``:
+    one row per input, errors included, most suspicious first.
+
+    Memory is bounded by ``max_rows`` whatever the audit's size: rows come in buckets of at most
+    that many, each sorted and spilled to a temporary run, and the runs are merged into the CSV.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rows_uri = join(out, "rows")
+    if not output_files(rows_uri):
+        raise RaydetectError(f"no audit rows under {out}")
+    acc = AuditRows(csv_path=join(out, ROWS_CSV))
+    with tempfile.TemporaryDirectory(prefix="raydetect-audit-") as spill:
+        runs: list[str] = []
+        for table in scan_output(rows_uri, max_rows=max_rows):
+            table = _with_shown_path(table, root).sort_by([("score", "descending"), ("id", "ascending")])
+            is_ok = pc.equal(table.column("status"), "ok")
+            ok = table.filter(is_ok)
+            flagged = ok.filter(ok.column("adversarial"))
+            acc.inputs += table.num_rows
+            acc.scored += ok.num_rows
+            acc.flagged += flagged.num_rows
+            for r in table.filter(pc.invert(is_ok)).select(["status", "error"]).to_pylist():
+                key = r["error"].split(":")[0] if r["status"] == "error" else r["status"]
+                acc.reasons[key] = acc.reasons.get(key, 0) + 1
+            acc.histogram += np.histogram(ok.column("score").to_numpy(), bins=HIST_EDGES)[0]
+            if ok.num_rows:
+                t = ok.select(["pred_name", "pred"]).append_column("flag", ok.column("adversarial").cast(pa.int64()))
+                for r in t.group_by(["pred_name", "pred"]).aggregate([("flag", "count"), ("flag", "sum")]).to_pylist():
+                    counts = acc.per_class.setdefault((r["pred_name"], r["pred"]), [0, 0])
+                    counts[0] += r["flag_count"]
+                    counts[1] += r["flag_sum"]
+            acc.top = _best(acc.top, ok, top)
+            shown = flagged.select(["id", "shown_path", "pred_name", "pred", "conf", "score"])
+            acc.flagged_rows = _best(acc.flagged_rows, shown, table_rows)
+            runs.append(f"{spill}/run-{len(runs)}.arrow")
+            _write_run(table.select([c for c in CSV_COLUMNS if c in table.column_names]), runs[-1])
+        _merge_to_csv(runs, acc.csv_path)
+    return acc
+
+
+def _write_run(table: Any, path: str) -> None:
+    import pyarrow as pa
+
+    with pa.OSFile(path, "wb") as f, pa.ipc.new_file(f, table.schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as w:
+        w.write_table(table, max_chunksize=RUN_BATCH)
+
+
+def _run_rows(path: str) -> Iterator[dict[str, Any]]:
+    import pyarrow as pa
+
+    with pa.OSFile(path, "rb") as f:  # read batch by batch, not mapped: memory holds one batch per run
+        reader = pa.ipc.open_file(f)
+        for i in range(reader.num_record_batches):
+            yield from reader.get_batch(i).to_pylist()
+
+
+def _merge_to_csv(runs: list[str], path: str, chunk: int = 8192) -> None:
+    """Merge sorted runs (one per bucket) into one CSV, in rows.csv order."""
+    import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    path = join(out, ROWS_CSV)
+    if not runs:
+        return
+    schemas = []
+    for run in runs:
+        with pa.OSFile(run, "rb") as f:
+            schemas.append(pa.ipc.open_file(f).schema)
+    schema = pa.unify_schemas(schemas, promote_options="default")
     fs, fpath = open_filesystem(path)
-    with fs.open_output_stream(fpath) as f:
-        pacsv.write_csv(table.select([c for c in CSV_COLUMNS if c in table.column_names]), f)
-    return path
+    with fs.open_output_stream(fpath) as sink, pacsv.CSVWriter(sink, schema) as writer:
+        rows = heapq.merge(*(_run_rows(r) for r in runs), key=_sort_key) if len(runs) > 1 else _run_rows(runs[0])
+        while batch := list(itertools.islice(rows, chunk)):
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
 
 
 def _thumbs(rows: list[dict[str, Any]], det: Detector, load_model: Callable[[], ImageClassifier] | None,
@@ -222,28 +318,15 @@ def audit_report(
     ``root`` is the audited source (paths are shown relative to it); ``load_model`` loads the
     bundle's classifier for the thumbnails' heatmaps (None: no thumbnails).
     """
-    import pyarrow.compute as pc
-
-    table = audit_rows(out, root)
-    csv_path = export_csv(table, out)
-    is_ok = pc.equal(table.column("status"), "ok")
-    ok = table.filter(is_ok)
-    flagged = ok.filter(ok.column("adversarial"))
-    n_ok, n_flagged = ok.num_rows, flagged.num_rows
-    reasons: dict[str, int] = {}
-    for r in table.filter(pc.invert(is_ok)).select(["status", "error"]).to_pylist():
-        key = r["error"].split(":")[0] if r["status"] == "error" else r["status"]
-        reasons[key] = reasons.get(key, 0) + 1
-
+    rows = scan_audit(out, root, top)
+    csv_path, n_ok, n_flagged = rows.csv_path, rows.scored, rows.flagged
     report = Report("raydetect audit")
-    report.figures["score_histogram.png"] = score_histogram(
-        ok.column("score").to_numpy(), det.threshold, det.target_fpr, n_flagged
-    )
+    report.figures["score_histogram.png"] = score_histogram(rows.histogram, det.threshold, det.target_fpr, n_flagged)
     counts = [
-        ["inputs", table.num_rows],
+        ["inputs", rows.inputs],
         ["scored", n_ok],
         ["flagged adversarial", f"{n_flagged} ({pct(n_flagged / n_ok) if n_ok else 'n/a'})"],
-        ["not scored (errors)", table.num_rows - n_ok],
+        ["not scored (errors)", rows.inputs - n_ok],
     ]
     overall = det.metrics.get("overall", {})
     report.add(
@@ -255,7 +338,7 @@ def audit_report(
         Image("score_histogram.png", "score histogram"),
     )
 
-    top_rows = ok.slice(0, top).to_pylist()
+    top_rows = rows.top
     cards, thumbs = _thumbs(top_rows, det, load_model)
     report.figures.update(thumbs)
     report.add(Heading(f"The {len(top_rows)} most suspicious images"))
@@ -267,7 +350,7 @@ def audit_report(
         Gallery(cards) if cards else Paragraph("_none scored_"),
     )
 
-    shown = flagged.slice(0, TABLE_ROWS).select(["shown_path", "pred_name", "pred", "conf", "score"]).to_pylist()
+    shown = rows.flagged_rows
     report.add(Heading(f"All {n_flagged} flagged images"))
     if n_flagged > len(shown):
         report.add(Paragraph(f"_The table holds the {len(shown)} highest scores; `{csv_path}` has every row._"))
@@ -286,7 +369,7 @@ def audit_report(
         else Paragraph("_none flagged_")
     )
 
-    by_class = _per_class(ok)
+    by_class = _per_class(rows.per_class)
     report.add(
         Heading("Flags per predicted class"),
         Table(
@@ -299,8 +382,8 @@ def audit_report(
         if by_class
         else Paragraph("_none scored_"),
     )
-    if reasons:
-        report.add(Heading("Inputs not scored"), Table(["reason", "count"], sorted(reasons.items(), key=lambda kv: -kv[1])))
+    if rows.reasons:
+        report.add(Heading("Inputs not scored"), Table(["reason", "count"], sorted(rows.reasons.items(), key=lambda kv: -kv[1])))
     report.add(*quality_blocks(det, bundle), Paragraph(bundle_note(det)))
     report.add(
         Heading("Files"),
@@ -313,14 +396,7 @@ def audit_report(
     return report
 
 
-def _per_class(ok: Any) -> list[list[Any]]:
+def _per_class(per_class: dict[tuple[str, int], list[int]]) -> list[list[Any]]:
     """[class, scored, flagged, flagged share] rows, most flagged first."""
-    import pyarrow as pa
-
-    if ok.num_rows == 0:
-        return []
-    t = ok.select(["pred_name", "pred"]).append_column("flag", ok.column("adversarial").cast(pa.int64()))
-    agg = t.group_by(["pred_name", "pred"]).aggregate([("flag", "count"), ("flag", "sum")]).to_pylist()
-    rows = sorted(agg, key=lambda r: (-r["flag_sum"], -r["flag_count"], r["pred_name"]))
-    return [[r["pred_name"] or str(r["pred"]), r["flag_count"], r["flag_sum"], Cell(pct(r["flag_sum"] / r["flag_count"]),
-             r["flag_sum"] / r["flag_count"])] for r in rows]  # fmt: skip
+    ordered = sorted(per_class.items(), key=lambda kv: (-kv[1][1], -kv[1][0], kv[0][0]))
+    return [[name or str(pred), n, f, Cell(pct(f / n), f / n)] for (name, pred), (n, f) in ordered]

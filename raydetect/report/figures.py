@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -305,10 +306,17 @@ def reread_image(path: str, row_id: str, pre: Preprocess) -> np.ndarray:
         raise RaydetectError(f"cannot read {path} again: {exc}") from exc
 
 
+@functools.lru_cache(maxsize=8)
+def _root_spellings(root: str) -> tuple[str, ...]:
+    """The ways a row's path may spell the audited root, longest first (resolved once per root:
+    the report shows every input's path)."""
+    bases = {root.rstrip("/"), resolve(root).rstrip("/")} | ({fs_path(root).rstrip("/")} if is_remote(root) else set())
+    return tuple(sorted(bases, key=len, reverse=True))
+
+
 def relative_path(path: str, root: str) -> str:
     """``path`` relative to the audited root (a folder or a single file), as users see it."""
-    bases = {root.rstrip("/"), resolve(root).rstrip("/")} | ({fs_path(root).rstrip("/")} if is_remote(root) else set())
-    for base in sorted(bases, key=len, reverse=True):
+    for base in _root_spellings(root):
         if path == base:
             return os.path.basename(path)
         if path.startswith(base + "/"):

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
 from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig, ModelConfig, ResourceConfig, Source, to_dict
@@ -43,12 +42,15 @@ from raydetect.stages.sink import WriteParts
 from raydetect.store import (
     SUMMARY_FILE,
     claim_output,
+    count_distinct,
+    count_rows,
     done_ids,
     join,
     make_dir,
     open_filesystem,
     output_files,
     read_output,
+    scan_output,
     write_json,
 )
 
@@ -102,7 +104,7 @@ class Job:
 
     def inputs(self) -> int:
         """Inputs accounted for in the output once the job has run."""
-        return len(done_ids(self.out, self.resume_key))
+        return count_distinct(self.out, self.resume_key)
 
 
 def run_job(job: Job, resources: ResourceConfig = ResourceConfig(), address: str | None = None) -> JobSummary:
@@ -148,13 +150,15 @@ def _write(job: Job, ds: Any) -> int:
 
 
 def _summarize(job: Job, start: float, skipped: int, written: int, config: dict[str, Any]) -> JobSummary:
-    raw = read_output(job.out, columns=["id", "status"], dedupe_on=None)
-    deduped = read_output(job.out, columns=["id", "status"])
-    counts = deduped.group_by("status").aggregate([("id", "count")]).to_pylist()
+    by_status: dict[str, int] = {}
+    for table in scan_output(job.out, columns=["id", "status"]):  # bounded memory at any size
+        for c in table.group_by("status").aggregate([("id", "count")]).to_pylist():
+            by_status[c["status"]] = by_status.get(c["status"], 0) + c["id_count"]
+    rows_total = sum(by_status.values())
     summary = JobSummary(
         job=job.name, output=job.out, inputs=job.inputs(), skipped_done=skipped, rows_written=written,
-        rows_total=deduped.num_rows, rows_by_status={c["status"]: c["id_count"] for c in counts},
-        duplicate_ids=raw.num_rows - len(pc.unique(raw.column("id"))), seconds=time.perf_counter() - start, config=config,
+        rows_total=rows_total, rows_by_status=by_status, duplicate_ids=count_rows(job.out) - rows_total,
+        seconds=time.perf_counter() - start, config=config,
     )  # fmt: skip
     write_json(join(job.out, SUMMARY_FILE), summary.to_dict())
     return summary
@@ -294,7 +298,7 @@ class FeatureJob(Job):
         )  # fmt: skip
 
     def inputs(self) -> int:
-        return read_output(self.attacks_dir, columns=["id"]).num_rows
+        return count_distinct(self.attacks_dir, "id")
 
 
 class ExternalFeatureJob(FeatureJob):
