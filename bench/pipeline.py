@@ -6,7 +6,8 @@ Both sides do the same model work on the same images with efficientnet_lite0: un
 at eps 4/255, then Integrated Gradients (16 steps against black; with --defaults raydetect's
 current defaults, 4 steps against a blurred copy plus its logits) on the clean and on the 8-bit
 adversarial image, then the descriptor. The plain loop holds decoded images in memory and writes nothing;
-the pipeline reads files, streams through Ray Data actors, round-trips PNGs and writes Parquet.
+the pipeline reads files, streams through Ray Data actors and writes Parquet (the attack job's
+PNGs are decoded again by the feature job; the fused job hands the images over as arrays).
 Prints images/s of both, their ratio, and gradient passes per image; each repeat runs the plain
 loop then the Ray jobs (interleaved, so load from other work hits both alike) and appends one JSON
 line with its command to --jsonl.
@@ -125,8 +126,9 @@ def pipeline_markdown(records: list[dict[str, Any]]) -> str:
         f"`{key[0]}` at commit {key[1]}: {run[0]['images']} images, {run[0]['passes_per_image']} gradient passes per image; "
         f"medians of {len(run)} repeats (range); load average {min(loads):.1f}-{max(loads):.1f}.\n\n"
         + markdown_table(["", "time", "ratio plain / Ray"], rows)
-        + f"\n\nThe jobs' PNG round trip (encode, then decode, one model input): {run[0]['png_round_trip_ms']:.1f} ms "
-        "(median of 64 images); the fused job makes one per clean and one per adversarial image.\n"
+        + f"\n\nA PNG round trip (encode, then decode, one model input): {run[0]['png_round_trip_ms']:.1f} ms "
+        "(median of 64 images); the attack job then feature job make one per clean and one per adversarial image, "
+        "the fused job none.\n"
     )  # fmt: skip
 
 

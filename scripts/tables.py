@@ -165,14 +165,16 @@ def _hardening() -> Any:
 
 
 def bench_audit(kind: str) -> str:
-    """The newest ``bench/audit.py`` run of ``kind`` (throughput, memory, contention) in audit.jsonl."""
+    """The newest ``bench/audit.py`` run of ``kind`` (throughput, memory, contention, startup; series: the
+    memory run's RSS over time) in audit.jsonl."""
     mod = _bench("audit")
-    run = mod.latest_run(read_jsonl("audit.jsonl"), kind)
+    run = mod.latest_run(read_jsonl("audit.jsonl"), "memory" if kind == "series" else kind)
     return {
         "throughput": mod.throughput_markdown,
         "memory": mod.memory_markdown,
         "contention": mod.contention_markdown,
         "startup": mod.startup_markdown,
+        "series": mod.series_markdown,
     }[kind](run)
 
 
@@ -216,10 +218,9 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "bench-memory": lambda: bench_audit("memory"),
     "bench-contention": lambda: bench_audit("contention"),
     "bench-startup": lambda: bench_audit("startup"),
-    "bench-memory-series": lambda: _bench("audit").series_markdown(
-        _bench("audit").latest_run(read_jsonl("audit-memory-series.jsonl"), "memory")
-    ),
+    "bench-memory-series": lambda: bench_audit("series"),
     "bench-pipeline": lambda: _bench("pipeline").pipeline_markdown(read_jsonl("pipeline.jsonl")),
+    "bench-parts": lambda: _bench("parts").parts_markdown(read_jsonl("parts.jsonl")),
 }
 
 

@@ -88,22 +88,23 @@ def _rss_bytes() -> int:
 
 
 class HeapTrim:
-    """Keep a long-running model process's RSS at its level after warm-up.
+    """Keep a long-running model process's RSS at its working level.
 
     With the allocator tuned (:func:`tune_allocator`, one arena, no automatic trimming), freed
     activations stay resident for the next batch, which is what makes gradient passes fast; but
     the heap fragments slowly and RSS crept about 60 KiB per image through an audit (BENCHMARKS.md).
-    Called after each batch, this records the highest RSS of the first ``warmup`` batches, and
-    once RSS exceeds that level by ``slack`` it hands every free page back (``malloc_trim``): the
-    next batch faults in only what it uses. If the very next batch is above the limit again, the
-    work needs that much and the level rises, so trimming never repeats batch after batch.
+    Called after each batch, this takes the highest RSS of the first ``warmup`` batches as the
+    level, and once RSS exceeds it by ``slack`` hands every free page back (``malloc_trim``); the
+    next batch faults in only what it uses. RSS back over the limit within ``settle`` batches of
+    a trim is not creep (that is far slower) but work that needs the memory, e.g. blocks larger
+    than the first ones: the level rises to it instead, so trims never repeat batch after batch.
     """
 
-    def __init__(self, warmup: int = 3, slack: float = 0.03) -> None:
-        self.warmup, self.slack = warmup, slack
+    def __init__(self, warmup: int = 3, slack: float = 0.03, settle: int = 10) -> None:
+        self.warmup, self.slack, self.settle = warmup, slack, settle
         self.calls = self.trims = 0
         self.level = 0
-        self._trimmed_last = False
+        self._last_trim = -settle - 1  # call number of the last trim
         self._trim = _malloc_trim()
 
     def __call__(self) -> None:
@@ -113,16 +114,14 @@ class HeapTrim:
         rss = _rss_bytes()
         if self.calls <= self.warmup:
             self.level = max(self.level, rss)
-            return
-        if rss <= self.level * (1 + self.slack):
-            self._trimmed_last = False
-        elif self._trimmed_last:  # trimmed one batch ago and above again: the work needs it
-            self.level, self._trimmed_last = rss, False
-        else:
-            self._trim(0)
-            self.trims += 1
-            self._trimmed_last = True
-            log.debug("RSS %.0f MiB over %.0f MiB: freed heap pages returned", rss / 2**20, self.level / 2**20)
+        elif rss > self.level * (1 + self.slack):
+            if self.calls - self._last_trim <= self.settle:
+                self.level = rss
+            else:
+                self._trim(0)
+                self.trims += 1
+                self._last_trim = self.calls
+                log.debug("RSS %.0f MiB over %.0f MiB: freed heap pages returned", rss / 2**20, self.level / 2**20)
 
 
 def _malloc_trim() -> Any:

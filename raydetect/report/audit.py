@@ -4,7 +4,9 @@ The report shows the most suspicious images (thumbnail and attribution heatmap),
 flagged list as a sortable, filterable table, counts per predicted class, the score histogram at
 the threshold, and what the detector was measured to catch (and what it was not). The audit
 actors keep no attribution maps: the few images the report shows are read and scored again here,
-so a million-image audit stores no million maps.
+so a million-image audit stores no million maps. The rows themselves are read in bounded memory
+(:func:`scan_audit`): counts and the shown rows are gathered bucket by bucket, and rows.csv is
+merged from sorted runs on the local disk.
 """
 
 from __future__ import annotations
