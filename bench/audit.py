@@ -369,9 +369,13 @@ def contention(bundle: str, data: Path, images: int, repeats: int) -> list[dict[
     return records
 
 
-def latest_run(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    """Every record of the newest run (one command, one Ray session) that wrote ``kind`` records."""
-    runs = [r for r in records if r.get("kind") == kind]
+BEFORE = ("decode_in_read", "ray_niceness_15", "no_heap_trim")  # options that run an earlier code path
+
+
+def latest_run(records: list[dict[str, Any]], kind: str, before: str | None = None) -> list[dict[str, Any]]:
+    """Every record of the newest run (one command, one Ray session) that wrote ``kind`` records,
+    of raydetect as it is (``before``: of the run with that earlier code path instead)."""
+    runs = [r for r in records if r.get("kind") == kind and all(bool(r.get(f)) == (f == before) for f in BEFORE)]
     if not runs:
         return []
     key = (runs[-1]["command"], runs[-1]["commit"], runs[-1]["ray_start_s"])
@@ -522,6 +526,7 @@ def main() -> None:
     ap.add_argument("--jsonl", type=Path, default=ROOT / "bench" / "results" / "audit.jsonl")
     ap.add_argument("--decode-in-read", action="store_true", help="before: decode in read tasks, float images to the actor")
     ap.add_argument("--ray-niceness", action="store_true", help="before: Ray workers at Ray's default niceness 15")
+    ap.add_argument("--no-heap-trim", action="store_true", help="before: model actors never trim their heap")
     ap.add_argument(
         "--offset",
         type=int,
@@ -547,6 +552,8 @@ def main() -> None:
         from raydetect.stages.runner import AuditJob
 
         AuditJob.decodes = False
+    if args.no_heap_trim:  # read by the actors (models.runtime.actor_runtime_env passes it on)
+        os.environ["RAYDETECT_NO_HEAP_TRIM"] = "1"
     bundle = args.bundle or ensure_bundle(args.data)
     ray_s = start_ray(args.ray_niceness)
     print(f"Ray start-up and Ray Data warm-up (once per session, not counted below): {ray_s:.1f} s")
@@ -557,7 +564,8 @@ def main() -> None:
     ).stdout.strip()
     base = {"command": command, "commit": commit, "offset": args.offset, "label": args.label, "cpus": os.cpu_count(),
             "ray_start_s": ray_s,
-            "decode_in_read": args.decode_in_read, "ray_niceness_15": args.ray_niceness}  # fmt: skip
+            "decode_in_read": args.decode_in_read, "ray_niceness_15": args.ray_niceness,
+            "no_heap_trim": args.no_heap_trim}  # fmt: skip
 
     if args.startup:
         for rec in startup(bundle, args.data, args.repeats):

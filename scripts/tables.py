@@ -164,11 +164,11 @@ def _hardening() -> Any:
     return _bench("hardening")
 
 
-def bench_audit(kind: str) -> str:
+def bench_audit(kind: str, before: str | None = None) -> str:
     """The newest ``bench/audit.py`` run of ``kind`` (throughput, memory, contention, startup; series: the
     memory run's RSS over time) in audit.jsonl."""
     mod = _bench("audit")
-    run = mod.latest_run(read_jsonl("audit.jsonl"), "memory" if kind == "series" else kind)
+    run = mod.latest_run(read_jsonl("audit.jsonl"), "memory" if kind == "series" else kind, before)
     return {
         "throughput": mod.throughput_markdown,
         "memory": mod.memory_markdown,
@@ -219,6 +219,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "bench-contention": lambda: bench_audit("contention"),
     "bench-startup": lambda: bench_audit("startup"),
     "bench-memory-series": lambda: bench_audit("series"),
+    "bench-audit-no-trim": lambda: bench_audit("throughput", "no_heap_trim"),
     "bench-pipeline": lambda: _bench("pipeline").pipeline_markdown(read_jsonl("pipeline.jsonl")),
     "bench-parts": lambda: _bench("parts").parts_markdown(read_jsonl("parts.jsonl")),
 }

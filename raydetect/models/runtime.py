@@ -62,7 +62,10 @@ def actor_runtime_env() -> dict[str, object]:
     if os.environ.get("RAYDETECT_NO_MALLOC_TUNING"):
         return {}
     big = str(2**31 - 1)
-    return {"env_vars": {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": big, "MALLOC_TRIM_THRESHOLD_": big}}
+    env = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": big, "MALLOC_TRIM_THRESHOLD_": big}
+    if os.environ.get("RAYDETECT_NO_HEAP_TRIM"):
+        env["RAYDETECT_NO_HEAP_TRIM"] = "1"
+    return {"env_vars": env}
 
 
 def set_threads(threads: int | None) -> None:
@@ -125,8 +128,11 @@ class HeapTrim:
 
 
 def _malloc_trim() -> Any:
-    """glibc's ``malloc_trim``, where the allocator is tuned to keep freed memory (else None)."""
-    if os.environ.get("RAYDETECT_NO_MALLOC_TUNING") or not sys.platform.startswith("linux"):
+    """glibc's ``malloc_trim``, where the allocator is tuned to keep freed memory (else None).
+    RAYDETECT_NO_HEAP_TRIM=1 turns trimming off (``bench/audit.py --no-heap-trim``)."""
+    if os.environ.get("RAYDETECT_NO_MALLOC_TUNING") or os.environ.get("RAYDETECT_NO_HEAP_TRIM"):
+        return None
+    if not sys.platform.startswith("linux"):
         return None
     try:
         import ctypes
