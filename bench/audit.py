@@ -138,7 +138,10 @@ class PeakRSS:
         self.driver = 0
         self.actor = 0
         self.workers = 0  # largest sum over all ray:: processes at one instant
-        # [seconds, audit actor MiB, all Ray workers MiB] every 10 s: growth vs a plateau
+        # The actor's RSS split: private memory (RssAnon) and the object store's shared pages it has
+        # touched (RssShmem, counted once machine-wide, bounded by the store's size).
+        self.actor_anon = self.actor_shmem = 0
+        # [seconds, audit actor MiB, all Ray workers MiB, actor RssAnon MiB, actor RssShmem MiB] every 10 s
         self.series: list[list[float]] = []
         self._t0 = time.perf_counter()
         self._stop = threading.Event()
@@ -172,14 +175,28 @@ class PeakRSS:
             if "AuditStage" in title:
                 self.actor = max(self.actor, rss)
                 actor = rss
+                split = _rss_split(p.pid)
         self.workers = max(self.workers, total)
         now = time.perf_counter() - self._t0
+        if actor:
+            self.actor_anon, self.actor_shmem = max(self.actor_anon, split[0]), max(self.actor_shmem, split[1])
         if actor and (not self.series or now - self.series[-1][0] >= 10):
-            self.series.append([round(now, 1), round(actor / 2**20), round(total / 2**20)])
+            self.series.append([round(now, 1), round(actor / 2**20), round(total / 2**20), *(round(x / 2**20) for x in split)])
 
     def mib(self) -> dict[str, float]:
         return {"driver_mib": self.driver / 2**20, "actor_mib": self.actor / 2**20, "ray_workers_mib": self.workers / 2**20,
+                "actor_anon_mib": self.actor_anon / 2**20, "actor_shmem_mib": self.actor_shmem / 2**20,
                 "series": self.series}  # fmt: skip
+
+
+def _rss_split(pid: int) -> tuple[int, int]:
+    """(RssAnon, RssShmem) of a process in bytes, from /proc (zeros where unreadable)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            kib = dict(line.split(":", 1) for line in f if line.startswith(("RssAnon", "RssShmem")))
+        return int(kib["RssAnon"].split()[0]) * 1024, int(kib["RssShmem"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return 0, 0
 
 
 def load() -> list[float]:
@@ -436,9 +453,13 @@ def memory_markdown(records: list[dict[str, Any]]) -> str:
     def rel(r: dict[str, Any], k: str) -> str:
         return f"{r[k]:.0f} MiB" + ("" if r is first else f" ({100 * (r[k] / first[k] - 1):+.1f}%)")
 
+    split = all("actor_anon_mib" in r for r in records)  # runs since the sampler split the actor's RSS
     rows = [[r["size"], r["dataset"], f"{r['seconds']:.0f} s", rel(r, "driver_mib"), rel(r, "actor_mib"),
+             *((rel(r, "actor_anon_mib"), rel(r, "actor_shmem_mib")) if split else ()),
              rel(r, "ray_workers_mib"), f"{r['load_start'][0]:.1f} -> {r['load_end'][0]:.1f}"] for r in records]  # fmt: skip
-    heads = ["images", "inputs", "job", "peak RSS driver", "peak RSS audit actor", "peak RSS all Ray workers", "load"]
+    heads = ["images", "inputs", "job", "peak RSS driver", "peak RSS audit actor",
+             *(("of it private (RssAnon)", "of it object store (RssShmem)") if split else ()),
+             "peak RSS all Ray workers", "load"]  # fmt: skip
     return (
         f"`{first['command']}` at commit {first['commit']}, one run each in one Ray session.\n\n"
         + markdown_table(heads, rows)
@@ -451,14 +472,18 @@ def series_markdown(records: list[dict[str, Any]], every: float = 60.0) -> str:
     from raydetect.report.document import markdown_table
 
     big = max((r for r in records if r["kind"] == "memory"), key=lambda r: r["size"])
+    split = all(len(p) == 5 for p in big["series"])  # private and object-store pages, where recorded
     rows, last = [], -every
-    for t, actor, workers in big["series"]:
-        if t - last >= every or [t, actor, workers] == big["series"][-1]:
-            rows.append([f"{t:.0f} s", f"{actor} MiB", f"{workers} MiB"])
+    for point in big["series"]:
+        t = point[0]
+        if t - last >= every or point == big["series"][-1]:
+            rows.append([f"{t:.0f} s", *(f"{v} MiB" for v in point[1 : 5 if split else 3])])
             last = t
     head = (f"`{big['command']}` at commit {big['commit']}: the audit of {big['size']} images ({big['seconds']:.0f} s), "
             "RSS sampled every 0.5 s, shown about once a minute.\n\n")  # fmt: skip
-    return head + markdown_table(["time into the audit", "audit actor", "all Ray workers"], rows) + "\n"
+    cols = ["time into the audit", "audit actor", "all Ray workers"]
+    cols += ["audit actor, private (RssAnon)", "audit actor, object store (RssShmem)"] if split else []
+    return head + markdown_table(cols, rows) + "\n"
 
 
 def contention_markdown(records: list[dict[str, Any]]) -> str:
