@@ -219,7 +219,6 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "bench-contention": lambda: bench_audit("contention"),
     "bench-startup": lambda: bench_audit("startup"),
     "bench-memory-series": lambda: bench_audit("series"),
-    "bench-audit-no-trim": lambda: bench_audit("throughput", "no_heap_trim"),
     "bench-pipeline": lambda: _bench("pipeline").pipeline_markdown(read_jsonl("pipeline.jsonl")),
     "bench-parts": lambda: _bench("parts").parts_markdown(read_jsonl("parts.jsonl")),
 }
