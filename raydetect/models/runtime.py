@@ -81,26 +81,30 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _rss_bytes() -> int:
-    """This process's resident set size (0 where /proc is unavailable)."""
+def _private_rss_bytes() -> int:
+    """This process's private resident memory (RssAnon: resident minus file and shared pages; the
+    object store's shared pages an actor has read do not count), 0 where /proc is unavailable."""
     try:
         with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            fields = f.read().split()
+        return (int(fields[1]) - int(fields[2])) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
 
 
 class HeapTrim:
-    """Keep a long-running model process's RSS at its working level.
+    """Keep a long-running model process's private memory at its working level.
 
     With the allocator tuned (:func:`tune_allocator`, one arena, no automatic trimming), freed
-    activations stay resident for the next batch, which is what makes gradient passes fast; but
-    the heap fragments slowly and RSS crept about 60 KiB per image through an audit (BENCHMARKS.md).
-    Called after each batch, this takes the highest RSS of the first ``warmup`` batches as the
-    level, and once RSS exceeds it by ``slack`` hands every free page back (``malloc_trim``); the
-    next batch faults in only what it uses. RSS back over the limit within ``settle`` batches of
-    a trim is not creep (that is far slower) but work that needs the memory, e.g. blocks larger
-    than the first ones: the level rises to it instead, so trims never repeat batch after batch.
+    activations stay resident for the next batch, which is what makes gradient passes fast, and
+    nothing hands back what a fragmenting heap no longer uses. (The steady RSS growth an audit
+    actor showed turned out to be the object store's shared pages, not its heap: BENCHMARKS.md,
+    "Memory"; this guard bounds the heap, and counts private memory only.) Called after each batch,
+    it takes the highest RSS of the first ``warmup`` batches as the level, and once RSS exceeds
+    it by ``slack`` hands every free page back (``malloc_trim``); the next batch faults in only
+    what it uses. RSS back over the limit within ``settle`` batches of a trim is work that needs
+    the memory (e.g. blocks larger than the first ones): the level rises to it instead, so trims
+    never repeat batch after batch.
     """
 
     def __init__(self, warmup: int = 3, slack: float = 0.03, settle: int = 10) -> None:
@@ -114,7 +118,7 @@ class HeapTrim:
         if self._trim is None:
             return
         self.calls += 1
-        rss = _rss_bytes()
+        rss = _private_rss_bytes()
         if self.calls <= self.warmup:
             self.level = max(self.level, rss)
         elif rss > self.level * (1 + self.slack):
