@@ -149,10 +149,13 @@ def output_files(uri: str, clean_partial: bool = False) -> list[str]:
 SCAN_ROWS = 200_000  # rows :func:`scan_output` holds at once (a few tens of MiB of audit rows)
 
 
-def _read_part(fs: Any, path: str, columns: list[str] | None) -> Any:
+def _read_part(fs: Any, path: str, columns: list[str] | None, footer_only: bool = False) -> Any:
+    """A part file as a pyarrow Table (``footer_only``: its row count, from the footer)."""
     import pyarrow.parquet as pq
 
     try:
+        if footer_only:
+            return pq.ParquetFile(path, filesystem=fs).metadata.num_rows
         return pq.read_table(path, filesystem=fs, columns=columns)
     except Exception as exc:  # a foreign or damaged file: say which
         raise RaydetectError(f"cannot read output part {path}: {exc}") from exc
@@ -179,12 +182,14 @@ def read_output(uri: str, columns: list[str] | None = None, dedupe_on: str | Non
     succeeded may have written its rows twice; readers see each id once. This holds the whole
     output in memory; :func:`scan_output` reads any size in bounded memory.
     """
-    import pyarrow as pa
-
     fs, _ = open_filesystem(uri)
     files = output_files(uri)
-    if not files:
-        return None
+    return _read_files(fs, files, columns, dedupe_on) if files else None
+
+
+def _read_files(fs: Any, files: list[str], columns: list[str] | None, dedupe_on: str | None) -> Any:
+    import pyarrow as pa
+
     table = pa.concat_tables([_read_part(fs, f, columns) for f in files], promote_options="default")
     if dedupe_on and dedupe_on in table.column_names:
         ordered = table.append_column("__order", pa.array(range(table.num_rows), pa.int64()))
@@ -196,16 +201,8 @@ def read_output(uri: str, columns: list[str] | None = None, dedupe_on: str | Non
 
 def count_rows(uri: str) -> int:
     """Rows in an output's part files, duplicates included (from the Parquet footers)."""
-    import pyarrow.parquet as pq
-
     fs, _ = open_filesystem(uri)
-    total = 0
-    for f in output_files(uri):
-        try:
-            total += pq.ParquetFile(f, filesystem=fs).metadata.num_rows
-        except Exception as exc:
-            raise RaydetectError(f"cannot read output part {f}: {exc}") from exc
-    return total
+    return sum(_read_part(fs, f, None, footer_only=True) for f in output_files(uri))
 
 
 def scan_output(uri: str, columns: list[str] | None = None, dedupe_on: str = "id", max_rows: int = SCAN_ROWS) -> Iterator[Any]:
@@ -227,12 +224,12 @@ def scan_output(uri: str, columns: list[str] | None = None, dedupe_on: str = "id
     if columns is not None and dedupe_on not in columns:
         raise RaydetectError(f"scan_output needs the {dedupe_on!r} column to de-duplicate on")
     fs, _ = open_filesystem(uri)
-    files = output_files(uri)
-    total = count_rows(uri)
+    files = output_files(uri)  # listed once: the footers and the parts are read from this list
+    if not files:
+        return
+    total = sum(_read_part(fs, f, None, footer_only=True) for f in files)
     if total <= max_rows:
-        table = read_output(uri, columns, dedupe_on)
-        if table is not None:
-            yield table
+        yield _read_files(fs, files, columns, dedupe_on)
         return
     buckets = -(-total // max_rows)
     seen = 0  # rows before this part, in file order: "first wins" across buckets

@@ -30,7 +30,7 @@ from raydetect.models import ImageClassifier
 from raydetect.report.document import Block, Cell, Gallery, Heading, Image, Paragraph, Report, Table, Thumb
 from raydetect.report.figures import heatmap_thumbnail, reread_image, shown_path, thumbnail
 from raydetect.report.tables import ROBUSTNESS_NOTE, interval, num, pct, robustness_table
-from raydetect.store import SCAN_ROWS, join, open_filesystem, output_files, scan_output
+from raydetect.store import SCAN_ROWS, join, open_filesystem, scan_output
 
 ROWS_CSV = "rows.csv"
 TABLE_ROWS = 50_000  # flagged rows the HTML table holds (the browser stays usable); the CSV has all
@@ -124,13 +124,10 @@ def scan_audit(out: str, root: str = "", top: int = 20, table_rows: int = TABLE_
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    rows_uri = join(out, "rows")
-    if not output_files(rows_uri):
-        raise RaydetectError(f"no audit rows under {out}")
     acc = AuditRows(csv_path=join(out, ROWS_CSV))
     with tempfile.TemporaryDirectory(prefix="raydetect-audit-") as spill:
         runs: list[str] = []
-        for table in scan_output(rows_uri, max_rows=max_rows):
+        for table in scan_output(join(out, "rows"), max_rows=max_rows):
             table = _with_shown_path(table, root).sort_by([("score", "descending"), ("id", "ascending")])
             is_ok = pc.equal(table.column("status"), "ok")
             ok = table.filter(is_ok)
@@ -153,6 +150,8 @@ def scan_audit(out: str, root: str = "", top: int = 20, table_rows: int = TABLE_
             acc.flagged_rows = _best(acc.flagged_rows, shown, table_rows)
             runs.append(f"{spill}/run-{len(runs)}.arrow")
             _write_run(table.select([c for c in CSV_COLUMNS if c in table.column_names]), runs[-1])
+        if not runs:  # no part files at all
+            raise RaydetectError(f"no audit rows under {out}")
         _merge_to_csv(runs, acc.csv_path)
     return acc
 
@@ -178,8 +177,6 @@ def _merge_to_csv(runs: list[str], path: str, chunk: int = 8192) -> None:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    if not runs:
-        return
     schemas = []
     for run in runs:
         with pa.OSFile(run, "rb") as f:
