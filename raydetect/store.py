@@ -149,16 +149,32 @@ def output_files(uri: str, clean_partial: bool = False) -> list[str]:
 SCAN_ROWS = 200_000  # rows :func:`scan_output` holds at once (a few tens of MiB of audit rows)
 
 
-def _read_part(fs: Any, path: str, columns: list[str] | None, footer_only: bool = False) -> Any:
-    """A part file as a pyarrow Table (``footer_only``: its row count, from the footer)."""
+def _read_part(fs: Any, path: str, columns: list[str] | None) -> Any:
+    """A part file as a pyarrow Table."""
     import pyarrow.parquet as pq
 
     try:
-        if footer_only:
-            return pq.ParquetFile(path, filesystem=fs).metadata.num_rows
         return pq.read_table(path, filesystem=fs, columns=columns)
-    except Exception as exc:  # a foreign or damaged file: say which
-        raise RaydetectError(f"cannot read output part {path}: {exc}") from exc
+    except Exception as exc:
+        raise _part_error(path, exc) from exc
+
+
+def _part_error(path: str, exc: Exception) -> RaydetectError:
+    """A foreign or damaged part file: the error names it."""
+    return RaydetectError(f"cannot read output part {path}: {exc}")
+
+
+def _count_files(fs: Any, files: list[str]) -> int:
+    """Rows in these part files, from their Parquet footers."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for path in files:
+        try:
+            total += pq.ParquetFile(path, filesystem=fs).metadata.num_rows
+        except Exception as exc:
+            raise _part_error(path, exc) from exc
+    return total
 
 
 def _first_of_each(table: Any, key: str, order: str) -> Any:
@@ -202,7 +218,7 @@ def _read_files(fs: Any, files: list[str], columns: list[str] | None, dedupe_on:
 def count_rows(uri: str) -> int:
     """Rows in an output's part files, duplicates included (from the Parquet footers)."""
     fs, _ = open_filesystem(uri)
-    return sum(_read_part(fs, f, None, footer_only=True) for f in output_files(uri))
+    return _count_files(fs, output_files(uri))
 
 
 def scan_output(uri: str, columns: list[str] | None = None, dedupe_on: str = "id", max_rows: int = SCAN_ROWS) -> Iterator[Any]:
@@ -227,7 +243,7 @@ def scan_output(uri: str, columns: list[str] | None = None, dedupe_on: str = "id
     files = output_files(uri)  # listed once: the footers and the parts are read from this list
     if not files:
         return
-    total = sum(_read_part(fs, f, None, footer_only=True) for f in files)
+    total = _count_files(fs, files)
     if total <= max_rows:
         yield _read_files(fs, files, columns, dedupe_on)
         return
