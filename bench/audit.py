@@ -4,6 +4,7 @@
     python bench/audit.py --memory 500 5000 --repeats 1     # flat memory: 5,000 distinct images
     python bench/audit.py --contention 64 --repeats 3       # what Ray's own processes cost the model
     python bench/audit.py --startup --repeats 3             # the audit actor's fixed cost, step by step
+    python bench/audit.py --steady 160 --repeats 4          # per-image cost: plain loop, stage, Ray actor
 
 Plain loop: ``Detector.score`` over the same files in one process, batches of 16 (model load,
 JPEG decode and the score; nothing written). Ray: ``run_audit`` on a local Ray that is already up
@@ -110,6 +111,100 @@ def startup(bundle: str, data: Path, repeats: int) -> list[dict[str, Any]]:
         steps = _steps(_in_subprocess(_probe_in_process, bundle, batches), asked)
         records.append({"kind": "startup", "side": "fresh process", "repeat": rep, "steps": steps})
         print(f"repeat {rep} fresh process: " + "; ".join(f"{k} {v:.2f} s" for k, v in steps.items()))
+    return records
+
+
+STEADY_BLOCK = 30  # rows per block, as the audit's read makes them at a few hundred images
+
+
+def _steady_plain(bundle: str, files: list[str]) -> dict[str, float]:
+    """Seconds of ``Detector.score`` per batch of 16 after the first (warm-up) batch, in this process."""
+    from raydetect.detect import Detector
+
+    det = Detector.load(bundle)
+    model = det.load_model("cpu")
+    det.score(files[:16], model=model)
+    start, c0 = time.perf_counter(), os.times()
+    for i in range(16, len(files), 16):
+        det.score(files[i : i + 16], model=model)
+    c1 = os.times()
+    return {"seconds": time.perf_counter() - start, "cpu_seconds": c1.user + c1.system - c0.user - c0.system,
+            "images": len(files) - 16}  # fmt: skip
+
+
+def _steady_stage(bundle: str, blocks: list[dict[str, Any]]) -> dict[str, float]:
+    """The audit actor's own ``AuditStage`` over blocks of encoded images after the first (warm-up)
+    block, on a worker thread as Ray Data calls it (``__init__`` on the calling thread, as there)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from raydetect.detect.bundle import load_for_audit
+    from raydetect.models import ConfiguredLoader
+    from raydetect.stages.audit import AuditStage
+
+    det, mcfg = load_for_audit(bundle)
+    stage = AuditStage(ConfiguredLoader(mcfg), det, threads=2, batch_size=16)
+
+    def run() -> dict[str, float]:
+        stage(blocks[0])
+        start, c0 = time.perf_counter(), os.times()
+        for b in blocks[1:]:
+            stage(b)
+        c1 = os.times()
+        return {"seconds": time.perf_counter() - start, "cpu_seconds": c1.user + c1.system - c0.user - c0.system,
+                "images": sum(len(b["id"]) for b in blocks[1:])}  # fmt: skip
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(run).result()
+
+
+class _SteadyActor:
+    """A Ray actor started as the audit actor is (one CPU, the actor runtime environment)."""
+
+    def run(self, bundle: str, blocks: list[dict[str, Any]]) -> dict[str, float]:
+        return _steady_stage(bundle, blocks)
+
+
+def steady(bundle: str, data: Path, images: int, repeats: int) -> list[dict[str, Any]]:
+    """Per-image cost once warm, the first block or batch left out, interleaved per repeat:
+
+    1. the plain loop in a fresh process (a user's script: default environment);
+    2. the audit's ``AuditStage`` in a fresh process with the actor's environment (one malloc
+       arena, Ray's OMP_NUM_THREADS=1, then ``set_threads``), on a worker thread;
+    3. the same in a Ray actor started as the audit's, beside the local Ray's own processes.
+
+    (2) vs (1) is the stage's own code (decode from bytes, rows, output table, heap trim); (3) vs
+    (2) is what running in a Ray worker process costs. Neither includes scheduling, reads or writes:
+    the throughput runs measure the whole job.
+    """
+    import ray
+
+    from raydetect.config import Source
+    from raydetect.models import model_info
+    from raydetect.models.runtime import actor_runtime_env
+    from raydetect.stages.read import ReadImages, plan_inputs, rows_to_batch
+
+    kind, items = plan_inputs(Source(str(data), offset=0, limit=images))
+    files = [str(data / it["item"]) for it in items]
+    det_model = json.loads((Path(bundle) / "manifest.json").read_text())["model"]["name"]
+    reader = ReadImages(str(data), kind, model_info(det_model).preprocess, decode=False)
+    rows = [r for it in items for r in reader._file_rows({"item": it["item"], "path": str(data / it["item"])})]
+    blocks = [rows_to_batch(rows[i : i + STEADY_BLOCK]) for i in range(0, len(rows), STEADY_BLOCK)]
+    env = {**actor_runtime_env().get("env_vars", {}), "OMP_NUM_THREADS": "1"}  # Ray sets OMP_NUM_THREADS to num_cpus
+    actor_cls = ray.remote(_SteadyActor)
+    records = []
+    for rep in range(repeats):
+        for side in ("plain loop, fresh process", "AuditStage, fresh process", "AuditStage, Ray actor"):
+            if side.startswith("plain"):
+                r = _in_subprocess(_steady_plain, bundle, files)
+            elif side.endswith("fresh process"):
+                r = _in_subprocess(_steady_stage, bundle, blocks, env=env)
+            else:
+                actor = actor_cls.options(num_cpus=1, runtime_env=actor_runtime_env()).remote()
+                r = ray.get(actor.run.remote(bundle, blocks))
+                ray.kill(actor)
+            ms = 1000 * r["seconds"] / r["images"]
+            records.append({"kind": "steady", "side": side, "repeat": rep, "ms_per_image": ms, **r})
+            print(f"repeat {rep} {side}: {ms:.1f} ms per image ({r['cpu_seconds'] / r['seconds']:.2f} cores busy)")
     return records
 
 
@@ -321,13 +416,20 @@ def cpu_by_process() -> dict[int, tuple[str, float]]:
     return out
 
 
-def _in_subprocess(fn: Any, *args: Any, niceness: int | None = None) -> Any:
-    """``fn(*args)`` in a fresh process; ``niceness``: set that of every other Ray process first."""
+def _in_subprocess(fn: Any, *args: Any, niceness: int | None = None, env: dict[str, str] | None = None) -> Any:
+    """``fn(*args)`` in a fresh process; ``niceness``: set that of every other Ray process first;
+    ``env``: extra environment the process starts with (glibc reads MALLOC_* only at start)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    saved = dict(os.environ)
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pool.submit(int).result()  # the worker process exists now
+        try:
+            os.environ.update(env or {})
+            pool.submit(int).result()  # the worker process exists now, started with env
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
         if niceness is not None:
             _renice_ray(niceness, keep={p.pid for p in pool._processes.values()})
         return pool.submit(fn, *args).result()
@@ -534,6 +636,26 @@ def startup_markdown(records: list[dict[str, Any]]) -> str:
     return head + markdown_table(["step", *sides], rows) + "\n"
 
 
+def steady_markdown(records: list[dict[str, Any]]) -> str:
+    """BENCHMARKS.md's table of one --steady run: per-image cost once warm, each side against the plain loop."""
+    from raydetect.report.document import markdown_table
+
+    sides: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r["kind"] == "steady":
+            sides.setdefault(r["side"], []).append(r)
+    plain = [r["ms_per_image"] for r in sides["plain loop, fresh process"]]
+    rows = [[side, _med([r["ms_per_image"] for r in runs]) + " ms",
+             _med([p / r["ms_per_image"] for p, r in zip(plain, runs, strict=True)], 2),
+             _med([r["cpu_seconds"] / r["seconds"] for r in runs], 2)] for side, runs in sides.items()]  # fmt: skip
+    first = records[0]
+    return (
+        f"`{first['command']}` at commit {first['commit']}; {next(iter(sides.values()))[0]['images']} images timed "
+        f"per run after a warm-up block, medians of {len(plain)} repeats (range), interleaved.\n\n"
+        + markdown_table(["where", "per image", "throughput vs plain loop", "cores busy"], rows) + "\n"
+    )  # fmt: skip
+
+
 def emit(path: Path, record: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
@@ -561,6 +683,8 @@ def main() -> None:
     ap.add_argument("--contention", type=int, default=None, metavar="IMAGES",
                     help="instead: CPU of Ray's own processes; the plain loop of IMAGES alone vs beside Ray Data")  # fmt: skip
     ap.add_argument("--startup", action="store_true", help="instead: where the audit actor's fixed cost goes")
+    ap.add_argument("--steady", type=int, default=None, metavar="IMAGES",
+                    help="instead: per-image cost once warm: plain loop, AuditStage in a process, in a Ray actor")  # fmt: skip
     ap.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats of every audit job")
     ap.add_argument("--label", default="", help="free text recorded with each line (e.g. the change measured)")
     args = ap.parse_args()
@@ -591,6 +715,11 @@ def main() -> None:
             "ray_start_s": ray_s,
             "decode_in_read": args.decode_in_read, "ray_niceness_15": args.ray_niceness,
             "no_heap_trim": args.no_heap_trim}  # fmt: skip
+
+    if args.steady:
+        for rec in steady(bundle, args.data, args.steady, args.repeats):
+            emit(args.jsonl, {**base, **rec, "load_end": load()})
+        return
 
     if args.startup:
         for rec in startup(bundle, args.data, args.repeats):
@@ -626,6 +755,9 @@ def main() -> None:
                       f"audit actor {r['actor_mib']:.0f} MiB, all Ray workers {r['ray_workers_mib']:.0f} MiB")  # fmt: skip
         return
 
+    # An untimed plain run first: otherwise the first timed one alone pays torch's first-use set-up
+    # in this process, which inflated the plain loop's fixed cost and deflated its slope in repeat 0.
+    plain_loop(bundle, image_files(args.data, args.offset, 16))
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for rep in range(args.repeats):
         for n in args.sizes:

@@ -174,6 +174,7 @@ def bench_audit(kind: str, before: str | None = None) -> str:
         "memory": mod.memory_markdown,
         "contention": mod.contention_markdown,
         "startup": mod.startup_markdown,
+        "steady": mod.steady_markdown,
         "series": mod.series_markdown,
     }[kind](run)
 
@@ -218,6 +219,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "bench-memory": lambda: bench_audit("memory"),
     "bench-contention": lambda: bench_audit("contention"),
     "bench-startup": lambda: bench_audit("startup"),
+    "bench-steady": lambda: bench_audit("steady"),
     "bench-memory-series": lambda: bench_audit("series"),
     "bench-pipeline": lambda: _bench("pipeline").pipeline_markdown(read_jsonl("pipeline.jsonl")),
     "bench-parts": lambda: _bench("parts").parts_markdown(read_jsonl("parts.jsonl")),
