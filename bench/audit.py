@@ -645,14 +645,15 @@ def steady_markdown(records: list[dict[str, Any]]) -> str:
         if r["kind"] == "steady":
             sides.setdefault(r["side"], []).append(r)
     plain = [r["ms_per_image"] for r in sides["plain loop, fresh process"]]
-    rows = [[side, _med([r["ms_per_image"] for r in runs]) + " ms",
+    rows = [[side, _med([r["ms_per_image"] for r in runs], 0) + " ms",
              _med([p / r["ms_per_image"] for p, r in zip(plain, runs, strict=True)], 2),
-             _med([r["cpu_seconds"] / r["seconds"] for r in runs], 2)] for side, runs in sides.items()]  # fmt: skip
+             _med([r["cpu_seconds"] / r["seconds"] for r in runs], 2), runs[0]["images"]]
+            for side, runs in sides.items()]  # fmt: skip
     first = records[0]
     return (
-        f"`{first['command']}` at commit {first['commit']}; {next(iter(sides.values()))[0]['images']} images timed "
-        f"per run after a warm-up block, medians of {len(plain)} repeats (range), interleaved.\n\n"
-        + markdown_table(["where", "per image", "throughput vs plain loop", "cores busy"], rows) + "\n"
+        f"`{first['command']}` at commit {first['commit']}; each run timed after its warm-up block or batch, "
+        f"medians of {len(plain)} repeats (range), interleaved.\n\n"
+        + markdown_table(["where", "per image", "throughput vs plain loop", "cores busy", "images timed"], rows) + "\n"
     )  # fmt: skip
 
 

@@ -4,7 +4,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from raydetect.attacks import quantize as quantize_tensor
 from raydetect.images import (
@@ -139,3 +139,50 @@ def test_offset_and_limit_take_the_same_slice_as_the_whole_list() -> None:
     np.testing.assert_array_equal(part.images, whole.images[5:12])
     np.testing.assert_array_equal(part.labels, whole.labels[5:12])
     assert load_digits_images("test", offset=len(whole.ids) - 2).ids == whole.ids[-2:]
+
+
+def _torchvision_preprocess(img: Image.Image, pre: Preprocess) -> np.ndarray:
+    """The preprocessing as it was written with torchvision (the reference raydetect must match)."""
+    import torchvision.transforms.functional as TF
+
+    from raydetect.images import _to_rgb_or_l
+
+    img = _to_rgb_or_l(ImageOps.exif_transpose(img), pre.channels)
+    mode = TF.InterpolationMode.BICUBIC if pre.interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
+    if img.size != (pre.crop, pre.crop):
+        if min(img.size) != pre.resize:
+            img = TF.resize(img, pre.resize, interpolation=mode, antialias=True)
+        img = TF.center_crop(img, [pre.crop, pre.crop])
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("size", "pre"),
+    [
+        ((64, 48), PRE),  # landscape, downscaled
+        ((47, 74), PRE),  # portrait: the long side truncates (62.98 -> 62)
+        ((47, 72), PRE),  # the crop offset rounds half to even (14.5 -> 14), as torchvision's round does
+        ((33, 90), Preprocess(resize=40, crop=32, interpolation="bicubic")),  # upscaled, bicubic
+        ((40, 55), PRE),  # short side already at the resize: cropped only
+        ((50, 40), Preprocess(resize=20, crop=32)),  # resized below the crop: zero-padded, as torchvision pads
+        ((60, 60), Preprocess(resize=40, crop=32, channels=1)),
+    ],
+)
+def test_preprocessing_matches_torchvision_exactly(size: tuple[int, int], pre: Preprocess) -> None:
+    img = _photo(size=size)
+    ours = decode_image(_encode(img, "PNG"), pre)
+    assert ours.shape == (pre.channels, pre.crop, pre.crop)
+    np.testing.assert_array_equal(ours, _torchvision_preprocess(img, pre))
+
+
+def test_preprocessing_matches_torchvision_on_real_photos() -> None:
+    from raydetect.models import model_info
+    from tests.conftest import imagenet_sample_or_skip
+
+    files = sorted(imagenet_sample_or_skip().glob("*/*"))[::40]  # 13 photos of assorted sizes
+    pre = model_info("efficientnet_lite0").preprocess
+    for f in files:
+        with Image.open(f) as img:
+            img.load()
+            np.testing.assert_array_equal(decode_image(f.read_bytes(), pre), _torchvision_preprocess(img, pre), err_msg=str(f))

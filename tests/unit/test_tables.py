@@ -66,3 +66,19 @@ def test_audit_benchmark_tables_split_fixed_and_per_image_costs() -> None:
     mem = [{**base, "kind": "memory", "dataset": d, "size": n, "seconds": 1.0, "driver_mib": m, "actor_mib": m,
             "ray_workers_mib": m} for d, n, m in (("sample", 500, 1000.0), ("variants", 5000, 1100.0))]  # fmt: skip
     assert "1100 MiB (+10.0%)" in audit.memory_markdown(mem)
+
+
+def test_steady_table_compares_each_side_with_the_plain_loop_of_its_repeat() -> None:
+    """Throughput vs plain is plain ms / side ms per repeat, then the median: a side twice as slow reads 0.50."""
+    audit = _tables()._bench("audit")
+    base = {"command": "c", "commit": "x", "kind": "steady", "images": 144, "cpu_seconds": 18.0, "seconds": 10.0}
+    recs = [
+        {**base, "side": side, "repeat": rep, "ms_per_image": ms * (1 + rep)}  # repeat 1: the machine twice as slow
+        for rep in (0, 1)
+        for side, ms in (("plain loop, fresh process", 100.0), ("AuditStage, fresh process", 100.0),
+                         ("AuditStage, Ray actor", 200.0))
+    ]  # fmt: skip
+    md = audit.steady_markdown(recs)
+    assert "| AuditStage, Ray actor | 300 (200-400) ms | 0.50 (0.50-0.50) | 1.80 (1.80-1.80) | 144 |" in md
+    assert "| AuditStage, fresh process | 150 (100-200) ms | 1.00 (1.00-1.00) |" in md
+    assert "medians of 2 repeats" in md
