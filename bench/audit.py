@@ -4,7 +4,7 @@
     python bench/audit.py --memory 500 5000 --repeats 1     # flat memory: 5,000 distinct images
     python bench/audit.py --contention 64 --repeats 3       # what Ray's own processes cost the model
     python bench/audit.py --startup --repeats 3             # the audit actor's fixed cost, step by step
-    python bench/audit.py --steady 160 --repeats 4          # per-image cost: plain loop, stage, Ray actor
+    python bench/audit.py --steady 160 --repeats 5          # per-image cost: plain loop, stage, Ray actor
 
 Plain loop: ``Detector.score`` over the same files in one process, batches of 16 (model load,
 JPEG decode and the score; nothing written). Ray: ``run_audit`` on a local Ray that is already up
