@@ -133,9 +133,12 @@ class Images:
 
 
 class Study:
-    def __init__(self) -> None:
+    def __init__(self, attack_batch: int = 8) -> None:
         self.model = load_model(ModelConfig(name=MODEL, device="cpu"))
         self.images = Images(self.model)
+        # Images per batch of an attack that knows the detector: its second-order passes through
+        # every view (and EOT draw) hold all their graphs at once; views-secret at 8 ran out of 24 GiB.
+        self.attack_batch = attack_batch
 
     # -- non-adaptive adversarials: independent of the detector, cached per attack ------------
     def adversarial(self, cfg: AttackConfig, idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -234,7 +237,10 @@ class Study:
         """(8-bit adversarials, success, passes) of an attack that knows ``det``, on images ``idx``."""
         t0 = time.perf_counter()
         ((_, attack),) = build_attacks(self.model, [cfg], det)
-        res = [attack(self.images.x[idx[s]], self.images.y[idx[s]], keys=idx[s]) for s in batches(len(idx), 8)]
+        res = []
+        for s in batches(len(idx), self.attack_batch):
+            res.append(attack(self.images.x[idx[s]], self.images.y[idx[s]], keys=idx[s]))
+            log(f"{cfg.name}: {s.stop} of {len(idx)} images in {time.perf_counter() - t0:.0f} s")
         log(f"{cfg.name} on {len(idx)} images in {time.perf_counter() - t0:.0f} s")
         return (torch.cat([r.adversarial for r in res]), torch.cat([r.success for r in res]).numpy(),
                 torch.cat([r.passes for r in res]).numpy())  # fmt: skip
@@ -303,7 +309,7 @@ class Study:
 
 def run(args: argparse.Namespace) -> None:
     design = DESIGNS[args.design]
-    st = Study()
+    st = Study(args.attack_batch)
     t0 = time.perf_counter()
     det = st.fit(design, args.half)
     log(f"{design.name}: fitted in {time.perf_counter() - t0:.0f} s, threshold {det.threshold:.4f}")
@@ -383,6 +389,9 @@ def main() -> None:
     r.add_argument("--adaptive-images", type=int, default=24)
     r.add_argument("--eval-images", type=int, default=None, help="evaluate on the first N evaluation images (default: all)")
     r.add_argument("--restarts", type=int, default=1, help="adaptive attack: restarts (a lam search across them)")
+    r.add_argument("--attack-batch", type=int, default=8,
+                   help="images per batch of squeeze_eot and adaptive (smaller needs less memory; "
+                   "the same attack, with other random draws)")  # fmt: skip
     r.add_argument("--only", default="", help="run only these attack methods, e.g. adaptive or bim,pgd (default: all)")
     r.add_argument("--extra-eps", default="", help="also run the non-adaptive attacks at these eps, e.g. 2/255,8/255,16/255")
     sub.add_parser("summary")
