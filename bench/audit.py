@@ -422,14 +422,17 @@ def _in_subprocess(fn: Any, *args: Any, niceness: int | None = None, env: dict[s
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    saved = dict(os.environ)
+    saved = {k: os.environ.get(k) for k in env or {}}
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         try:
             os.environ.update(env or {})
             pool.submit(int).result()  # the worker process exists now, started with env
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        finally:  # only the keys set here change back: other threads (Ray's) may read the environment
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         if niceness is not None:
             _renice_ray(niceness, keep={p.pid for p in pool._processes.values()})
         return pool.submit(fn, *args).result()
