@@ -86,18 +86,11 @@ def _steps(t: dict[str, float], asked: float) -> dict[str, float]:
 
 def startup(bundle: str, data: Path, repeats: int) -> list[dict[str, Any]]:
     """Where the audit actor's fixed cost goes: process start, imports, model load, first batches."""
-    import numpy as np
     import ray
 
-    from raydetect.config import Source
-    from raydetect.models import model_info
     from raydetect.models.runtime import actor_runtime_env
-    from raydetect.stages.read import ReadImages, plan_inputs
 
-    kind, items = plan_inputs(Source(str(data), limit=32))
-    det_model = json.loads((Path(bundle) / "manifest.json").read_text())["model"]["name"]
-    reader = ReadImages(str(data), kind, model_info(det_model).preprocess, decode=False)
-    batches = [r for i in (0, 16) for r in reader({k: np.array([it[k] for it in items[i : i + 16]]) for k in items[0]})]
+    batches = encoded_blocks(bundle, data, 32, 16)
     probe = ray.remote(_StartupProbe)
     records = []
     for rep in range(repeats):
@@ -178,17 +171,10 @@ def steady(bundle: str, data: Path, images: int, repeats: int) -> list[dict[str,
     """
     import ray
 
-    from raydetect.config import Source
-    from raydetect.models import model_info
     from raydetect.models.runtime import actor_runtime_env
-    from raydetect.stages.read import ReadImages, plan_inputs, rows_to_batch
 
-    kind, items = plan_inputs(Source(str(data), offset=0, limit=images))
-    files = [str(data / it["item"]) for it in items]
-    det_model = json.loads((Path(bundle) / "manifest.json").read_text())["model"]["name"]
-    reader = ReadImages(str(data), kind, model_info(det_model).preprocess, decode=False)
-    rows = [r for it in items for r in reader._file_rows({"item": it["item"], "path": str(data / it["item"])})]
-    blocks = [rows_to_batch(rows[i : i + STEADY_BLOCK]) for i in range(0, len(rows), STEADY_BLOCK)]
+    files = image_files(data, 0, images)
+    blocks = encoded_blocks(bundle, data, images, STEADY_BLOCK)
     env = {**actor_runtime_env().get("env_vars", {}), "OMP_NUM_THREADS": "1"}  # Ray sets OMP_NUM_THREADS to num_cpus
     actor_cls = ray.remote(_SteadyActor)
     records = []
@@ -313,6 +299,22 @@ def ensure_bundle(data: Path) -> str:
                    protocol_attacks("corrected", 4 / 255)[:1], AttributionConfig(), FeatureConfig())  # fmt: skip
     run_job(job, ResourceConfig())
     return run_training(feats, str(BUNDLE_DIR / "corrected"), kinds=("lr",), use_ray=False, n_boot=100).bundle
+
+
+def encoded_blocks(bundle: str, data: Path, n: int, block: int) -> list[dict[str, Any]]:
+    """The first ``n`` images as the audit's read hands them to its actor (encoded bytes, the
+    bundle model's preprocessing), in blocks of ``block`` rows (at most the reader's 32)."""
+    import numpy as np
+
+    from raydetect.config import Source
+    from raydetect.models import model_info
+    from raydetect.stages.read import ReadImages, plan_inputs
+
+    kind, items = plan_inputs(Source(str(data), limit=n))
+    det_model = json.loads((Path(bundle) / "manifest.json").read_text())["model"]["name"]
+    reader = ReadImages(str(data), kind, model_info(det_model).preprocess, decode=False)
+    chunks = [items[i : i + block] for i in range(0, len(items), block)]
+    return [b for c in chunks for b in reader({k: np.array([it[k] for it in c]) for k in c[0]})]
 
 
 def image_files(data: Path, offset: int, n: int) -> list[str]:
