@@ -178,7 +178,7 @@ JitterOpt = Annotated[
     typer.Option(
         "--jitter",
         help="Per-image random view strength, scaled by exp(U[-j, j]) drawn from a keyed hash of the image and "
-        "$RAYDETECT_SECRET (0: fixed views).",
+        "$RAYDETECT_SECRET (0: fixed views). Set the secret where the job's driver runs; audits warn when it is unset.",
     ),
 ]
 

@@ -31,6 +31,7 @@ from raydetect.detect.heads import HEADS, Head, LinearHead
 from raydetect.detect.score import AttackLogit, Scorer
 from raydetect.errors import RaydetectError
 from raydetect.explain.baselines import View, views
+from raydetect.explain.views import PUBLIC_KEY, secret
 from raydetect.images import decode_image
 from raydetect.models import ImageClassifier, checked, load_model
 from raydetect.store import exists, join, open_filesystem, read_bytes, write_bytes
@@ -77,6 +78,10 @@ class Detector:
     # because the attacker is assumed to have everything the auditor has.
     surrogate: Head | None = None
     surrogate_threshold: float | None = None
+    # The auditor's key for the views' keyed strengths (never saved; kept out of repr). None: the
+    # RAYDETECT_SECRET of whichever process scores. Jobs set it in the driver (load_for_audit), so
+    # actors on other nodes, which do not see the driver's environment, draw with the same key.
+    views_key: bytes | None = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
@@ -237,7 +242,7 @@ class Detector:
         """The torch score of this detector on ``model`` (which must be the bundle's model)."""
         _, acfg, fcfg = self.configs()
         refs = None if self.references is None else torch.from_numpy(np.asarray(self.references, np.float32))
-        return Scorer(model, acfg, fcfg, self.head, refs)
+        return Scorer(model, acfg, fcfg, self.head, refs, self.views_key)
 
     def views(self) -> list[View]:
         """The transformed views of an image this detector classifies (what squeeze_eot attacks)."""
@@ -286,10 +291,18 @@ def load_for_audit(
     """Load and verify a bundle; the model comes from the bundle (``model`` must agree if given).
 
     Its unsigned-bundle warning comes only once everything else passed, so a bad input is one line.
+    The views' key is resolved here, in the driver, and travels with the detector to the actors.
     """
     det, warning = Detector._load(bundle, trusted_keys)
     det.check_compatible(model)
     _warn_once(bundle, warning)
+    det.views_key = secret()
+    if det.configs()[1].jitter > 0 and det.views_key == PUBLIC_KEY:
+        _warn_once(f"{bundle}#key", (
+            f"detector bundle {bundle} draws its views' strengths per image from a keyed hash, and RAYDETECT_SECRET is "
+            "not set: the public key is used, so anyone who reads raydetect can compute every draw (set RAYDETECT_SECRET "
+            "where the job's driver runs)"
+        ))  # fmt: skip
     mcfg = det.configs()[0]
     if weights:
         mcfg = replace(mcfg, weights=weights, random_weights=False)

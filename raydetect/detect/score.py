@@ -38,10 +38,11 @@ class Scorer:
 
     def __init__(
         self, model: ImageClassifier, attribution: AttributionConfig, features: FeatureConfig, head: Head,
-        references: torch.Tensor | None = None,
+        references: torch.Tensor | None = None, key: bytes | None = None,
     ) -> None:  # fmt: skip
         self.model = model
-        self.explainer = Explainer(model, attribution, references)  # references: GradientShap's 'train' baseline
+        # references: GradientShap's 'train' baseline; key: the auditor's, for the views' strengths
+        self.explainer = Explainer(model, attribution, references, key)
         self.features = features
         self.head = head.to(model.device)
 

@@ -126,16 +126,20 @@ class Explainer:
     """Explains batches of [0,1] images with one :class:`AttributionConfig`.
 
     ``references`` (R, C, H, W) are clean images that GradientShap draws baselines from
-    (``baseline='train'``); they must come from the training side of any split.
+    (``baseline='train'``); they must come from the training side of any split. ``key`` keys the
+    views' per-image strengths (default: :func:`views.secret` of the process that explains).
     """
 
-    def __init__(self, model: ImageClassifier, cfg: AttributionConfig, references: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, model: ImageClassifier, cfg: AttributionConfig, references: torch.Tensor | None = None, key: bytes | None = None
+    ) -> None:
         if cfg.baseline == "train" and (references is None or len(references) == 0):
             raise RaydetectError("baseline 'train' needs reference clean images")
         self.model = model.eval()
         self.cfg = cfg
         self.method = METHODS[cfg.explainer]
         self.references = references
+        self.key = key
 
     @property
     def differentiable(self) -> bool:
@@ -163,8 +167,10 @@ class Explainer:
         n = len(x)
         keys = np.arange(n) if keys is None else keys
         specs = view_specs(cfg)
-        if draws is None:
-            draws = keyed_draws(x, len(specs)) if cfg.jitter > 0 and specs else torch.zeros(n, len(specs), device=x.device)
+        if draws is None and cfg.jitter > 0 and specs:
+            draws = keyed_draws(x, len(specs), self.key)
+        elif draws is None:
+            draws = torch.zeros(n, len(specs), device=x.device)
         with torch.set_grad_enabled(create_graph):
             logits = self.model(x)
         t = logits.argmax(1).detach() if targets is None else targets.to(x.device)

@@ -111,8 +111,14 @@ def view_specs(cfg: AttributionConfig) -> list[str]:
 
 
 def secret() -> bytes:
+    """The auditor's key: ``RAYDETECT_SECRET`` of *this* process, else the public key."""
     value = os.environ.get("RAYDETECT_SECRET")
     return value.encode() if value else PUBLIC_KEY
+
+
+def key_fingerprint(key: bytes) -> str:
+    """What a report may show of a key: "public", or 8 hex digits that tell secrets apart."""
+    return "public" if key == PUBLIC_KEY else hashlib.blake2b(key, digest_size=4, person=b"rd-key").hexdigest()
 
 
 def keyed_draws(x: torch.Tensor, count: int, key: bytes | None = None) -> torch.Tensor:

@@ -24,6 +24,7 @@ from raydetect.detect import Detector
 from raydetect.detect.bundle import load_for_audit
 from raydetect.detect.evaluation import robustness_rows
 from raydetect.errors import RaydetectError
+from raydetect.explain.views import key_fingerprint, secret
 from raydetect.models import ConfiguredLoader, load_model, model_info
 from raydetect.models.runtime import actor_runtime_env
 from raydetect.report import write_report
@@ -344,12 +345,16 @@ class AuditJob(_FromSource):
         self.detector, self.bundle = detector, bundle
 
     def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
+        keyed = self.detector.configs()[1].jitter > 0
         return {
             "source": self.source_config(),
             "bundle": self.bundle,
             "model": to_dict(model),
             "threshold": self.detector.threshold,
             "provenance": self.detector.provenance,
+            # Which key drew the views' strengths (a fingerprint, never the key): an owner re-running
+            # the audit can tell whether the same secret was used.
+            **({"views_key": key_fingerprint(self.detector.views_key or secret())} if keyed else {}),
         }
 
     def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:

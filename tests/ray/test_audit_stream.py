@@ -82,3 +82,27 @@ def test_the_audit_scores_as_detector_score(ray_cluster, digits_bundle, tmp_path
     rows = pq.read_table(tmp_path / "audit" / "rows").to_pylist()
     files = [str(Path(tmp_path / "imgs" / r["id"])) for r in rows]
     np.testing.assert_allclose([r["score"] for r in rows], det.score(files), atol=1e-5, rtol=0)
+
+
+def test_actors_draw_the_views_with_the_drivers_secret(ray_cluster, digits_bundle, tmp_path, monkeypatch) -> None:
+    """The workers started before RAYDETECT_SECRET was set here, as workers on another node never see
+    the driver's environment: the audit must still draw every view with the driver's key."""
+    from dataclasses import replace
+
+    from raydetect.explain.views import key_fingerprint
+    from raydetect.stages.runner import run_audit
+
+    det = Detector.load(digits_bundle)
+    replace(det, attribution={**det.attribution, "jitter": 0.5}).save(tmp_path / "keyed")
+    write_digit_folder(tmp_path / "imgs", n=16, broken=False)
+    monkeypatch.setenv("RAYDETECT_SECRET", "auditor-a")
+    summary, _ = run_audit(Source(str(tmp_path / "imgs")), str(tmp_path / "audit"), str(tmp_path / "keyed"),
+                           ResourceConfig(batch_size=8), top=0)  # fmt: skip
+    assert summary.config["views_key"] == key_fingerprint(b"auditor-a")
+    rows = pq.read_table(tmp_path / "audit" / "rows").to_pylist()
+    files = [str(Path(tmp_path / "imgs" / r["id"])) for r in rows]
+    keyed = Detector.load(tmp_path / "keyed")  # scores in this process, with this process's secret
+    np.testing.assert_allclose([r["score"] for r in rows], keyed.score(files), atol=1e-5, rtol=0)
+    monkeypatch.delenv("RAYDETECT_SECRET")
+    public = keyed.score(files)
+    assert np.abs(np.array([r["score"] for r in rows]) - public).max() > 1e-4  # the key does change the scores

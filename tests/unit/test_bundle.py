@@ -202,3 +202,30 @@ def _detector_on_images(model, digits_test) -> Detector:
         attribution=to_dict(acfg), features=to_dict(fcfg), feature_names=feature_names(fcfg), trained_on=["noise"],
         metrics={}, params={},
     )  # fmt: skip
+
+
+def test_a_keyed_bundle_warns_without_a_secret_and_carries_the_drivers_key(data, tmp_path, monkeypatch, caplog) -> None:
+    from dataclasses import replace
+
+    from raydetect.detect.bundle import load_for_audit
+    from raydetect.explain.views import PUBLIC_KEY
+
+    X, y = data
+    det = _detector("lr", X, y)
+    keyed = replace(det, attribution={**det.attribution, "jitter": 0.5})
+    keyed.save(tmp_path / "keyed")
+    det.save(tmp_path / "fixed")
+    monkeypatch.delenv("RAYDETECT_SECRET", raising=False)
+    with caplog.at_level("WARNING"):
+        loaded, _ = load_for_audit(str(tmp_path / "keyed"))
+    assert loaded.views_key == PUBLIC_KEY and "RAYDETECT_SECRET is not set" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_for_audit(str(tmp_path / "fixed"))  # fixed views: nothing to keep secret
+    assert "RAYDETECT_SECRET" not in caplog.text
+    monkeypatch.setenv("RAYDETECT_SECRET", "auditor-a")
+    loaded, _ = load_for_audit(str(tmp_path / "keyed"))
+    assert loaded.views_key == b"auditor-a" and "auditor-a" not in repr(loaded)  # never printed
+    from raydetect.models import load_model
+
+    assert loaded.scorer(load_model(ModelConfig(name="digits_cnn"))).explainer.key == b"auditor-a"
