@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -35,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from raydetect.attacks.suite import robustness_suite, strength_mix
 from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig, ModelConfig, parse_eps, to_dict
@@ -45,6 +47,7 @@ from raydetect.detect.splits import pair_split
 from raydetect.explain import Explainer, describe, feature_names
 from raydetect.images import batches, load_image_folder
 from raydetect.models import ImageClassifier, load_model
+from raydetect.models.classifier import smooth_activations
 from raydetect.stages.attack import build_attacks, judged_on
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +56,7 @@ CACHE = ROOT / "runs" / "hardening"
 RESULTS = ROOT / "bench" / "results" / "hardening.jsonl"
 EPS = 4 / 255
 MODEL = "efficientnet_lite0"
+ADAPTIVE_SMOOTH = 10.0  # softplus beta of the adaptive attack's smoothed ReLUs
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ class Design:
     rounds: int = 0
     round_images: int = 48
     round_steps: int = 50
+    # A second real model whose explanation (and agreement) joins the descriptor: see SecondOpinion.
+    second: str = ""
 
 
 BIM3 = tuple(AttackConfig(mode=m, eps=EPS, steps=10) for m in ("untargeted", "random", "second"))
@@ -90,6 +96,9 @@ DESIGNS = {
                attribution=AttributionConfig(views=("jpeg:60", "median:3")), train_attacks=MIX),
         Design("views-secret", "views, with every view's strength drawn per image from a keyed hash (jitter 0.5)",
                attribution=AttributionConfig(views=("jpeg:60", "median:3"), jitter=0.5), train_attacks=MIX, adaptive_eot=2),
+        Design("second-model", "mix, plus efficientnet_lite1's IG (same configuration) of lite0's predicted class on the "
+               "image resized to 240 px, and lite1's log-probability of that class and its margin",
+               train_attacks=MIX, second="efficientnet_lite1"),
         Design("mix-advtrain", "mix, then 2 rounds of adversarial training on adaptive adversarials (50 steps, 48 fit "
                "images) made against the previous round's detector", train_attacks=MIX, rounds=2),
     )
@@ -102,6 +111,58 @@ def log(msg: str) -> None:
 
 def unit(text: str, salt: str) -> float:
     return int.from_bytes(hashlib.blake2b(f"{salt}:{text}".encode(), digest_size=8).digest(), "big") / 2**64
+
+
+class SecondOpinion:
+    """A second real model's explanation of the *first* model's predicted class, plus its log-probability
+    of that class and margin: a minimal adversarial made on one model rarely moves another's prediction.
+    Every feature is differentiable, so the white-box attack sees all of it (no masked gradient)."""
+
+    def __init__(self, name: str, attribution: AttributionConfig, features: FeatureConfig) -> None:
+        self.model = load_model(ModelConfig(name=name, device="cpu"))
+        self.explainer = Explainer(self.model, attribution)
+        self.features, self.size = features, self.model.info.preprocess.crop
+
+    def __call__(self, x: torch.Tensor, targets: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        x1 = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)  # (N, C, S, S)
+        e = self.explainer(x1, targets=targets, create_graph=create_graph)
+        lp = e.logits.double().log_softmax(1)  # (N, classes)
+        t = lp.gather(1, targets.view(-1, 1)).squeeze(1)
+        other = lp.scatter(1, targets.view(-1, 1), float("-inf")).amax(1)
+        return torch.cat([describe(e, self.features), torch.stack([t, t - other], 1).float()], 1)  # (N, D1 + 2)
+
+
+class TwoModelDetector:
+    """The audited model's descriptor and a second opinion's, read by one head. Duck-types what the
+    study uses of a Detector: threshold, scorer(model), views() (squeeze_eot) and attack_logit(model)."""
+
+    def __init__(self, first: Detector, second: SecondOpinion, model: ImageClassifier) -> None:
+        self.first, self.second, self.model, self.threshold = first, second, model, first.threshold
+        t = min(max(first.threshold, 1e-12), 1 - 1e-12)
+        self.threshold_logit = math.log(t / (1 - t))
+        self.passes = 2 * (first.configs()[1].passes_per_image + 2)  # both models' passes, counted alike
+
+    def features(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        _, acfg, fcfg = self.first.configs()
+        e = Explainer(self.model, acfg)(x, create_graph=create_graph)
+        return torch.cat([describe(e, fcfg), self.second(x, e.targets, create_graph)], 1)  # (N, D0 + D1 + 2)
+
+    def scorer(self, model: ImageClassifier) -> Callable[[torch.Tensor], torch.Tensor]:
+        assert model is self.model
+        return lambda x: torch.sigmoid(self.first.head.logit(self.features(x)))
+
+    def views(self) -> list[Any]:
+        return self.first.views()
+
+    def attack_logit(self, model: ImageClassifier) -> TwoModelDetector:
+        assert model is self.model
+        return self
+
+    def __call__(self, x: torch.Tensor, draw: int) -> torch.Tensor:
+        """The white-box attacker's logit (attacks.adaptive.DetectorLogit): no randomness to draw. The
+        attack smooths the audited model's ReLUs; the second model's get the same softplus here."""
+        with smooth_activations(self.second.model, ADAPTIVE_SMOOTH):
+            return self.first.head.logit(self.features(x, create_graph=True))
 
 
 class Images:
@@ -139,6 +200,7 @@ class Study:
         # Images per batch of an attack that knows the detector: its second-order passes through
         # every view (and EOT draw) hold all their graphs at once; views-secret at 8 ran out of 24 GiB.
         self.attack_batch = attack_batch
+        self._second: dict[str, SecondOpinion] = {}
 
     # -- non-adaptive adversarials: independent of the detector, cached per attack ------------
     def adversarial(self, cfg: AttackConfig, idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -181,15 +243,27 @@ class Study:
     def describe(self, design: Design, x: torch.Tensor) -> np.ndarray:
         """Descriptors as the design's detector computes them (the auditor's keyed view draws)."""
         explainer = Explainer(self.model, design.attribution)
-        return np.concatenate([describe(explainer(x[s]), design.features).numpy() for s in batches(len(x), 16)])
 
-    def detector(self, design: Design, head: Any, threshold: float = 0.5) -> Detector:
-        return Detector(
+        def one(xb: torch.Tensor) -> torch.Tensor:
+            e = explainer(xb)
+            f = describe(e, design.features)
+            return torch.cat([f, self.second(design)(xb, e.targets)], 1) if design.second else f
+
+        return np.concatenate([one(x[s]).numpy() for s in batches(len(x), 16)])
+
+    def second(self, design: Design) -> SecondOpinion:
+        if design.second not in self._second:
+            self._second[design.second] = SecondOpinion(design.second, design.attribution, design.features)
+        return self._second[design.second]
+
+    def detector(self, design: Design, head: Any, threshold: float = 0.5) -> Detector | TwoModelDetector:
+        det = Detector(
             head=head, threshold=threshold, target_fpr=0.05, model_config=to_dict(ModelConfig(name=MODEL)),
             attribution=to_dict(design.attribution), features=to_dict(design.features),
             feature_names=feature_names(design.features, design.attribution),
             trained_on=[a.name for a in design.train_attacks], metrics={}, params={},
         )  # fmt: skip
+        return TwoModelDetector(det, self.second(design), self.model) if design.second else det
 
     def fit(self, design: Design, half: str) -> Detector:
         """Fit on the half's fit images: clean vs every successful training adversarial; threshold
@@ -221,8 +295,8 @@ class Study:
         for r in range(design.rounds):
             # Adaptive adversarials against the current detector, on fit images of the training side only.
             pick = idx[fit[: len(idx)]][: design.round_images]
-            cfg = AttackConfig(method="adaptive", eps=EPS, steps=design.round_steps, eot=design.adaptive_eot, smooth=10.0,
-                               seed=100 + r)  # fmt: skip
+            cfg = AttackConfig(method="adaptive", eps=EPS, steps=design.round_steps, eot=design.adaptive_eot,
+                               smooth=ADAPTIVE_SMOOTH, seed=100 + r)  # fmt: skip
             adv, ok, _ = self.attack_detector(cfg, det, pick)
             X = np.concatenate([X, self.describe(design, adv[ok])])
             y = np.concatenate([y, np.ones(int(ok.sum()), int)])
@@ -285,7 +359,7 @@ class Study:
                 restarts=restarts,
                 lam_search=restarts - 1,
                 eot=design.adaptive_eot,
-                smooth=10.0,
+                smooth=ADAPTIVE_SMOOTH,
             ),
         ]
         for cfg in filter(wanted, adaptive if adaptive_images > 0 else []):  # 0: the non-adaptive rows only
@@ -359,7 +433,9 @@ def summary_markdown() -> str:
     for d, half in runs:
         by = {r["attack"]: r for r in rows if r["design"] == d and r["half"] == half}
         adaptive = next((r for a, r in by.items() if a.startswith("adaptive-")), None)
-        passes = DESIGNS[d].attribution.passes_per_image + 2 * (1 + len(DESIGNS[d].attribution.views))
+        passes = (DESIGNS[d].attribution.passes_per_image + 2 * (1 + len(DESIGNS[d].attribution.views))) * (
+            2 if DESIGNS[d].second else 1
+        )
         body.append([d, half, passes, *(_cell(by.get(a)) for a in key.values()), _cell(adaptive)])
     out = [
         markdown_table(["design", "half", "audit passes/image", *key, "adaptive"], body),
