@@ -178,7 +178,8 @@ JitterOpt = Annotated[
     typer.Option(
         "--jitter",
         help="Per-image random view strength, scaled by exp(U[-j, j]) drawn from a keyed hash of the image and "
-        "$RAYDETECT_SECRET (0: fixed views). Set the secret where the job's driver runs; audits warn when it is unset.",
+        "$RAYDETECT_SECRET (0: fixed views). Make the secret random (e.g. `openssl rand -hex 32`) and set it where the "
+        "job's driver runs; audits warn when it is unset.",
     ),
 ]
 

@@ -117,8 +117,11 @@ def secret() -> bytes:
 
 
 def key_fingerprint(key: bytes) -> str:
-    """What a report may show of a key: "public", or 8 hex digits that tell secrets apart."""
-    return "public" if key == PUBLIC_KEY else hashlib.blake2b(key, digest_size=4, person=b"rd-key").hexdigest()
+    """What a report may show of a key: "public", or 8 hex digits that tell secrets apart. scrypt, so
+    that whoever reads a report cannot cheaply test guesses of a weak secret against it."""
+    if key == PUBLIC_KEY:
+        return "public"
+    return hashlib.scrypt(key, salt=b"raydetect-views-key", n=2**14, r=8, p=1, dklen=4).hex()
 
 
 def keyed_draws(x: torch.Tensor, count: int, key: bytes | None = None) -> torch.Tensor:
