@@ -216,6 +216,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "hardening": lambda: _hardening().summary_markdown(),  # bench/hardening.py reads bench/results/hardening.jsonl
     "readme-robust": lambda: hardening_readme("hardening.jsonl", *README_DESIGN),
     "bench-audit": lambda: bench_audit("throughput"),
+    "bench-audit-no-heap-trim": lambda: bench_audit("throughput", "no_heap_trim"),
     "bench-memory": lambda: bench_audit("memory"),
     "bench-contention": lambda: bench_audit("contention"),
     "bench-startup": lambda: bench_audit("startup"),
