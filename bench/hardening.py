@@ -42,7 +42,7 @@ from raydetect.attacks.suite import robustness_suite, strength_mix
 from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig, ModelConfig, parse_eps, to_dict
 from raydetect.detect import Detector
 from raydetect.detect.evaluation import robustness_rows
-from raydetect.detect.fit import clean_threshold, fit_head
+from raydetect.detect.fit import clean_threshold, cross_fitted, fit_head
 from raydetect.detect.splits import pair_split
 from raydetect.explain import Explainer, describe, feature_names
 from raydetect.images import batches, load_image_folder
@@ -265,9 +265,10 @@ class Study:
         )  # fmt: skip
         return TwoModelDetector(det, self.second(design), self.model) if design.second else det
 
-    def fit(self, design: Design, half: str) -> Detector:
-        """Fit on the half's fit images: clean vs every successful training adversarial; threshold
-        at 5% FPR on clean images of a held-out fifth of them (pair-grouped)."""
+    def fit(self, design: Design, half: str, calibration: str = "split") -> Detector:
+        """Fit on the half's fit images: clean vs every successful training adversarial; threshold at
+        5% FPR on clean images of a held-out fifth of them (``split``, pair-grouped), or on every clean
+        image's out-of-fold score with the head fitted on all of them (``crossfit``)."""
         idx = self.images.part(half, "fit")
         # The descriptors depend only on the design's explainer and training attacks: cached, so a
         # re-run (or a crash after the fit) does not pay for them again.
@@ -289,9 +290,7 @@ class Study:
             tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
             np.savez(tmp, X=X, y=y, groups=groups)
             os.replace(tmp, cache)
-        fit, val = pair_split(groups, 0.2, seed=1)
-        head = fit_head("lr", X[fit], y[fit])
-        det = self.detector(design, head, clean_threshold(head, X[val & (y == 0)], 0.05).threshold)
+        fit, det = self._calibrated(design, X, y, groups, calibration)
         for r in range(design.rounds):
             # Adaptive adversarials against the current detector, on fit images of the training side only.
             pick = idx[fit[: len(idx)]][: design.round_images]
@@ -301,11 +300,19 @@ class Study:
             X = np.concatenate([X, self.describe(design, adv[ok])])
             y = np.concatenate([y, np.ones(int(ok.sum()), int)])
             groups = np.concatenate([groups, self.images.ids[pick][ok]])
-            fit, val = pair_split(groups, 0.2, seed=1)
-            head = fit_head("lr", X[fit], y[fit])
-            det = self.detector(design, head, clean_threshold(head, X[val & (y == 0)], 0.05).threshold)
+            fit, det = self._calibrated(design, X, y, groups, calibration)
             log(f"{design.name}: round {r + 1}: {int(ok.sum())} adaptive adversarials added, threshold {det.threshold:.4f}")
         return det
+
+    def _calibrated(self, design: Design, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
+                    calibration: str) -> tuple[np.ndarray, Detector]:  # fmt: skip
+        """(mask of the rows the head trained on, the detector with its 5%-FPR threshold)."""
+        if calibration == "crossfit":
+            head, cal = cross_fitted("lr", X, y, groups, 0.05)
+            return np.ones(len(y), bool), self.detector(design, head, cal.threshold)
+        fit, val = pair_split(groups, 0.2, seed=1)
+        head = fit_head("lr", X[fit], y[fit])
+        return fit, self.detector(design, head, clean_threshold(head, X[val & (y == 0)], 0.05).threshold)
 
     def attack_detector(self, cfg: AttackConfig, det: Detector, idx: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """(8-bit adversarials, success, passes) of an attack that knows ``det``, on images ``idx``."""
@@ -385,7 +392,7 @@ def run(args: argparse.Namespace) -> None:
     design = DESIGNS[args.design]
     st = Study(args.attack_batch)
     t0 = time.perf_counter()
-    det = st.fit(design, args.half)
+    det = st.fit(design, args.half, args.calibration)
     log(f"{design.name}: fitted in {time.perf_counter() - t0:.0f} s, threshold {det.threshold:.4f}")
     extra = tuple(parse_eps(e) for e in args.extra_eps.split(",")) if args.extra_eps else ()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -394,7 +401,8 @@ def run(args: argparse.Namespace) -> None:
     def record(rows: list[dict[str, Any]]) -> None:
         with RESULTS.open("a") as f:
             for r in rows:
-                f.write(json.dumps({"design": design.name, "half": args.half, "command": command, **r}) + "\n")
+                f.write(json.dumps({"design": design.name, "half": args.half, "calibration": args.calibration,
+                                    "command": command, **r}) + "\n")  # fmt: skip
         for r in rows:
             print(f"{r['attack']:42s} fools {r['success_rate']:6.1%}  AUC {r['auc']:.3f}  flagged {r['flagged']:6.1%}  "
                   f"evaded {r['evaded']:6.1%}  passes {r['passes']:6.0f}", flush=True)  # fmt: skip
@@ -404,10 +412,11 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _latest() -> list[dict[str, Any]]:
-    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    rows: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     for line in RESULTS.read_text().splitlines() if RESULTS.exists() else []:
         r = json.loads(line)
-        rows[(r["design"], r["half"], r["attack"])] = r
+        r.setdefault("calibration", "split")  # rows from before the choice existed
+        rows[(r["design"], r["half"], r["calibration"], r["attack"])] = r
     return list(rows.values())
 
 
@@ -428,27 +437,33 @@ def summary_markdown() -> str:
         "early-stopped BIM": "bim-untargeted-4/255-stop", "DeepFool": "deepfool-untargeted-4/255",
         "transfer (lite1)": "bim-untargeted-4/255-from-efficientnet_lite1", "squeeze_eot": "squeeze_eot-untargeted-4/255",
     }  # fmt: skip
-    runs = sorted({(r["design"], r["half"]) for r in rows}, key=lambda t: (t[1] != "selection", list(DESIGNS).index(t[0])))
+    runs = sorted(
+        {(r["design"], r["half"], r["calibration"]) for r in rows},
+        key=lambda t: (t[1] != "selection", list(DESIGNS).index(t[0]), t[2] != "split"),
+    )
     body = []
-    for d, half in runs:
-        by = {r["attack"]: r for r in rows if r["design"] == d and r["half"] == half}
+    for d, half, cal in runs:
+        by = {r["attack"]: r for r in rows if (r["design"], r["half"], r["calibration"]) == (d, half, cal)}
         adaptive = next((r for a, r in by.items() if a.startswith("adaptive-")), None)
         passes = (DESIGNS[d].attribution.passes_per_image + 2 * (1 + len(DESIGNS[d].attribution.views))) * (
             2 if DESIGNS[d].second else 1
         )
-        body.append([d, half, passes, *(_cell(by.get(a)) for a in key.values()), _cell(adaptive)])
+        fpr = next(iter(by.values()))["clean_fpr"]  # one detector and one clean set per run
+        body.append([d, half, cal, f"{fpr:.1%}", passes, *(_cell(by.get(a)) for a in key.values()), _cell(adaptive)])
     out = [
-        markdown_table(["design", "half", "audit passes/image", *key, "adaptive"], body),
+        markdown_table(["design", "half", "threshold", "clean FPR", "audit passes/image", *key, "adaptive"], body),
         "",
-        "Each cell: ROC AUC (clean vs successful adversarial) / evaded (fools the model and passes the detector).",
+        "Each cell: ROC AUC (clean vs successful adversarial) / evaded (fools the model and passes the detector). "
+        "Threshold: chosen for 5% FPR on a held-out fifth's clean images (split) or on every clean image's "
+        "out-of-fold score (crossfit); clean FPR is what it gave on the evaluation images.",
         "",
     ]
-    for d, half in runs:
-        mine = [r for r in rows if r["design"] == d and r["half"] == half]
+    for d, half, cal in runs:
+        mine = [r for r in rows if (r["design"], r["half"], r["calibration"]) == (d, half, cal)]
         commands = list(dict.fromkeys(r["command"] for r in mine))  # each run that wrote some of these rows
         table = robustness_table(sorted(mine, key=lambda r: r["attack"]))
         runs_md = [x for c in commands for x in (f"`{c}`", "")]
-        out += [f"#### {d} ({half})", "", *runs_md, markdown_table(table.headers, table.rows), ""]
+        out += [f"#### {d} ({half}, {cal} threshold)", "", *runs_md, markdown_table(table.headers, table.rows), ""]
     return "\n".join(out)
 
 
@@ -470,6 +485,9 @@ def main() -> None:
                    "the same attack, with other random draws)")  # fmt: skip
     r.add_argument("--only", default="", help="run only these attack methods, e.g. adaptive or bim,pgd (default: all)")
     r.add_argument("--extra-eps", default="", help="also run the non-adaptive attacks at these eps, e.g. 2/255,8/255,16/255")
+    r.add_argument("--calibration", choices=["split", "crossfit"], default="split",
+                   help="threshold on a held-out fifth's clean rows (split), or on every clean row's "
+                   "out-of-fold score (crossfit)")  # fmt: skip
     sub.add_parser("summary")
     a = p.parse_args()
     torch.set_num_threads(2)

@@ -180,13 +180,14 @@ def bench_audit(kind: str, before: str | None = None) -> str:
 
 
 # The design the defaults follow and the half its README figures come from (STUDY.md, Hardening).
-README_DESIGN = ("baseline", "confirmation")
+README_DESIGN = ("baseline", "confirmation", "split")
 
 
-def hardening_readme(file: str, design: str, half: str) -> str:
-    """README's robustness table: one design of bench/hardening.py on one half, in plain columns; an
-    attack not run on that half shows its row from the other half, marked so."""
-    every = read_jsonl(file)
+def hardening_readme(file: str, design: str, half: str, calibration: str) -> str:
+    """README's robustness table: one design of bench/hardening.py on one half and one threshold
+    calibration, in plain columns; an attack not run on that half shows its row from the other half,
+    marked so."""
+    every = [r for r in read_jsonl(file) if r.get("calibration", "split") == calibration]
     latest = {r["attack"]: r for r in every if r["design"] == design and r["half"] == half}  # a re-run replaces its row
     other = {r["attack"]: r for r in every if r["design"] == design and r["half"] != half}
     fallback = {a: r for a, r in other.items() if a not in latest and not a.endswith(("-2/255", "-8/255", "-16/255"))}
@@ -202,7 +203,8 @@ def hardening_readme(file: str, design: str, half: str) -> str:
     commands = sorted({r["command"] for r in [*latest.values(), *fallback.values()]})
     return (
         markdown_table(heads, body)
-        + f"\n\nRows: `bench/results/{file}`, design `{design}`, {half} half unless marked; commands: "
+        + f"\n\nRows: `bench/results/{file}`, design `{design}`, {half} half unless marked, {calibration} threshold; "
+        + "commands: "
         + "; ".join(f"`{c}`" for c in commands)
         + ".\n"
     )

@@ -83,6 +83,8 @@ class Calibration:
     expected_fpr: float
     fpr_range: tuple[float, float]
     achievable: bool  # False: too few rows to promise the target; the threshold is the largest score
+    # How the calibration scores were made: held-out rows of a split, or out-of-fold (cross-fitted).
+    method: str = "split-conformal order statistic"
 
     @property
     def beta(self) -> tuple[int, int]:
@@ -99,13 +101,14 @@ class Calibration:
         return int(lo), int(hi)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "fpr_range": list(self.fpr_range), "level": LEVEL, "method": "split-conformal order statistic"}
+        return {**asdict(self), "fpr_range": list(self.fpr_range), "level": LEVEL}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
         """From a bundle's ``calibration`` (extra keys ignored)."""
         return cls(float(d["threshold"]), float(d["target_fpr"]), int(d["rows"]), int(d["rank"]), float(d["expected_fpr"]),
-                   (float(d["fpr_range"][0]), float(d["fpr_range"][1])), bool(d["achievable"]))  # fmt: skip
+                   (float(d["fpr_range"][0]), float(d["fpr_range"][1])), bool(d["achievable"]),
+                   str(d.get("method", "split-conformal order statistic")))  # fmt: skip
 
 
 def calibrate(clean_scores: np.ndarray, target_fpr: float) -> Calibration:

@@ -5,8 +5,9 @@ import pytest
 
 from raydetect.config import DetectorConfig
 from raydetect.detect.dataset import FeatureSet
-from raydetect.detect.fit import fit_and_evaluate, fit_head
+from raydetect.detect.fit import CROSS_FITTED, cross_fitted, fit_and_evaluate, fit_head
 from raydetect.detect.metrics import (
+    Calibration,
     accuracy,
     balanced_accuracy,
     bootstrap,
@@ -128,6 +129,26 @@ def test_calibrated_threshold_keeps_its_promise_on_new_clean_images() -> None:
     # and the stated range narrows with more calibration rows
     wide, narrow = calibrate(rng.normal(size=60), target).fpr_range, calibrate(rng.normal(size=600), target).fpr_range
     assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 2
+
+
+def test_cross_fitted_threshold_calibrates_on_every_clean_row() -> None:
+    """Out-of-fold clean scores give a threshold whose FPR on new clean images stays near the target,
+    using every clean row; calibrating on the head's own training rows (the broken shortcut) does not."""
+    rng = np.random.default_rng(0)
+    d, n, target = 30, 70, 0.05
+    fresh = rng.normal(size=(20_000, d))
+    pairs, y = np.r_[np.arange(n), np.arange(n)], np.r_[np.zeros(n), np.ones(n)].astype(int)
+    crossed, in_fold = [], []
+    for _ in range(30):
+        X = np.concatenate([rng.normal(size=(n, d)), rng.normal(size=(n, d)) + 0.25])
+        head, cal = cross_fitted("lr", X, y, pairs, target)
+        fresh_scores = head.predict_proba(fresh)
+        crossed.append((fresh_scores > cal.threshold).mean())
+        in_fold.append((fresh_scores > calibrate(head.predict_proba(X[y == 0]), target).threshold).mean())
+    assert cal.rows == n and cal.achievable and cal.method == CROSS_FITTED
+    assert Calibration.from_dict(cal.to_dict()) == cal
+    assert 0.02 <= np.mean(crossed) <= target + 0.01
+    assert np.mean(in_fold) > 2 * target  # in-sample clean scores are too low, so the threshold is too
 
 
 def test_too_few_calibration_rows_are_said_so() -> None:
