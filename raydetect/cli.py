@@ -20,6 +20,7 @@ from raydetect import submit as sub
 from raydetect.config import (
     ATTACK_MODES,
     DESCRIPTORS,
+    VIEW_EXPLAINERS,
     AttackConfig,
     AttributionConfig,
     DetectorConfig,
@@ -160,9 +161,16 @@ def attribution_config(
         baseline=baseline,  # type: ignore[arg-type]
         blur_sigma=blur_sigma,
         layer=layer,
-        views=AttributionConfig.views if views is None else tuple(views),
+        views=_views(views, explainer),
         jitter=jitter,
     ).validate()
+
+
+def _views(given: list[str] | None, explainer: str) -> tuple[str, ...]:
+    """--view as given ('none': no extra view); unset, the default views, which only ig and saliency take."""
+    if given is None:
+        return AttributionConfig.views if explainer in VIEW_EXPLAINERS else ()
+    return () if given == ["none"] else tuple(given)
 
 
 ViewOpt = Annotated[
@@ -170,7 +178,8 @@ ViewOpt = Annotated[
     typer.Option(
         "--view",
         help="An extra view of each image, explained against too: blur:SIGMA, median:K, jpeg:QUALITY or bits:N; "
-        "repeat for several. Default: the defaults' views (see README).",
+        "repeat for several; 'none' for the IG baseline alone (a third of the gradient passes, and far weaker against "
+        "attacks the detector never trained on). Default: jpeg:60 and median:3 with ig and saliency (STUDY.md).",
     ),
 ]
 JitterOpt = Annotated[
@@ -289,17 +298,22 @@ def attack_configs(
     ]
 
 
-def mixed_strengths(strengths: str, eps: list[float], seed: int, plain_bim: bool = True) -> list[AttackConfig]:
-    """The attacks ``--strengths`` adds to the plain ones, per eps."""
-    from raydetect.attacks.suite import STRENGTHS, strength_mix  # the attacks package imports torch: only when used
+def mixed_strengths(
+    strengths: str | None, eps: list[float], seed: int, plain_bim: bool = True, modes: list[str] | None = None, steps: int = 10
+) -> list[AttackConfig]:
+    """The attacks ``--strengths`` adds to the plain ones. Unset: the default's where the plain attack is
+    BIM to the full budget, else none (a --method pgd run makes PGD adversarials, nothing more)."""
+    from raydetect.attacks.suite import DEFAULT_STRENGTHS, STRENGTHS, strength_extras  # imports torch: only when used
 
+    if strengths is None:
+        strengths = DEFAULT_STRENGTHS if plain_bim else "bim"
     if strengths not in STRENGTHS:
         raise RaydetectError(f"--strengths must be one of {', '.join(STRENGTHS)}; got {strengths!r}")
-    if strengths == "bim":
-        return []
-    if not plain_bim:
-        raise RaydetectError("--strengths mix adds early-stopped BIM to plain BIM: use it with --method bim, no --stop-margin")
-    return [a for e in eps for a in strength_mix(e, seed)]
+    if strengths != "bim" and not plain_bim:
+        raise RaydetectError(
+            f"--strengths {strengths} adds early-stopped BIM to plain BIM: use it with --method bim, no --stop-margin"
+        )
+    return list(strength_extras(strengths, eps, modes or ATTACK_MODES, steps, seed))
 
 
 MethodOpt = Annotated[
@@ -317,16 +331,26 @@ StopOpt = Annotated[
     ),
 ]
 StrengthsOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--strengths",
         help="What a detector will train on. bim: BIM at --steps in each --mode (the paper's attacks). mix: also BIM "
         "stopped at the first success (targeted) and at logit margin 2 (untargeted): lower-confidence adversarials, "
-        "so the detector does not learn 'over-optimised' alone (STUDY.md, Hardening).",
+        "so the detector does not learn 'over-optimised' alone. wide: mix, plus BIM in each --mode at eps 0.1. "
+        "Default: wide with plain BIM (the hardening study's choice, STUDY.md), else bim.",
+        show_default=False,
     ),
 ]
 RestartsOpt = Annotated[int, typer.Option("--restarts", help="adaptive: random restarts (the best iterate is kept).")]
-EotOpt = Annotated[int, typer.Option("--eot", help="squeeze_eot/adaptive: samples of the defense's randomness per step.")]
+EotOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--eot",
+        help="squeeze_eot/adaptive: samples of the defense's randomness per step. Default: 2 against a detector whose "
+        "views' strengths are random (--jitter > 0), else 1.",
+        show_default=False,
+    ),
+]
 LamOpt = Annotated[float, typer.Option("--lam", help="adaptive: weight of the detector's logit in the loss.")]
 LamSearchOpt = Annotated[int, typer.Option("--lam-search", help="adaptive: doublings/halvings of --lam per image.")]
 SmoothOpt = Annotated[
@@ -362,12 +386,12 @@ def attack(
     steps: StepsOpt = 10,
     alpha: Annotated[float | None, typer.Option("--alpha", help="Step size (default 2.5*eps/steps).")] = None,
     stop_margin: StopOpt = None,
-    strengths: StrengthsOpt = "bim",
+    strengths: StrengthsOpt = None,
     detector: Annotated[
         str | None, typer.Option("--detector", "-d", help="Detector bundle that squeeze_eot and adaptive attack.")
     ] = None,
     restarts: RestartsOpt = 1,
-    eot: EotOpt = 1,
+    eot: EotOpt = None,
     lam: LamOpt = 1.0,
     lam_search: LamSearchOpt = 0,
     smooth: SmoothOpt = 0.0,
@@ -392,19 +416,22 @@ def attack(
     'adversarial' row per image and attack, with the lossless 8-bit PNG, whether the attack
     still succeeds on it, and the gradient passes it cost.
     """
-    from raydetect.detect.bundle import load_for_audit  # Ray and torch: only once a command runs
+    from raydetect.attacks.suite import default_eot  # Ray and torch: only once a command runs
+    from raydetect.detect.bundle import load_for_audit
     from raydetect.stages import runner
 
     src = source_config(input, kind, image_column, id_column, label_column, limit, offset)
+    mcfg = model_config(model, weights, random_weights, device)
+    det = load_for_audit(detector, mcfg.name)[0] if detector else None
+    if eot is None:
+        eot = default_eot(det.configs()[1].jitter) if det else 1
     strength = {"stop_margin": stop_margin, "restarts": restarts, "eot": eot, "lam": lam, "lam_search": lam_search,
                 "smooth": smooth, "source_model": source_model}  # fmt: skip
     eps_list = parse_eps_list(eps, [4 / 255])
     attacks = attack_configs(method, mode, eps_list, steps, alpha, seed, **strength)
-    attacks += mixed_strengths(strengths, eps_list, seed, method == "bim" and stop_margin is None)
+    attacks += mixed_strengths(strengths, eps_list, seed, method == "bim" and stop_margin is None, mode, steps)
     if source_model:
         model_config(source_model, None, False, "auto")
-    mcfg = model_config(model, weights, random_weights, device)
-    det = load_for_audit(detector, mcfg.name)[0] if detector else None
     job = runner.AttackJob(out, mcfg, src, attacks, only_correct=not all_images, detector=det, bundle=detector)
     print_summary(runner.run_job(job, resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor), address))
 
@@ -499,7 +526,7 @@ def reproduce(
     ] = "both",
     eps: EpsOpt = None,
     steps: StepsOpt = 10,
-    strengths: StrengthsOpt = "bim",
+    strengths: StrengthsOpt = None,
     explainer: ExplainerOpt = AttributionConfig.explainer,
     ig_steps: IGStepsOpt = AttributionConfig.n_steps,
     baseline: BaselineOpt = AttributionConfig.baseline,
@@ -529,7 +556,7 @@ def reproduce(
     adaptive_images: Annotated[int, typer.Option("--adaptive-images", help="Held-out images for --adaptive.")] = 32,
     adaptive_steps: Annotated[int, typer.Option("--adaptive-steps", help="Steps of squeeze_eot and adaptive.")] = 100,
     restarts: RestartsOpt = 1,
-    eot: EotOpt = 1,
+    eot: EotOpt = None,
     smooth: Annotated[float, typer.Option("--smooth", help="adaptive: softplus beta for ReLUs in its gradients.")] = 10.0,
     batch_size: BatchOpt = None,
     actors: ActorsOpt = None,
@@ -547,7 +574,8 @@ def reproduce(
     splits; ROC AUC with intervals) runs beside the paper's own (one eps=0.1 step; each image explained against its
     twin), so the gap between them is visible. Writes a detector bundle per protocol for `raydetect audit`.
     """
-    from raydetect.reproduce import Robustness, run_reproduction  # Ray and torch: only once a command runs
+    from raydetect.attacks.suite import default_eot  # Ray and torch: only once a command runs
+    from raydetect.reproduce import Robustness, run_reproduction
 
     if protocol not in ("corrected", "paper", "both"):
         raise RaydetectError(f"protocol must be corrected, paper or both; got {protocol!r}")
@@ -570,7 +598,8 @@ def reproduce(
         raise RaydetectError(f"data folder does not exist: {data}")
     Source(data, limit=limit, offset=offset).validate()
     eps_list = parse_eps_list(eps, [4 / 255])
-    extra = mixed_strengths(strengths, eps_list, seed)
+    extra = mixed_strengths(strengths, eps_list, seed, steps=steps)
+    attribution = attribution_config(explainer, ig_steps, baseline, layer, blur_sigma, view, jitter)
     key = None
     if sign_key is not None:
         from raydetect.detect.signing import load_private_key  # cryptography: only once a command runs
@@ -584,7 +613,7 @@ def reproduce(
         eps=eps_list,
         steps=steps,
         extra_attacks=tuple(extra),
-        attribution=attribution_config(explainer, ig_steps, baseline, layer, blur_sigma, view, jitter),
+        attribution=attribution,
         features=feature_config(descriptor, quantiles),
         detectors=detectors,
         limit=limit,
@@ -594,7 +623,9 @@ def reproduce(
         engine=engine,
         resources=resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor),
         address=address,
-        robustness=Robustness(adaptive_images, adaptive_steps, restarts, eot, smooth) if adaptive else None,
+        robustness=Robustness(adaptive_images, adaptive_steps, restarts, eot or default_eot(attribution.jitter), smooth)
+        if adaptive
+        else None,
         signing_key=key,
     )
     typer.echo(f"report: {path}")
@@ -637,13 +668,22 @@ def train(
         list[str] | None, typer.Option("--attack", help="Attack names to train on (default: every attack present).")
     ] = None,
     target_fpr: Annotated[
-        float, typer.Option("--target-fpr", help="False-positive rate the threshold is chosen for, on clean validation images.")
+        float, typer.Option("--target-fpr", help="False-positive rate the threshold is chosen for, on clean images.")
     ] = 0.05,
     test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of image pairs held out for testing.")] = 0.3,
     val_fraction: Annotated[
         float,
         typer.Option("--val-fraction", help="Share of the other images whose clean rows choose the threshold (never fitted)."),
     ] = DetectorConfig.val_fraction,
+    calibration: Annotated[
+        str,
+        typer.Option(
+            "--calibration",
+            help="How the bundle's threshold is chosen. crossfit: the bundle fits on the fit and validation images, every "
+            "one of their clean rows scored out-of-fold (more rows to fit and to calibrate on). split: it fits on the fit "
+            "images only and the validation images' clean rows choose the threshold.",
+        ),
+    ] = DetectorConfig.calibration,
     param: Annotated[
         list[str] | None, typer.Option("--param", help="Detector hyper-parameter key=value (e.g. n_estimators=500); repeat.")
     ] = None,
@@ -697,6 +737,7 @@ def train(
         test_fraction=test_fraction,
         seed=seed,
         params=parse_params(param),
+        calibration=calibration,  # type: ignore[arg-type]
     ).validate()  # type: ignore[arg-type]
     key = None
     if sign_key is not None:
@@ -832,7 +873,7 @@ def evaluate(
     mode: Annotated[str, typer.Option("--mode", help="Attack mode: untargeted, random or second.")] = "untargeted",
     adaptive_steps: Annotated[int, typer.Option("--adaptive-steps", help="Steps of squeeze_eot and adaptive.")] = 100,
     restarts: RestartsOpt = 1,
-    eot: EotOpt = 1,
+    eot: EotOpt = None,
     smooth: Annotated[float, typer.Option("--smooth", help="adaptive: softplus beta for ReLUs in its gradients.")] = 10.0,
     no_adaptive: Annotated[bool, typer.Option("--no-adaptive", help="Skip the attacks that know the detector.")] = False,
     kind: KindOpt = "auto",
@@ -851,7 +892,7 @@ def evaluate(
     rates against the clean images, the share of images that fool the model and pass the detector ("evaded"), and
     the attacker's cost.
     """
-    from raydetect.attacks.suite import robustness_suite  # Ray and torch: only once a command runs
+    from raydetect.attacks.suite import default_eot, robustness_suite  # Ray and torch: only once a command runs
     from raydetect.detect.bundle import load_for_audit
     from raydetect.report.experiments import evaluation_report
     from raydetect.stages.runner import run_evaluation
@@ -859,7 +900,8 @@ def evaluate(
     src = source_config(input, kind, "image", "id", "label", limit, offset)
     if mode not in ATTACK_MODES:
         raise RaydetectError(f"--mode must be one of {', '.join(ATTACK_MODES)}; got {mode!r}")
-    mcfg = load_for_audit(detector)[1]  # fail fast, before Ray starts
+    det, mcfg = load_for_audit(detector)  # fail fast, before Ray starts
+    eot = default_eot(det.configs()[1].jitter) if eot is None else eot
     suite = [
         a.validate()
         for e in parse_eps_list(eps, [4 / 255])

@@ -20,6 +20,7 @@ else
 fi
 set -x
 raydetect reproduce --model "$MODEL" --data "$DATA" --limit "$TRAIN" --out "$OUT" "${EXTRA[@]}"
-raydetect attack "$DATA" --model "$MODEL" --offset "$TRAIN" --limit "$AUDIT" --out "$OUT/audit-set/attacks" "${EXTRA[@]}"
+# The audit set: BIM-10 in three modes, what most attack tools make by default (not the training mix).
+raydetect attack "$DATA" --model "$MODEL" --offset "$TRAIN" --limit "$AUDIT" --strengths bim --out "$OUT/audit-set/attacks" "${EXTRA[@]}"
 raydetect export "$OUT/audit-set/attacks" --out "$OUT/audit-set/images"
 raydetect audit "$OUT/audit-set/images" --detector "$OUT/corrected/detector" --out "$OUT/audit"

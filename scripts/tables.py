@@ -179,8 +179,10 @@ def bench_audit(kind: str, before: str | None = None) -> str:
     }[kind](run)
 
 
-# The design the defaults follow and the half its README figures come from (STUDY.md, Hardening).
-README_DESIGN = ("baseline", "confirmation", "split")
+# The design the defaults follow (bench/hardening.py CHOSEN) and the half its README figures come from
+# (STUDY.md, Hardening): (design, half, threshold calibration).
+_DESIGN, _CALIBRATION = _hardening().CHOSEN
+README_DESIGN = (_DESIGN, "confirmation", _CALIBRATION)
 
 
 def hardening_readme(file: str, design: str, half: str, calibration: str) -> str:

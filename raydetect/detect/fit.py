@@ -101,13 +101,35 @@ def cross_fitted(
     trains on all of them. The Beta law is exact for each fold's head, only close for the final one
     (cross-conformal prediction): measure its FPR on held-out clean images.
     """
-    splits = grouped_folds(pairs, folds, seed)
-    *heads, final = fitter([*(FitJob(kind, X[tr], y[tr], params, seed) for tr, _ in splits), FitJob(kind, X, y, params, seed)])
-    oof = np.full(len(y), np.nan)  # (N,) each row's score from the head that never saw its pair
-    for head, (_, te) in zip(heads, splits, strict=True):
-        oof[te] = head.predict_proba(X[te])
-    cal = calibrate(oof[y == 0], target_fpr)
-    return final, Calibration(**{**cal.__dict__, "method": CROSS_FITTED})
+    plan = CrossFit.plan(kind, X, y, pairs, folds, params, seed)
+    return plan.finish(fitter(plan.jobs), target_fpr)
+
+
+@dataclass(frozen=True)
+class CrossFit:
+    """The fits :func:`cross_fitted` needs (one per fold, then the final head), so a caller can fit
+    them in one batch with others (one Ray Train run), then :meth:`finish` them."""
+
+    jobs: list[FitJob]
+    folds: list[tuple[np.ndarray, np.ndarray]]  # (train, test) row indices per fold
+    X: np.ndarray
+    y: np.ndarray
+
+    @classmethod
+    def plan(cls, kind: str, X: np.ndarray, y: np.ndarray, pairs: np.ndarray, folds: int = 5,
+             params: dict[str, Any] | None = None, seed: int = 0) -> CrossFit:  # fmt: skip
+        splits = grouped_folds(pairs, folds, seed)
+        jobs = [*(FitJob(kind, X[tr], y[tr], params, seed) for tr, _ in splits), FitJob(kind, X, y, params, seed)]
+        return cls(jobs, splits, X, y)
+
+    def finish(self, heads: Sequence[Head], target_fpr: float) -> tuple[Head, Calibration]:
+        """(the final head, its threshold from the out-of-fold clean scores), from ``jobs``' heads in order."""
+        *fold_heads, final = heads
+        oof = np.full(len(self.y), np.nan)  # (N,) each row's score from the head that never saw its pair
+        for head, (_, te) in zip(fold_heads, self.folds, strict=True):
+            oof[te] = head.predict_proba(self.X[te])
+        cal = calibrate(oof[self.y == 0], target_fpr)
+        return final, Calibration(**{**cal.__dict__, "method": CROSS_FITTED})
 
 
 @dataclass

@@ -15,7 +15,7 @@ import numpy as np
 from raydetect.config import AttributionConfig, DetectorConfig, FeatureConfig, from_dict
 from raydetect.detect.bundle import Detector
 from raydetect.detect.dataset import FeatureSet
-from raydetect.detect.fit import DEFAULT_PARAMS, FitJob, Fitter, clean_threshold, fit_local, split_rows
+from raydetect.detect.fit import DEFAULT_PARAMS, CrossFit, FitJob, Fitter, clean_threshold, fit_local, split_rows
 from raydetect.detect.heads import Head
 from raydetect.detect.metrics import Calibration, evaluate, roc_auc
 from raydetect.detect.splits import pair_split
@@ -90,10 +90,12 @@ def train_detectors(
     ``kinds``) is trained on all selected attacks together, as an auditor needs one detector for
     whatever attack comes; it sees k adversarial rows per clean image for k attacks, which is why
     its accuracy is balanced (see ``metrics.Evaluation``). Every correctly classified clean image
-    takes part, also where no attack succeeded: validation ones choose the threshold, test ones
-    measure the FPR. Attacks with fewer than ``min_pairs`` successful pairs still feed the bundle,
-    but get no detector and no row of their own. ``references``: the GradientShap reference
-    images the features were explained against, which the bundle must carry to score.
+    takes part, also where no attack succeeded: validation ones choose the threshold (with
+    ``cfg.calibration`` crossfit, the bundle also trains on them and every fit and validation clean
+    row is scored out-of-fold), test ones measure the FPR. Attacks with fewer than ``min_pairs``
+    successful pairs still feed the bundle, but get no detector and no row of their own.
+    ``references``: the GradientShap reference images the features were explained against, which
+    the bundle must carry to score.
     """
     cfg = cfg or DetectorConfig()
     say = progress or (lambda msg: None)
@@ -123,18 +125,31 @@ def train_detectors(
     if bkind != "lr":  # a differentiable surrogate of the bundle, for white-box attacks on it (BPDA)
         plans.append(("lr", "*surrogate", *all_rows))
     splits = [split_rows(pairs, cfg) for _, _, _, _, pairs in plans]
-    jobs = [
-        FitJob(kind, X[s.fit], y[s.fit], None if a == "*surrogate" else cfg.params, cfg.seed)
-        for (kind, a, X, y, _), s in zip(plans, splits, strict=True)
-    ]
+    # The bundle (and its surrogate) calibrate as cfg.calibration says; the per-attack rows of the
+    # report on a split, since only the bundle's threshold is ever used.
+    crossfits: list[CrossFit | None] = []
+    jobs: list[FitJob] = []
+    for (kind, a, X, y, pairs), s in zip(plans, splits, strict=True):
+        params = None if a == "*surrogate" else cfg.params
+        if a.startswith("*") and cfg.calibration == "crossfit":
+            rows = np.sort(np.concatenate([s.fit, s.val]))
+            crossfits.append(CrossFit.plan(kind, X[rows], y[rows], pairs[rows], params=params, seed=cfg.seed))
+            jobs += crossfits[-1].jobs
+        else:
+            crossfits.append(None)
+            jobs.append(FitJob(kind, X[s.fit], y[s.fit], params, cfg.seed))
     say(f"fitting {len(jobs)} detectors ({', '.join(kinds)}) on {len(chosen)} attack(s)")
-    heads = fitter(jobs)
+    heads = iter(fitter(jobs))
 
     detection_rows: list[dict[str, Any]] = []
     test_scores: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     fitted: dict[tuple[str, str], tuple[Head, Calibration]] = {}
-    for (kind, a, X, y, pairs), head, s in zip(plans, heads, splits, strict=True):
-        cal = clean_threshold(head, X[s.val][y[s.val] == 0], cfg.target_fpr)
+    for (kind, a, X, y, pairs), s, cf in zip(plans, splits, crossfits, strict=True):
+        if cf is None:
+            head = next(heads)
+            cal = clean_threshold(head, X[s.val][y[s.val] == 0], cfg.target_fpr)
+        else:
+            head, cal = cf.finish([next(heads) for _ in cf.jobs], cfg.target_fpr)
         fitted[(kind, a)] = (head, cal)
         if not a.startswith("*"):
             scores = head.predict_proba(X[s.test])
@@ -161,7 +176,8 @@ def train_detectors(
 
     head, cal = fitted[(bkind, "*")]
     thr = cal.threshold
-    say(f"bundle threshold {cal.threshold:.4f} from {cal.rows} clean validation images: expected FPR {cal.expected_fpr:.1%}, "
+    source = "out-of-fold clean scores" if cfg.calibration == "crossfit" else "clean validation images"
+    say(f"bundle threshold {cal.threshold:.4f} from {cal.rows} {source}: expected FPR {cal.expected_fpr:.1%}, "
         f"95% range {cal.fpr_range[0]:.1%}-{cal.fpr_range[1]:.1%} for a {cal.target_fpr:.0%} target")  # fmt: skip
     per_attack = {}
     for a in evaluable:
@@ -178,7 +194,7 @@ def train_detectors(
         **cal.to_dict(),
         "split": {"fit_images": len(bundle_split["fit"]), "val_images": len(bundle_split["val"]),
                   "test_images": len(bundle_split["test"]), "val_fraction": cfg.val_fraction,
-                  "test_fraction": cfg.test_fraction, "seed": cfg.seed},
+                  "test_fraction": cfg.test_fraction, "seed": cfg.seed, "calibration": cfg.calibration},
     }  # fmt: skip
     fcfg = job.get("features", {})
     acfg = from_dict(AttributionConfig, job["attribution"]) if job.get("attribution") else None

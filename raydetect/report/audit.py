@@ -29,7 +29,7 @@ from raydetect.errors import RaydetectError
 from raydetect.models import ImageClassifier
 from raydetect.report.document import Block, Cell, Gallery, Heading, Image, Paragraph, Report, Table, Thumb
 from raydetect.report.figures import heatmap_thumbnail, reread_image, shown_path, thumbnail
-from raydetect.report.tables import ROBUSTNESS_NOTE, interval, num, pct, robustness_table
+from raydetect.report.tables import ROBUSTNESS_NOTE, calibration_rows, cross_fitted, interval, num, pct, robustness_table
 from raydetect.store import SCAN_ROWS, join, open_filesystem, scan_output
 
 ROWS_CSV = "rows.csv"
@@ -70,7 +70,7 @@ def bundle_note(det: Detector) -> str:
     if cal.get("fpr_range"):
         lo, hi = cal["fpr_range"]
         note = (
-            f"On clean images like those it was calibrated on ({cal['rows']} clean validation images), the threshold's "
+            f"On clean images like those it was calibrated on ({calibration_rows(cal)}), the threshold's "
             f"expected false-positive rate is {pct(cal['expected_fpr'])}, between {pct(lo)} and {pct(hi)} with 95% "
             "probability. "
         )
@@ -270,7 +270,8 @@ def quality_blocks(det: Detector, bundle: str) -> list[Block]:
             f"(baseline `{attr.get('baseline', '?')}`, {attr.get('n_steps', '?')} steps) of model "
             f"`{det.model_config.get('name', '?')}`. Trained on {len(det.trained_on)} attack(s) (method-mode-eps): "
             + ", ".join(f"`{a}`" for a in det.trained_on)
-            + f". Threshold {det.threshold:.4f}, chosen to flag {pct(det.target_fpr, 0)} of clean validation images."
+            + f". Threshold {det.threshold:.4f}, chosen to flag {pct(det.target_fpr, 0)} of clean images"
+            + (" (out-of-fold scores of its training images)." if cross_fitted(det.calibration) else " (validation images).")
         ),
         Table(["held-out test pairs of", "pairs", "ROC AUC [95% CI]", "flagged (TPR)", "clean flagged (FPR)", "TPR@1%FPR"], rows)
         if rows

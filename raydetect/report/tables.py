@@ -88,14 +88,29 @@ def table2(detection_rows: Sequence[dict[str, Any]]) -> Table:
     return Table(headers, rows)
 
 
+def cross_fitted(cal: dict[str, Any]) -> bool:
+    """Whether a bundle's threshold came from out-of-fold scores (else from held-out validation images)."""
+    return str(cal.get("method", "")).startswith("cross-fitted")
+
+
+def calibration_rows(cal: dict[str, Any]) -> str:
+    """The rows a threshold was chosen on, in words: '412 clean validation images'."""
+    return f"{cal['rows']} {'out-of-fold scores of clean training images' if cross_fitted(cal) else 'clean validation images'}"
+
+
 def calibration_paragraph(cal: dict[str, Any], overall: dict[str, Any] | None = None) -> Paragraph:
     """What the bundle's threshold promises on new clean images, and what the test split measured."""
     lo, hi = cal["fpr_range"]
+    if cross_fitted(cal):
+        where = f"{calibration_rows(cal)}, each scored by a detector fitted on the other folds' images"
+        how = "cross-fitted threshold: the range is exact for those detectors and close for the bundle"
+    else:
+        where = f"{calibration_rows(cal)} that no detector was fitted on"
+        how = "split-conformal threshold; more validation images narrow this range"
     text = (
-        f"The bundle's threshold {cal['threshold']:.4f} was chosen on {cal['rows']} clean validation images that no "
-        f"detector was fitted on, for a target false-positive rate of {pct(cal['target_fpr'])}: on new clean images "
-        f"its expected FPR is {pct(cal['expected_fpr'])}, and with 95% probability between {pct(lo)} and {pct(hi)} "
-        "(split-conformal threshold; more validation images narrow this range)."
+        f"The bundle's threshold {cal['threshold']:.4f} was chosen on {where}, for a target false-positive rate of "
+        f"{pct(cal['target_fpr'])}: on new clean images its expected FPR is {pct(cal['expected_fpr'])}, and with 95% "
+        f"probability between {pct(lo)} and {pct(hi)} ({how})."
     )
     if not cal.get("achievable", True):
         text += f" Too few validation images to promise {pct(cal['target_fpr'])}: the FPR may be higher."
@@ -164,11 +179,12 @@ def results_section(
 
 FOOTNOTE = Paragraph(
     "Every correctly classified image takes part, also those no attack fooled: images are split by id into fit, "
-    "validation and test sides, and a clean image and its adversarial twins are always on the same side. The "
-    "threshold is chosen on the validation side's clean images only, for the target false-positive rate "
-    "(split-conformal: expected FPR at most the target). Accuracy is balanced (the mean of TPR and 1-FPR), so it "
-    "does not depend on how many adversarial rows there are per clean one; Bal. acc@0.5 is the same at score > 0.5, "
-    "the paper's accuracy on its balanced pairs. TPR@x%FPR needs at least 1/x clean test images, else it reads "
+    "validation and test sides, and a clean image and its adversarial twins are always on the same side. Each "
+    "per-attack detector's threshold is chosen on the validation side's clean images only, for the target "
+    "false-positive rate (split-conformal: expected FPR at most the target); the bundle's is described above. "
+    "Accuracy is balanced (the mean of TPR and 1-FPR), so it does not depend on how many adversarial rows there "
+    "are per clean one; Bal. acc@0.5 is the same at score > 0.5, the paper's accuracy on its balanced pairs. "
+    "TPR@x%FPR needs at least 1/x clean test images, else it reads "
     f"'{TOO_FEW_CLEAN}'. Held-out FPR intervals are exact binomial (Clopper-Pearson); accuracy and ROC AUC "
     "intervals are 95% bootstrap over test images."
 )

@@ -37,7 +37,7 @@ def audited(ray_cluster, digits_bundle, tmp_path_factory) -> tuple[Path, Path]:
     the way a user would, beside a few real and broken files."""
     base = tmp_path_factory.mktemp("audit-report")
     attack = ("attack", "digits", "--out", str(base / "attacks"), "--model", "digits_cnn", "--eps", "0.3", "--steps", "5",
-              "--mode", "untargeted", "--offset", "200", "--limit", "16")  # fmt: skip
+              "--mode", "untargeted", "--strengths", "bim", "--offset", "200", "--limit", "16")  # fmt: skip
     assert run(*attack).exit_code == 0
     assert run("export", str(base / "attacks"), "--out", str(base / "imgs")).exit_code == 0
     write_digit_folder(base / "imgs" / "more", n=3)

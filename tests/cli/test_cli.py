@@ -20,8 +20,10 @@ def run(*args: str):
 
 
 def attack_digits(out: Path, *extra: str):
-    """`raydetect attack` of sklearn digits with digits_cnn, untargeted at eps 0.3."""
-    return run("attack", "digits", "--out", str(out), "--model", "digits_cnn", "--eps", "0.3", "--mode", "untargeted", *extra)
+    """`raydetect attack` of sklearn digits with digits_cnn, plain BIM untargeted at eps 0.3 (no training mix:
+    these tests are about the pipeline; test_reproduce_local_engine runs the defaults)."""
+    return run("attack", "digits", "--out", str(out), "--model", "digits_cnn", "--eps", "0.3", "--mode", "untargeted",
+               "--strengths", "bim", *extra)  # fmt: skip
 
 
 def err(result) -> str:
@@ -82,7 +84,7 @@ def test_attack_features_train_pipeline(ray_cluster, tmp_path) -> None:
     assert "signed by key" in t.output and "95% range" in t.output
     bundle = tmp_path / "t" / "detector"
     assert (bundle / "manifest.json").exists() and (bundle / "SIGNATURE").exists()
-    assert "clean validation images" in md
+    assert "out-of-fold scores of clean training images" in md  # the default crossfit threshold
     # The signed bundle audits under its key; altered (checksums rewritten to match) it is refused in one line.
     write_digit_folder(tmp_path / "imgs", n=4, broken=False)
     trust = ("--trust-key", str(tmp_path / "keys" / "team.pub"))
@@ -144,7 +146,7 @@ def test_gradient_shap_with_the_train_baseline_through_the_cli(ray_cluster, tmp_
     assert len(scored) == 3 and all(x["status"] == "ok" for x in scored)
     # The fused job (and reproduce) have no attack output to draw references from: a clear refusal.
     r = run("reproduce", "--model", "digits_cnn", "--limit", "20", "--explainer", "gradient_shap", "--baseline", "train",
-            "--protocol", "corrected", "--out", str(tmp_path / "r"))  # fmt: skip
+            "--protocol", "corrected", "--strengths", "bim", "--out", str(tmp_path / "r"))  # fmt: skip
     assert_clean_error(r, "baseline 'train'")
 
 

@@ -67,7 +67,7 @@ def test_demo_console_has_no_ray_lines(tmp_path) -> None:
     lines = raydetect("reproduce", "--model", "digits_cnn", "--data", "digits", "--limit", "80", "--eps", "0.3",
                       "--detector", "lr", "--out", str(out))  # fmt: skip
     lines += raydetect("attack", "digits", "--model", "digits_cnn", "--offset", "80", "--limit", "30", "--eps", "0.3",
-                       "--out", str(out / "audit-set" / "attacks"))  # fmt: skip
+                       "--strengths", "bim", "--out", str(out / "audit-set" / "attacks"))  # fmt: skip
     lines += raydetect("export", str(out / "audit-set" / "attacks"), "--out", str(out / "audit-set" / "images"))
     lines += raydetect("audit", str(out / "audit-set" / "images"), "--detector", str(out / "corrected" / "detector"),
                        "--out", str(out / "audit"))  # fmt: skip

@@ -16,8 +16,9 @@ import pytest
 from raydetect.config import AttackConfig, AttributionConfig, DetectorConfig, FeatureConfig, ModelConfig, ResourceConfig, Source
 from raydetect.detect import Detector, LinearHead
 from raydetect.detect.dataset import FeatureSet
-from raydetect.detect.fit import fit_head, split_rows
+from raydetect.detect.fit import CrossFit, fit_head, fit_local, split_rows
 from raydetect.detect.metrics import Calibration, calibrate, roc_auc
+from raydetect.detect.training import train_detectors
 from raydetect.images import decode_png
 from raydetect.stages.runner import AttackJob, FusedJob, run_audit, run_job
 from raydetect.stages.train import Trained, run_training
@@ -130,26 +131,42 @@ def test_a_constant_or_shuffled_scorer_fails_the_same_floors(audited, trained) -
     assert any("ROC AUC" in f for f in failures), failures
 
 
-def test_fit_validation_and_test_images_are_disjoint_and_only_validation_clean_rows_set_the_threshold(trained) -> None:
+def test_the_bundle_never_sees_its_test_images_and_its_threshold_comes_from_the_stated_clean_rows(trained) -> None:
+    """crossfit (the default): the head fits on the fit and validation sides, the threshold is the calibration
+    of their clean rows' out-of-fold scores. split: the head fits on the fit side, the validation side's clean
+    rows alone set the threshold. Either way the test side is never seen, and measures the FPR."""
     base, t = trained
-    det, split = t.result.detector, t.result.bundle_split
-    fit, val, test = (set(split[k]) for k in ("fit", "val", "test"))
-    assert fit and val and test and not (fit & val) and not (fit & test) and not (val & test)
     fs = FeatureSet.from_table(read_output(str(base / "features")))
-    X, y, pairs = fs.for_attacks(det.trained_on)
-    assert set(pairs) == fit | val | test
-    # Every correctly classified clean image takes part, also those no attack fooled.
-    assert set(pairs[y == 0]) == set(fs.pair[(fs.kind == "clean") & fs.correct])
-    on = {side: np.isin(pairs, sorted(ids)) for side, ids in (("fit", fit), ("val", val), ("test", test))}
-    # The threshold is the calibration of the validation side's clean rows, and of nothing else.
-    cal = calibrate(det.predict_proba(X[on["val"] & (y == 0)]), det.target_fpr)
-    assert cal.threshold == det.threshold and cal.rows == det.calibration["rows"] == int((on["val"] & (y == 0)).sum())
-    assert calibrate(det.predict_proba(X[on["fit"] & (y == 0)]), det.target_fpr).threshold != det.threshold
-    # The head saw the fit side only: refitting on exactly those rows gives the same model.
-    refit = fit_head("lr", X[on["fit"]], y[on["fit"]])
-    np.testing.assert_allclose(refit.predict_proba(X), det.predict_proba(X), atol=1e-6)
-    # The bundle states its threshold's promise; the test side measured within reach of it.
-    overall = det.metrics["overall"]
-    assert overall["n_test_clean"] == int((on["test"] & (y == 0)).sum())
-    lo, hi = Calibration.from_dict(det.calibration).flagged_range(overall["n_test_clean"], FPR_LEVEL)
-    assert lo <= round(overall["fpr"] * overall["n_test_clean"]) <= hi
+    table = read_output(str(base / "features"))
+    job = {"model": t.result.detector.model_config, "attribution": t.result.detector.attribution,
+           "features": t.result.detector.features}  # fmt: skip
+    split = train_detectors(table, job, cfg=DetectorConfig(calibration="split"), n_boot=0, transfer=False)
+    for calibration, result in (("crossfit", t.result), ("split", split)):
+        det, sides = result.detector, result.bundle_split
+        fit, val, test = (set(sides[k]) for k in ("fit", "val", "test"))
+        assert fit and val and test and not (fit & val) and not (fit & test) and not (val & test)
+        X, y, pairs = fs.for_attacks(det.trained_on)
+        assert set(pairs) == fit | val | test
+        # Every correctly classified clean image takes part, also those no attack fooled.
+        assert set(pairs[y == 0]) == set(fs.pair[(fs.kind == "clean") & fs.correct])
+        on = {side: np.isin(pairs, sorted(ids)) for side, ids in (("fit", fit), ("val", val), ("test", test))}
+        seen = on["fit"] | on["val"] if calibration == "crossfit" else on["fit"]
+        # The head saw exactly those rows: refitting on them gives the same model.
+        refit = fit_head("lr", X[seen], y[seen])
+        np.testing.assert_allclose(refit.predict_proba(X), det.predict_proba(X), atol=1e-6)
+        if calibration == "crossfit":
+            plan = CrossFit.plan("lr", X[seen], y[seen], pairs[seen])
+            cal = plan.finish(fit_local(plan.jobs), det.target_fpr)[1]
+            assert cal.rows == det.calibration["rows"] == int((seen & (y == 0)).sum())
+            assert det.calibration["method"].startswith("cross-fitted")
+        else:
+            cal = calibrate(det.predict_proba(X[on["val"] & (y == 0)]), det.target_fpr)
+            assert cal.rows == det.calibration["rows"] == int((on["val"] & (y == 0)).sum())
+        assert cal.threshold == det.threshold
+        # Not the calibration of the rows the head fitted: those score lower than new clean images would.
+        assert calibrate(det.predict_proba(X[seen & (y == 0)]), det.target_fpr).threshold != det.threshold
+        # The bundle states its threshold's promise; the test side measured within reach of it.
+        overall = det.metrics["overall"]
+        assert overall["n_test_clean"] == int((on["test"] & (y == 0)).sum())
+        lo, hi = Calibration.from_dict(det.calibration).flagged_range(overall["n_test_clean"], FPR_LEVEL)
+        assert lo <= round(overall["fpr"] * overall["n_test_clean"]) <= hi

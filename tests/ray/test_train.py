@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -73,22 +75,28 @@ def test_pair_split_is_consistent_across_attacks() -> None:
 
 def test_adaptive_attack_evades_the_detector_more_often_than_bim(ray_cluster, digits_bundle, digits_test) -> None:
     """The white-box attack must actually use the detector: it gets past it far more often than
-    the BIM it was trained on, at the same eps (a broken adaptive attack fails this)."""
-    from raydetect.attacks.suite import robustness_suite
+    early-stopped BIM at the same eps, and than itself with the detector's term switched off (a
+    broken adaptive attack fails this)."""
+    from raydetect.attacks.suite import default_eot, robustness_suite
     from raydetect.detect.evaluation import robustness_rows
     from raydetect.stages.evaluate import EvaluateStage
 
     det = Detector.load(digits_bundle)
     model = det.load_model("cpu")
-    n = 40
+    n = 24
     idx = slice(300, 300 + n)  # digits the bundle never saw (it trained on the first 120)
     batch = {"id": np.array([f"d{i}" for i in range(300, 300 + n)], dtype=object), "label": digits_test.labels[idx],
              "image": digits_test.images[idx], "status": np.array(["ok"] * n, dtype=object),
              "error": np.array([""] * n, dtype=object)}  # fmt: skip
-    suite = {a.method: a for a in robustness_suite(0.3, "digits_cnn", adaptive_steps=30, smooth=10.0)}
+    eot = default_eot(det.configs()[1].jitter)  # the bundle's views draw random strengths: EOT over them
+    suite = {a.method: a for a in robustness_suite(0.3, "digits_cnn", adaptive_steps=60, eot=eot, smooth=10.0)}
     rows = EvaluateStage(lambda: model, det, [suite["bim"], suite["adaptive"]])(batch).to_pylist()
     by = {r["method"]: r for r in robustness_rows(rows, det.threshold)}
+    # The same attack with the detector's term switched off (lam 0): what the detector's gradient adds.
+    blind_rows = EvaluateStage(lambda: model, det, [replace(suite["adaptive"], lam=0.0)])(batch).to_pylist()
+    (blind,) = robustness_rows(blind_rows, det.threshold)
     assert by["adaptive"]["evaded"] > by["bim"]["evaded"] + 0.3, by
+    assert by["adaptive"]["evaded"] > blind["evaded"] + 0.2, (by["adaptive"], blind)
     assert by["adaptive"]["passes"] > by["bim"]["passes"]
     adv = [r for r in rows if r["method"] == "adaptive"]
     assert all(r["linf"] <= 0.3 + 1e-6 for r in adv)

@@ -61,10 +61,10 @@ def test_gradient_shap_draws_from_reference_images(digits_model, images, digits_
 
 
 def test_smoothgrad_and_saliency_run(digits_model, images) -> None:
-    sg = Explainer(digits_model, AttributionConfig(explainer="ig_smoothgrad", n_steps=4, samples=3))(images[:3])
+    sg = Explainer(digits_model, AttributionConfig(explainer="ig_smoothgrad", n_steps=4, samples=3, views=()))(images[:3])
     sal = Explainer(digits_model, AttributionConfig(explainer="saliency"))(images[:3])
     assert sg.attributions.shape == sal.attributions.shape == images[:3].shape
-    assert AttributionConfig(explainer="ig_smoothgrad", n_steps=4, samples=3).passes_per_image == 12
+    assert AttributionConfig(explainer="ig_smoothgrad", n_steps=4, samples=3, views=()).passes_per_image == 12
 
 
 def test_pair_baseline_needs_twins(digits_model, images) -> None:
@@ -100,7 +100,8 @@ def test_our_ig_equals_captums(digits_model, images, method, chunk) -> None:
     """raydetect's torch IG (differentiable) computes what captum's IntegratedGradients does."""
     from captum.attr import IntegratedGradients
 
-    cfg = AttributionConfig(n_steps=6, baseline="blur", integration=method, internal_batch_size=chunk)
+    # Fixed blur (no views, no per-image jitter of sigma): captum's IG takes one baseline.
+    cfg = AttributionConfig(n_steps=6, baseline="blur", integration=method, internal_batch_size=chunk, views=(), jitter=0.0)
     ours = Explainer(digits_model, cfg)(images)
     ref = IntegratedGradients(digits_model).attribute(
         images, baselines=gaussian_blur(images, cfg.blur_sigma), target=ours.targets, n_steps=6, method=method

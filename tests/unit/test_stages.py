@@ -63,12 +63,14 @@ def test_attack_stage_success_is_judged_on_the_png(digits_model, attacked) -> No
 
 def test_feature_stage_on_attack_rows(digits_model, attacked) -> None:
     fcfg = FeatureConfig(quantiles=8)
-    stage = FeatureStage(lambda: digits_model, AttributionConfig(n_steps=4), fcfg, maps_fraction=1.0)
+    acfg = AttributionConfig(n_steps=4)  # the default views: three explanations per image
+    stage = FeatureStage(lambda: digits_model, acfg, fcfg, maps_fraction=1.0)
     out = stage(attacked)
     assert isinstance(out, pa.Table)
     rows = {r["id"]: r for r in out.to_pylist()}
     assert set(rows) == set(attacked["id"])  # every input row accounted for
-    dim = len(feature_names(fcfg))
+    dim = len(feature_names(fcfg, acfg))
+    assert dim > 2 * len(feature_names(fcfg))
     for r in rows.values():
         assert len(r["features"]) == dim
         if r["status"] == "ok":

@@ -76,4 +76,4 @@ def test_bad_views_are_refused() -> None:
     with pytest.raises(RaydetectError, match="ig or saliency"):
         AttributionConfig(explainer="layer_ig", layer="middle", views=("blur:2",)).validate()
     assert AttributionConfig(n_steps=4, views=("blur:1", "jpeg:50")).passes_per_image == 12
-    np.testing.assert_equal(len(views(AttributionConfig(baseline="black"))), 0)
+    np.testing.assert_equal(len(views(AttributionConfig(baseline="black", views=()))), 0)

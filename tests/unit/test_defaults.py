@@ -1,0 +1,50 @@
+"""raydetect's defaults are the design the hardening study chose, and README's figures are that design's rows."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from raydetect.cli import attack_configs, mixed_strengths
+from raydetect.config import AttributionConfig, DetectorConfig, FeatureConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_defaults_are_the_chosen_design() -> None:
+    hardening = _load(ROOT / "bench" / "hardening.py", "bench_hardening_defaults")
+    name, calibration = hardening.CHOSEN
+    design = hardening.DESIGNS[name]
+    assert design.attribution == AttributionConfig()
+    assert design.features == FeatureConfig()
+    assert DetectorConfig().calibration == calibration
+    # What `raydetect attack` / `reproduce` train on by default, at the study's eps.
+    eps = [hardening.EPS]
+    default = attack_configs("bim", None, eps, 10, None, 0) + mixed_strengths(None, eps, 0)
+    assert sorted(a.name for a in default) == sorted(a.name for a in design.train_attacks)
+    assert set(default) == set(design.train_attacks)
+    tables = _load(ROOT / "scripts" / "tables.py", "raydetect_tables_defaults")
+    assert (name, "confirmation", calibration) == tables.README_DESIGN
+
+
+def test_the_default_strengths_depend_on_the_plain_attack() -> None:
+    """Plain BIM gets the wide mix; another method gets nothing added (a PGD run makes PGD adversarials)."""
+    wide = [a.name for a in mixed_strengths(None, [4 / 255], 0)]
+    assert wide == ["bim-second-4/255-stop", "bim-random-4/255-stop", "bim-untargeted-4/255-k2",
+                    "bim-untargeted-0.1", "bim-random-0.1", "bim-second-0.1"]  # fmt: skip
+    assert mixed_strengths(None, [4 / 255], 0, plain_bim=False) == []
+    # eps 0.1 already asked for: not twice; --mode narrows the 0.1 attacks too.
+    once = ["bim-second-0.1-stop", "bim-random-0.1-stop", "bim-untargeted-0.1-k2"]
+    assert [a.name for a in mixed_strengths("wide", [0.1], 0)] == once
+    assert [a.name for a in mixed_strengths("wide", [8 / 255], 0, modes=["second"])][-1:] == ["bim-second-0.1"]
