@@ -108,8 +108,9 @@ DESIGNS = {
         Design("second-model", "mix, plus efficientnet_lite1's IG (same configuration) of lite0's predicted class on the "
                "image resized to 240 px, and lite1's log-probability of that class and its margin",
                train_attacks=MIX, second="efficientnet_lite1"),
-        Design("mix-advtrain", "mix, then 2 rounds of adversarial training on adaptive adversarials (50 steps, 48 fit "
-               "images) made against the previous round's detector", train_attacks=MIX, rounds=2),
+        Design("mix-advtrain", "mix, then 2 rounds of adversarial training on adaptive adversarials (50 steps, 24 fit "
+               "images per round) made against the previous round's detector", train_attacks=MIX, rounds=2,
+               round_images=24),
     )
 }  # fmt: skip
 # The design raydetect's defaults follow (AttributionConfig(), --strengths wide, DetectorConfig's crossfit

@@ -199,6 +199,17 @@ def feature_config(descriptors: list[str] | None, quantiles: int) -> FeatureConf
     return FeatureConfig(quantiles=quantiles).validate()
 
 
+CalibrationOpt = Annotated[
+    str,
+    typer.Option(
+        "--calibration",
+        help="How the bundle's threshold is chosen. crossfit: the bundle fits on the fit and validation images, every "
+        "one of their clean rows scored out-of-fold (more rows to fit and to calibrate on). split: it fits on the fit "
+        "images only and the validation images' clean rows choose the threshold.",
+    ),
+]
+
+
 def parse_eps_list(values: list[str] | None, default: list[float]) -> list[float]:
     return [parse_eps(v) for v in values] if values else default
 
@@ -540,6 +551,7 @@ def reproduce(
         list[str] | None,
         typer.Option("--detector", help="lr, rf, xgboost; repeat for several. Default: lr and rf, as the paper."),
     ] = None,
+    calibration: CalibrationOpt = DetectorConfig.calibration,
     limit: LimitOpt = None,
     offset: OffsetOpt = 0,
     engine: Annotated[
@@ -589,6 +601,7 @@ def reproduce(
     for d in detectors:
         if d not in ("lr", "rf", "xgboost"):
             raise RaydetectError(f"detector must be lr, rf or xgboost; got {d!r}")
+    DetectorConfig(calibration=calibration).validate()  # type: ignore[arg-type]
     mcfg = model_config(model, weights, random_weights, device)
     if data is None:
         if model != "digits_cnn":
@@ -627,6 +640,7 @@ def reproduce(
         if adaptive
         else None,
         signing_key=key,
+        calibration=calibration,  # type: ignore[arg-type]
     )
     typer.echo(f"report: {path}")
 
@@ -675,15 +689,7 @@ def train(
         float,
         typer.Option("--val-fraction", help="Share of the other images whose clean rows choose the threshold (never fitted)."),
     ] = DetectorConfig.val_fraction,
-    calibration: Annotated[
-        str,
-        typer.Option(
-            "--calibration",
-            help="How the bundle's threshold is chosen. crossfit: the bundle fits on the fit and validation images, every "
-            "one of their clean rows scored out-of-fold (more rows to fit and to calibrate on). split: it fits on the fit "
-            "images only and the validation images' clean rows choose the threshold.",
-        ),
-    ] = DetectorConfig.calibration,
+    calibration: CalibrationOpt = DetectorConfig.calibration,
     param: Annotated[
         list[str] | None, typer.Option("--param", help="Detector hyper-parameter key=value (e.g. n_estimators=500); repeat.")
     ] = None,

@@ -26,6 +26,7 @@ from raydetect.attacks.suite import robustness_suite
 from raydetect.config import (
     AttackConfig,
     AttributionConfig,
+    CalibrationMethod,
     DetectorConfig,
     FeatureConfig,
     ModelConfig,
@@ -342,6 +343,7 @@ def _reproduce_ray(
     robustness: Robustness | None = None,
     signing_key: Any = None,
     offset: int = 0,
+    calibration: CalibrationMethod = DetectorConfig.calibration,
 ) -> ReproResult:
     """One protocol through Ray: the fused attack+feature job, then Ray Train per attack and detector,
     then (``robustness``) attacks of every strength and adaptive ones on held-out images."""
@@ -354,7 +356,7 @@ def _reproduce_ray(
         feats,
         str(out / protocol),
         kinds=detectors,
-        cfg=DetectorConfig(seed=seed),
+        cfg=DetectorConfig(seed=seed, calibration=calibration),
         progress=log.info,
         figures=True,
         signing_key=signing_key,
@@ -398,10 +400,12 @@ def run_reproduction(
     signing_key: Any = None,
     offset: int = 0,
     extra_attacks: tuple[AttackConfig, ...] = (),
+    calibration: CalibrationMethod = DetectorConfig.calibration,
 ) -> Path:
     """Run each protocol (through Ray, or in this process), write ``report.md`` and ``results.json``.
 
-    ``signing_key`` signs the bundles the Ray engine writes (the local engine writes none)."""
+    ``signing_key`` signs the bundles the Ray engine writes (the local engine writes none); ``calibration``
+    chooses how their thresholds are set (``DetectorConfig.calibration``)."""
     if signing_key is not None and engine == "local":
         raise RaydetectError("--sign-key signs the Ray engine's bundles; the local engine writes none")
     for protocol in protocols:
@@ -444,6 +448,7 @@ def run_reproduction(
                     robustness,
                     signing_key,
                     offset,
+                    calibration,
                 )
             )
     report = write_report(
