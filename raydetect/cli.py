@@ -687,7 +687,10 @@ def train(
     test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of image pairs held out for testing.")] = 0.3,
     val_fraction: Annotated[
         float,
-        typer.Option("--val-fraction", help="Share of the other images whose clean rows choose the threshold (never fitted)."),
+        typer.Option(
+            "--val-fraction",
+            help="Share of the other images held out of the split calibration's fit, whose clean rows choose its threshold.",
+        ),
     ] = DetectorConfig.val_fraction,
     calibration: CalibrationOpt = DetectorConfig.calibration,
     param: Annotated[

@@ -1,9 +1,13 @@
-"""Test data builders: folders of real images (sklearn digits, the shared sample) plus broken files."""
+"""Test data builders: folders of real images (sklearn digits, the shared sample) plus broken files;
+and the repository's scripts as modules."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from PIL import Image
@@ -51,3 +55,16 @@ def write_digit_folder(root: Path, n: int = 24, broken: bool = True) -> dict[str
         (root / "tiny.png").write_bytes(buf.getvalue())
         expected.update(dict.fromkeys(BROKEN_FILES, "error"))
     return expected
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tables_script() -> ModuleType:
+    """scripts/tables.py as a module (it loads bench/ modules through its ``_bench``)."""
+    spec = importlib.util.spec_from_file_location("raydetect_tables", ROOT / "scripts" / "tables.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod

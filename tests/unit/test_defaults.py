@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 from raydetect.cli import attack_configs, mixed_strengths
 from raydetect.config import AttributionConfig, DetectorConfig, FeatureConfig
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+from tests.helpers import tables_script
 
 
 def test_the_defaults_are_the_chosen_design() -> None:
-    hardening = _load(ROOT / "bench" / "hardening.py", "bench_hardening_defaults")
+    tables = tables_script()
+    hardening = tables._hardening()
     name, calibration = hardening.CHOSEN
     design = hardening.DESIGNS[name]
     assert design.attribution == AttributionConfig()
@@ -34,7 +20,6 @@ def test_the_defaults_are_the_chosen_design() -> None:
     default = attack_configs("bim", None, eps, 10, None, 0) + mixed_strengths(None, eps, 0)
     assert sorted(a.name for a in default) == sorted(a.name for a in design.train_attacks)
     assert set(default) == set(design.train_attacks)
-    tables = _load(ROOT / "scripts" / "tables.py", "raydetect_tables_defaults")
     assert (name, "confirmation", calibration) == tables.README_DESIGN
 
 

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests.helpers import tables_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _tables() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("raydetect_tables", ROOT / "scripts" / "tables.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_every_generated_block_matches_its_result_file() -> None:
-    tables = _tables()
+    tables = tables_script()
     cache: dict[str, str] = {}
     blocks = 0
     for doc in tables.DOCS:
@@ -36,7 +26,7 @@ def test_every_generated_block_matches_its_result_file() -> None:
 
 def test_a_changed_result_changes_the_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A figure edited by hand in a result file (or in a doc) no longer matches: the check catches it."""
-    tables = _tables()
+    tables = tables_script()
     results = tmp_path / "results"
     shutil.copytree(ROOT / "bench" / "results", results)
     path = results / "evaluate-digits.jsonl"
@@ -51,7 +41,7 @@ def test_a_changed_result_changes_the_table(tmp_path: Path, monkeypatch: pytest.
 
 def test_audit_benchmark_tables_split_fixed_and_per_image_costs() -> None:
     """Two sizes give t = fixed + n * per_image for each side; the marginal ratio compares the slopes."""
-    audit = _tables()._bench("audit")
+    audit = tables_script()._bench("audit")
     base = {"command": "c", "commit": "x", "ray_start_s": 1.0, "kind": "throughput", "load_start": [1.0], "load_end": [2.0],
             "driver_mib": 100.0, "actor_mib": 200.0}  # fmt: skip
     # plain: 0 s + 100 ms/image; Ray: 10 s + 125 ms/image (wall adds 5 s of report)
@@ -70,7 +60,7 @@ def test_audit_benchmark_tables_split_fixed_and_per_image_costs() -> None:
 
 def test_steady_table_compares_each_side_with_the_plain_loop_of_its_repeat() -> None:
     """Throughput vs plain is plain ms / side ms per repeat, then the median: a side twice as slow reads 0.50."""
-    audit = _tables()._bench("audit")
+    audit = tables_script()._bench("audit")
     base = {"command": "c", "commit": "x", "kind": "steady", "images": 144, "cpu_seconds": 18.0, "seconds": 10.0}
     recs = [
         {**base, "side": side, "repeat": rep, "ms_per_image": ms * (1 + rep)}  # repeat 1: the machine twice as slow
