@@ -327,14 +327,21 @@ class Study:
         head = fit_head("lr", X[fit], y[fit])
         return fit, self.detector(design, head, clean_threshold(head, X[val & (y == 0)], 0.05).threshold)
 
-    def attack_detector(self, cfg: AttackConfig, det: Detector, idx: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        """(8-bit adversarials, success, passes) of an attack that knows ``det``, on images ``idx``."""
+    def attack_detector(
+        self, cfg: AttackConfig, det: Detector, idx: np.ndarray, score: Callable[[torch.Tensor], np.ndarray] | None = None
+    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """(8-bit adversarials, success, passes) of an attack that knows ``det``, on images ``idx``. With
+        ``score``, the log counts each batch's evaded images (a run cut short still says how it went)."""
         t0 = time.perf_counter()
         ((_, attack),) = build_attacks(self.model, [cfg], det)
-        res = []
+        res, evaded = [], 0
         for s in batches(len(idx), self.attack_batch):
-            res.append(attack(self.images.x[idx[s]], self.images.y[idx[s]], keys=idx[s]))
-            log(f"{cfg.name}: {s.stop} of {len(idx)} images in {time.perf_counter() - t0:.0f} s")
+            r = attack(self.images.x[idx[s]], self.images.y[idx[s]], keys=idx[s])
+            res.append(r)
+            if score is not None:
+                evaded += int((r.success.numpy() & (score(r.adversarial) <= det.threshold)).sum())
+            so_far = f", {evaded} evaded so far" if score is not None else ""
+            log(f"{cfg.name}: {s.stop} of {len(idx)} images in {time.perf_counter() - t0:.0f} s{so_far}")
         log(f"{cfg.name} on {len(idx)} images in {time.perf_counter() - t0:.0f} s")
         return (torch.cat([r.adversarial for r in res]), torch.cat([r.success for r in res]).numpy(),
                 torch.cat([r.passes for r in res]).numpy())  # fmt: skip
@@ -384,7 +391,7 @@ class Study:
         ]
         for cfg in filter(wanted, adaptive if adaptive_images > 0 else []):  # 0: the non-adaptive rows only
             n = min(2 * adaptive_images if cfg.method == "squeeze_eot" else adaptive_images, len(idx))
-            adv, success, passes = self.attack_detector(cfg, det, idx[:n])
+            adv, success, passes = self.attack_detector(cfg, det, idx[:n], scores)
             rows = self._rows(base, cfg, scores(adv), success, passes, det)
             emit(rows)
             out += rows
