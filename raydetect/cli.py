@@ -122,7 +122,9 @@ ModesOpt = Annotated[
     typer.Option("--mode", help=f"Attack modes ({', '.join(ATTACK_MODES)}); repeat for several. Default: all three."),
 ]
 ExplainerOpt = Annotated[str, typer.Option("--explainer", help="ig, layer_ig, gradient_shap, ig_smoothgrad or saliency.")]
-IGStepsOpt = Annotated[int, typer.Option("--ig-steps", help="Integrated Gradients steps (gradient passes per explanation).")]
+IGStepsOpt = Annotated[
+    int, typer.Option("--ig-steps", help="Integrated Gradients steps (gradient passes per explanation, against each view).")
+]
 BaselineOpt = Annotated[str, typer.Option("--baseline", help="IG baseline: black, blur or noise (train for gradient_shap).")]
 BlurOpt = Annotated[float, typer.Option("--blur-sigma", help="Gaussian sigma in pixels of the blur baseline.")]
 LayerOpt = Annotated[str | None, typer.Option("--layer", help="For layer_ig: early, middle, late or a module path.")]

@@ -241,6 +241,12 @@ class AttributionConfig:
             per_view = self.n_steps
         return per_view * (1 + len(self.views))
 
+    @property
+    def audit_passes(self) -> int:
+        """Passes one scored image costs: the explanation's gradient passes, plus a forward pass of the
+        image and of each view (their logits are descriptors)."""
+        return self.passes_per_image + 2 + len(self.views)
+
     def validate(self) -> AttributionConfig:
         _choice("explainer", self.explainer, EXPLAINERS)
         _choice("baseline", self.baseline, BASELINES)

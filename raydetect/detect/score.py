@@ -80,8 +80,7 @@ class AttackLogit:
             raise ValueError(f"a {self.head.kind} head has no gradient; give a differentiable surrogate")
         t = min(max(threshold, 1e-12), 1 - 1e-12)
         self.threshold_logit = math.log(t / (1 - t))
-        # The explanation's gradient passes, plus the forward passes of the image and its baseline.
-        self.passes = self.scorer.explainer.cfg.passes_per_image + 2
+        self.passes = self.scorer.explainer.cfg.audit_passes
 
     def __call__(self, x: torch.Tensor, draw: int) -> torch.Tensor:
         # Without the auditor's secret the views' strengths are unknown: one random guess per EOT draw.

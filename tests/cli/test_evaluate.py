@@ -44,4 +44,7 @@ def test_attack_adaptive_needs_and_uses_the_bundle(ray_cluster, digits_bundle, t
     rows = pq.read_table(tmp_path / "a").to_pylist()
     adv = [row for row in rows if row["kind"] == "adversarial"]
     assert adv and all(row["linf"] <= 0.3 + 1e-6 and row["passes"] > 5 for row in adv)
-    assert json.loads((tmp_path / "a" / "_job.json").read_text())["config"]["bundle"] == str(digits_bundle)
+    config = json.loads((tmp_path / "a" / "_job.json").read_text())["config"]
+    assert config["bundle"] == str(digits_bundle)
+    # The default bundle draws its views' strengths at random: the attack takes EOT over them unasked.
+    assert [a["eot"] for a in config["attacks"]] == [2]

@@ -76,4 +76,7 @@ def test_bad_views_are_refused() -> None:
     with pytest.raises(RaydetectError, match="ig or saliency"):
         AttributionConfig(explainer="layer_ig", layer="middle", views=("blur:2",)).validate()
     assert AttributionConfig(n_steps=4, views=("blur:1", "jpeg:50")).passes_per_image == 12
+    # An audited image: IG against the baseline and each view, plus a forward pass of the image and of each.
+    assert AttributionConfig(n_steps=4, views=("jpeg:60", "median:3")).audit_passes == 12 + 4
+    assert AttributionConfig(n_steps=4, views=()).audit_passes == 4 + 2
     np.testing.assert_equal(len(views(AttributionConfig(baseline="black", views=()))), 0)
