@@ -436,8 +436,7 @@ def attack(
     src = source_config(input, kind, image_column, id_column, label_column, limit, offset)
     mcfg = model_config(model, weights, random_weights, device)
     det = load_for_audit(detector, mcfg.name)[0] if detector else None
-    if eot is None:
-        eot = default_eot(det.configs()[1].jitter) if det else 1
+    eot = default_eot(det.configs()[1].jitter if det else 0.0, eot)
     strength = {"stop_margin": stop_margin, "restarts": restarts, "eot": eot, "lam": lam, "lam_search": lam_search,
                 "smooth": smooth, "source_model": source_model}  # fmt: skip
     eps_list = parse_eps_list(eps, [4 / 255])
@@ -638,7 +637,7 @@ def reproduce(
         engine=engine,
         resources=resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor),
         address=address,
-        robustness=Robustness(adaptive_images, adaptive_steps, restarts, eot or default_eot(attribution.jitter), smooth)
+        robustness=Robustness(adaptive_images, adaptive_steps, restarts, default_eot(attribution.jitter, eot), smooth)
         if adaptive
         else None,
         signing_key=key,
@@ -912,7 +911,7 @@ def evaluate(
     if mode not in ATTACK_MODES:
         raise RaydetectError(f"--mode must be one of {', '.join(ATTACK_MODES)}; got {mode!r}")
     det, mcfg = load_for_audit(detector)  # fail fast, before Ray starts
-    eot = default_eot(det.configs()[1].jitter) if eot is None else eot
+    eot = default_eot(det.configs()[1].jitter, eot)
     suite = [
         a.validate()
         for e in parse_eps_list(eps, [4 / 255])

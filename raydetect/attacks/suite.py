@@ -51,9 +51,11 @@ def strength_extras(
     return tuple(extras)
 
 
-def default_eot(jitter: float) -> int:
-    """EOT samples per step of an attack on a detector: 2 where its views' strengths are random (``jitter``
-    > 0, as the hardening study ran it), else 1 (nothing random to average over)."""
+def default_eot(jitter: float, given: int | None = None) -> int:
+    """EOT samples per step of an attack on a detector: ``given`` when set; else 2 where its views' strengths
+    are random (``jitter`` > 0, as the hardening study ran it), else 1 (nothing random to average over)."""
+    if given is not None:
+        return given
     return 2 if jitter > 0 else 1
 
 

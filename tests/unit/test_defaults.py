@@ -33,3 +33,11 @@ def test_the_default_strengths_depend_on_the_plain_attack() -> None:
     once = ["bim-second-0.1-stop", "bim-random-0.1-stop", "bim-untargeted-0.1-k2"]
     assert [a.name for a in mixed_strengths("wide", [0.1], 0)] == once
     assert [a.name for a in mixed_strengths("wide", [8 / 255], 0, modes=["second"])][-1:] == ["bim-second-0.1"]
+
+
+def test_attacks_on_a_detector_average_over_its_random_views_unless_told() -> None:
+    from raydetect.attacks.suite import default_eot
+
+    assert default_eot(AttributionConfig().jitter) == 2  # the default bundle's views draw secret strengths
+    assert default_eot(0.0) == 1  # nothing random to average over
+    assert default_eot(0.5, 5) == 5 and default_eot(0.0, 3) == 3  # --eot wins
