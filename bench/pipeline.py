@@ -4,7 +4,7 @@
 
 Both sides do the same model work on the same images with efficientnet_lite0: untargeted BIM-10
 at eps 4/255, then Integrated Gradients (16 steps against black; with --defaults raydetect's
-current defaults, 4 steps against a blurred copy plus its logits) on the clean and on the 8-bit
+current defaults, ``AttributionConfig()`` and ``FeatureConfig()``) on the clean and on the 8-bit
 adversarial image, then the descriptor. The plain loop holds decoded images in memory and writes nothing;
 the pipeline reads files, streams through Ray Data actors and writes Parquet (the attack job's
 PNGs are decoded again by the feature job; the fused job hands the images over as arrays).

@@ -2,7 +2,8 @@
 # Set up (if needed) and run the test suite: lint, then the fast default (every test not marked slow;
 # about 12 minutes on 2 cores). `bash scripts/test.sh --all` adds the slow end-to-end ones (the demo,
 # multi-node clusters, `ray job submit`, the recorded digits run: about 15 minutes more). Other
-# arguments go to pytest, e.g. `bash scripts/test.sh tests/unit -x`.
+# arguments go to pytest, e.g. `bash scripts/test.sh tests/unit -x`. The 20 slowest tests are listed
+# at the end, so a CI log shows where the suite's time goes.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 ruff check raydetect tests bench jobs scripts
@@ -14,7 +15,7 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
 fi
 if [ "${1:-}" = "--all" ]; then
   shift
-  python -m pytest -q "$@"
+  python -m pytest -q --durations=20 "$@"
 else
-  python -m pytest -q -m "not slow" "$@"
+  python -m pytest -q --durations=20 -m "not slow" "$@"
 fi
