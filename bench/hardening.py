@@ -117,6 +117,10 @@ DESIGNS = {
 # The design raydetect's defaults follow (AttributionConfig(), --strengths wide, DetectorConfig's crossfit
 # calibration; tests/unit/test_defaults.py keeps them equal) and the rows README's figures come from.
 CHOSEN = ("views-secret-wide", "crossfit")
+# The auditor's key of the study's detectors: a secret its attackers do not know (they guess the views'
+# draws, EOT). Not the public key, which raydetect's adaptive attack now computes every draw with. Runs
+# before 2026-12-05 drew with the public key (no RAYDETECT_SECRET), which their attackers did not use.
+STUDY_KEY = os.environ.get("RAYDETECT_SECRET", "").encode() or b"hardening-study: the auditor's secret"
 
 
 def log(msg: str) -> None:
@@ -155,6 +159,7 @@ class TwoModelDetector:
         t = min(max(first.threshold, 1e-12), 1 - 1e-12)
         self.threshold_logit = math.log(t / (1 - t))
         self.passes = 2 * (first.configs()[1].passes_per_image + 2)  # both models' passes, counted alike
+        self.random = False  # its explainer draws nothing (jitter 0)
 
     def features(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         _, acfg, fcfg = self.first.configs()
@@ -177,6 +182,9 @@ class TwoModelDetector:
         attack smooths the audited model's ReLUs; the second model's get the same softplus here."""
         with smooth_activations(self.second.model, ADAPTIVE_SMOOTH):
             return self.first.head.logit(self.features(x, create_graph=True))
+
+    def judge(self, x: torch.Tensor, draw: int) -> torch.Tensor:
+        return self.first.head.logit(self.features(x)).detach()
 
 
 class Images:
@@ -275,7 +283,7 @@ class Study:
             head=head, threshold=threshold, target_fpr=0.05, model_config=to_dict(ModelConfig(name=MODEL)),
             attribution=to_dict(design.attribution), features=to_dict(design.features),
             feature_names=feature_names(design.features, design.attribution),
-            trained_on=[a.name for a in design.train_attacks], metrics={}, params={},
+            trained_on=[a.name for a in design.train_attacks], metrics={}, params={}, views_key=STUDY_KEY,
         )  # fmt: skip
         return TwoModelDetector(det, self.second(design), self.model) if design.second else det
 

@@ -360,7 +360,8 @@ EotOpt = Annotated[
     typer.Option(
         "--eot",
         help="squeeze_eot/adaptive: samples of the defense's randomness per step. Default: 2 against a detector whose "
-        "views' strengths are random (--jitter > 0), else 1.",
+        "views' strengths are random (--jitter > 0), else 1. Without RAYDETECT_SECRET the audit draws them with the "
+        "public key, and adaptive computes every draw instead (one sample).",
         show_default=False,
     ),
 ]
@@ -904,7 +905,8 @@ def evaluate(
     """
     from raydetect.attacks.suite import default_eot, robustness_suite  # Ray and torch: only once a command runs
     from raydetect.detect.bundle import load_for_audit
-    from raydetect.report.experiments import evaluation_report
+    from raydetect.explain.views import PUBLIC_KEY
+    from raydetect.report.experiments import evaluation_report, key_note
     from raydetect.stages.runner import run_evaluation
 
     src = source_config(input, kind, "image", "id", "label", limit, offset)
@@ -920,7 +922,9 @@ def evaluate(
     _, rows = run_evaluation(src, store.join(out, "rows"), detector, suite, resource_config(batch_size, actors,
                                    gpus_per_actor, cpus_per_actor), address=address)  # fmt: skip
     images = rows[0]["n_clean"] if rows else 0
-    path = write_report(out, evaluation_report(detector, input, rows, images), {"bundle": detector, "robustness": rows})
+    key = key_note(det.configs()[1].jitter, det.views_key == PUBLIC_KEY, eot)
+    report = evaluation_report(detector, input, rows, images, key)
+    path = write_report(out, report, {"bundle": detector, "robustness": rows, "views_key": key})
     for r in rows:
         typer.echo(f"{r['attack']}: fools {r['success_rate']:.0%}, ROC AUC {r['auc']:.3f}, evaded {r['evaded']:.0%}")
     typer.echo(f"report: {path}")

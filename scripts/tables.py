@@ -5,6 +5,8 @@ result files under bench/results/ (one JSON object a line, each with the command
     python scripts/tables.py --check         # exit 1 if a block differs from its result file
     python scripts/tables.py record runs/repro-effnet/results.json --command "raydetect reproduce ..." \\
         --to bench/results/reproduce-efficientnet_lite0.jsonl     # a reproduce run's results as JSONL
+    python scripts/tables.py record-evaluate runs/digits-eval/evaluate/results.json --command "..." \\
+        --bundle "what the bundle is" --to bench/results/evaluate-digits.jsonl   # an evaluate run's
 
 A generated block sits between ``<!-- tables:NAME -->`` and ``<!-- /tables:NAME -->``; everything
 outside the markers is prose and stays as written.
@@ -49,6 +51,17 @@ def record(results_json: Path, command: str, to: Path) -> None:
         for r in run["results"]:
             f.write(json.dumps({"command": command, **shared, **r}, sort_keys=True) + "\n")
     print(f"tables: {len(run['results'])} protocols -> {to}")
+
+
+def record_evaluation(results_json: Path, command: str, bundle: str, to: Path) -> None:
+    """One line per attack of a ``raydetect evaluate`` run's results.json."""
+    run = json.loads(results_json.read_text())
+    model = json.loads((Path(run["bundle"]) / "manifest.json").read_text())["model"]["name"]
+    with to.open("w") as f:
+        for r in run["robustness"]:
+            line = {"model": model, "bundle": bundle, "command": command, "views_key": run.get("views_key", ""), **r}
+            f.write(json.dumps(line) + "\n")
+    print(f"tables: {len(run['robustness'])} attacks -> {to}")
 
 
 def _repro_results(lines: list[dict[str, Any]]) -> list[SimpleNamespace]:
@@ -217,6 +230,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "repro-digits_cnn": lambda: reproduction("reproduce-digits_cnn.jsonl"),
     "repro-summary": lambda: repro_summary("reproduce-efficientnet_lite0.jsonl"),
     "evaluate-digits": lambda: evaluate_digits("evaluate-digits.jsonl"),
+    "evaluate-digits-secret": lambda: evaluate_digits("evaluate-digits-secret.jsonl"),
     "hardening": lambda: _hardening().summary_markdown(),  # bench/hardening.py reads bench/results/hardening.jsonl
     "readme-robust": lambda: hardening_readme("hardening.jsonl", *README_DESIGN),
     "bench-audit": lambda: bench_audit("throughput"),
@@ -250,10 +264,18 @@ def main() -> int:
     rec.add_argument("results_json", type=Path)
     rec.add_argument("--command", required=True)
     rec.add_argument("--to", type=Path, required=True)
+    ev = sub.add_parser("record-evaluate", help="store a raydetect evaluate run's results.json as JSONL")
+    ev.add_argument("results_json", type=Path)
+    ev.add_argument("--command", required=True)
+    ev.add_argument("--bundle", required=True, help="what the evaluated bundle is, in words")
+    ev.add_argument("--to", type=Path, required=True)
     ap.add_argument("--check", action="store_true", help="do not write; exit 1 if a generated block is out of date")
     a = ap.parse_args()
     if a.cmd == "record":
         record(a.results_json, a.command, a.to)
+        return 0
+    if a.cmd == "record-evaluate":
+        record_evaluation(a.results_json, a.command, a.bundle, a.to)
         return 0
     cache: dict[str, str] = {}
     stale = []

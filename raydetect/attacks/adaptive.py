@@ -6,8 +6,9 @@ clean side), where the
 detector logit runs through the whole differentiable score (model, baseline, Integrated
 Gradients path, descriptor, head; for tree heads a differentiable surrogate fitted to the same
 features: BPDA). Follows Carlini & Wagner 2017 and Tramer et al. 2020: many steps, random
-restarts, a per-image search over lam, the best iterate kept (fools the model, lowest detector
-logit), an expectation over any randomness of the defense (EOT), and gradients through a
+restarts, a per-image search over lam, the best iterate kept (fools the model, lowest logit of
+the detector itself on the 8-bit copy), an expectation over any randomness of the defense the
+attacker cannot compute (EOT; with the public key it computes every draw), and gradients through a
 smoothed copy of the network (ReLU -> softplus) so second-order terms of the explanation exist.
 Every result is rounded to 8 bits inside the ball and judged again like the other attacks.
 """
@@ -26,6 +27,9 @@ from raydetect.models import ImageClassifier
 from raydetect.models.classifier import smooth_activations
 
 DEFAULT_KAPPA = 0.5  # logit margin kept beyond the boundary, so 8-bit rounding does not undo the attack
+# Guessed draws that judge iterates are not the ones their gradients used: an iterate that does well
+# only at the draws it was optimised for must not look best.
+JUDGE_DRAWS = 1 << 40
 
 
 class DetectorLogit(Protocol):
@@ -33,9 +37,14 @@ class DetectorLogit(Protocol):
 
     threshold_logit: float  # the detector flags an image when its logit exceeds this
     passes: int  # gradient passes through the classifier per image per call
+    random: bool  # whether the attacker must guess the defense's randomness (then EOT averages over draws)
 
     def __call__(self, x: torch.Tensor, draw: int) -> torch.Tensor:
         """(N,) logits with the graph kept; ``draw`` numbers the EOT sample of the defense's randomness."""
+        ...
+
+    def judge(self, x: torch.Tensor, draw: int) -> torch.Tensor:
+        """(N,) logits of the detector itself (no smoothing, no graph), as the attacker can estimate them."""
         ...
 
 
@@ -51,6 +60,7 @@ class Adaptive(Attack):
 
     def perturb(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         cfg, n = self.cfg, len(x)
+        eot = cfg.eot if self.detector.random else 1  # nothing random to average over: one draw is exact
         lam = torch.full((n,), float(cfg.lam), device=x.device)
         best = x.clone()
         best_key = torch.full((n,), float("inf"), dtype=torch.float64, device=x.device)  # lower is better (see _key)
@@ -68,22 +78,23 @@ class Adaptive(Attack):
                 smooth = smooth_activations(self.model, cfg.smooth) if cfg.smooth > 0 else nullcontext()
                 with smooth:
                     m = margin(self.model(xa), targets, self.targeted)
-                    det = torch.stack(
-                        [self.detector(xa, (restart * cfg.steps + step) * cfg.eot + d) for d in range(cfg.eot)]
-                    ).mean(0)
+                    draw = (restart * cfg.steps + step) * eot
+                    det = torch.stack([self.detector(xa, draw + d) for d in range(eot)]).mean(0)
                     # Fool the model first: the detector term counts only for iterates that already fool
                     # it, so it can never hold an image on the clean side of the boundary.
                     loss = torch.clamp(-m, min=-self.kappa) + lam * det * (m.detach() > 0)
                     (grad,) = torch.autograd.grad(loss.sum(), xa)
-                self.passes += 1 + cfg.eot * self.detector.passes
-                # Keep the best iterate seen (the one just evaluated, before this step moves it), judged
-                # fooled on its 8-bit copy, which is what the attack returns.
+                # Keep the best iterate seen (the one just evaluated, before this step moves it), judged on
+                # its 8-bit copy, which is what the attack returns, by the model and by the detector itself
+                # (not its smoothed copy, whose logit can be far from the real one).
                 m_q, q = self.margin_8bit(xa.detach(), x, targets)
-                key = self._key(m_q, det.detach())
+                judged = torch.stack([self.detector.judge(q, JUDGE_DRAWS + draw + d) for d in range(eot)]).mean(0)
+                self.passes += 1 + 2 * eot * self.detector.passes
+                key = self._key(m_q, judged)
                 better = key < best_key
                 best[better], best_key[better] = q[better], key[better]
                 run_fooled |= m_q > 0
-                run_evaded |= (m_q > 0) & (det.detach() <= self.detector.threshold_logit)
+                run_evaded |= (m_q > 0) & (judged <= self.detector.threshold_logit)
                 x_adv = self.project(xa.detach() - cfg.step_size * grad.sign(), x)
             if restart < cfg.lam_search:
                 # Fooled but flagged: weigh the detector more; not fooled: less.

@@ -249,12 +249,15 @@ class Detector:
         return views(self.configs()[1])
 
     def attack_logit(self, model: ImageClassifier) -> AttackLogit:
-        """The differentiable detector logit a white-box attacker uses (the surrogate for tree heads)."""
+        """The differentiable detector logit a white-box attacker uses (the surrogate for tree heads). An
+        attacker reads raydetect: when the audit draws its views with the public key (no
+        ``RAYDETECT_SECRET``), the attacker computes every draw too."""
+        known = PUBLIC_KEY if (self.views_key or secret()) == PUBLIC_KEY else None
         if self.head.differentiable:
-            return AttackLogit(self.scorer(model), self.threshold)
+            return AttackLogit(self.scorer(model), self.threshold, known_key=known)
         if self.surrogate is None or self.surrogate_threshold is None:
             raise RaydetectError(f"this {self.kind} bundle has no differentiable surrogate; retrain it to attack it")
-        return AttackLogit(self.scorer(model), self.surrogate_threshold, self.surrogate)
+        return AttackLogit(self.scorer(model), self.surrogate_threshold, self.surrogate, known_key=known)
 
     def load_model(self, device: str | None = None) -> ImageClassifier:
         """The bundle's classifier, loaded once per device and kept."""

@@ -16,7 +16,7 @@ import torch
 from raydetect.config import AttributionConfig, FeatureConfig
 from raydetect.detect.heads import Head
 from raydetect.explain import Explainer, Explanation, describe
-from raydetect.explain.views import view_specs
+from raydetect.explain.views import keyed_draws, view_specs
 from raydetect.models import ImageClassifier
 
 
@@ -70,10 +70,12 @@ class AttackLogit:
 
     ``head`` replaces a head without gradients (forests, boosters) by a differentiable surrogate
     fitted to the same features (BPDA); ``threshold`` is the flagging threshold in that head's
-    probability scale.
+    probability scale. ``known_key``: the key of the audit's view draws when the attacker knows it
+    (the public key, used when the auditor sets no ``RAYDETECT_SECRET``): every draw is then the
+    audit's own, computed from the iterate's 8-bit pixels; else each EOT draw is a random guess.
     """
 
-    def __init__(self, scorer: Scorer, threshold: float, head: Head | None = None) -> None:
+    def __init__(self, scorer: Scorer, threshold: float, head: Head | None = None, known_key: bytes | None = None) -> None:
         self.scorer = scorer
         self.head = (head or scorer.head).to(scorer.model.device)
         if not self.head.differentiable:
@@ -81,9 +83,20 @@ class AttackLogit:
         t = min(max(threshold, 1e-12), 1 - 1e-12)
         self.threshold_logit = math.log(t / (1 - t))
         self.passes = self.scorer.explainer.cfg.audit_passes
+        self.known_key = known_key
+        self.random = bool(view_specs(scorer.explainer.cfg)) and scorer.explainer.cfg.jitter > 0 and known_key is None
+
+    def _draws(self, x: torch.Tensor, draw: int) -> torch.Tensor:
+        count = len(view_specs(self.scorer.explainer.cfg))
+        if self.known_key is not None:
+            return keyed_draws(x, count, self.known_key)  # (N, views): the audit's own
+        g = torch.Generator().manual_seed(draw)
+        return torch.rand(len(x), count, generator=g).to(x.device)  # (N, views): a guess
 
     def __call__(self, x: torch.Tensor, draw: int) -> torch.Tensor:
-        # Without the auditor's secret the views' strengths are unknown: one random guess per EOT draw.
-        g = torch.Generator().manual_seed(draw)
-        draws = torch.rand(len(x), len(view_specs(self.scorer.explainer.cfg)), generator=g).to(x.device)
-        return self.scorer.run(x, create_graph=True, head=self.head, draws=draws).logit
+        return self.scorer.run(x, create_graph=True, head=self.head, draws=self._draws(x, draw)).logit
+
+    def judge(self, x: torch.Tensor, draw: int) -> torch.Tensor:
+        """(N,) logits of the detector itself on ``x`` (no graph, the model's own activations), as the
+        attacker estimates them: exact with a known key, else at the guessed draws of ``draw``."""
+        return self.scorer.run(x, head=self.head, draws=self._draws(x, draw)).logit.detach()

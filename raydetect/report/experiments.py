@@ -69,7 +69,23 @@ def robustness_section(rows: list[dict[str, Any]], images: int) -> list[Any]:
     ]
 
 
-def evaluation_report(bundle: str, source: str, rows: list[dict[str, Any]], images: int) -> Report:
+def evaluation_report(bundle: str, source: str, rows: list[dict[str, Any]], images: int, key: str = "") -> Report:
+    """``key``: what the attackers knew of the views' random strengths (see ``key_note``)."""
     report = Report("raydetect evaluation")
-    report.add(Paragraph(f"Detector `{bundle}` on `{source}`."))
+    report.add(Paragraph(f"Detector `{bundle}` on `{source}`." + (f" {key}" if key else "")))
     return report.add(*robustness_section(rows, images))
+
+
+def key_note(jitter: float, public: bool, eot: int) -> str:
+    """One sentence on what an attacker who holds the bundle knows of its views' draws."""
+    if jitter == 0:
+        return "The detector's views have fixed strengths: nothing random for an attacker to guess."
+    if public:
+        return (
+            "The views' strengths were drawn with the public key (RAYDETECT_SECRET unset), so the adaptive attacker "
+            "computed every draw, as anyone who reads raydetect can. Set RAYDETECT_SECRET to deny it that."
+        )
+    return (
+        "The views' strengths were drawn with the auditor's secret key; the adaptive attacker guessed them "
+        f"(EOT over {eot} draws per step)."
+    )

@@ -13,7 +13,8 @@ from raydetect.cli import app
 runner = CliRunner()
 
 
-def test_evaluate_reports_every_attack_against_the_bundle(ray_cluster, digits_bundle, tmp_path) -> None:
+def test_evaluate_reports_every_attack_against_the_bundle(ray_cluster, digits_bundle, tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("RAYDETECT_SECRET", raising=False)
     out = tmp_path / "eval"
     args = ["evaluate", "digits", "--detector", str(digits_bundle), "--out", str(out), "--eps", "0.3", "--offset", "300",
             "--limit", "16", "--adaptive-steps", "8", "--smooth", "10"]  # fmt: skip
@@ -31,6 +32,7 @@ def test_evaluate_reports_every_attack_against_the_bundle(ray_cluster, digits_bu
     assert adaptive["passes"] > 8  # it went through the detector's explanation at every step
     report = (out / "report.md").read_text()
     assert "Evaded" in report and "white box" in report
+    assert "public key" in report and "computed every draw" in results["views_key"]  # no RAYDETECT_SECRET here
     assert "evaded" in r.output
 
 

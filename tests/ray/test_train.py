@@ -73,14 +73,16 @@ def test_pair_split_is_consistent_across_attacks() -> None:
     assert set(b[tb]) == set(a[ta]) & set(b)
 
 
-def test_adaptive_attack_evades_the_detector_more_often_than_bim(ray_cluster, digits_bundle, digits_test) -> None:
+def test_adaptive_attack_evades_the_detector_more_often_than_bim(ray_cluster, digits_bundle, digits_test, monkeypatch) -> None:
     """The white-box attack must actually use the detector: it gets past it far more often than
     early-stopped BIM at the same eps, and than itself with the detector's term switched off (a
-    broken adaptive attack fails this)."""
+    broken adaptive attack fails this). The audit here draws its views with the public key (no
+    RAYDETECT_SECRET), so the attacker computes every draw, as one who reads raydetect can."""
     from raydetect.attacks.suite import default_eot, robustness_suite
     from raydetect.detect.evaluation import robustness_rows
     from raydetect.stages.evaluate import EvaluateStage
 
+    monkeypatch.delenv("RAYDETECT_SECRET", raising=False)
     det = Detector.load(digits_bundle)
     model = det.load_model("cpu")
     n = 24

@@ -229,3 +229,27 @@ def test_a_keyed_bundle_warns_without_a_secret_and_carries_the_drivers_key(data,
     from raydetect.models import load_model
 
     assert loaded.scorer(load_model(ModelConfig(name="digits_cnn"))).explainer.key == b"auditor-a"
+
+
+def test_the_attacker_computes_public_key_draws_and_guesses_secret_ones(digits_model, digits_test, monkeypatch) -> None:
+    """An attacker reads raydetect: with the public key (no RAYDETECT_SECRET) its detector logit is the
+    audit's own score at every iterate; with a secret it can only guess the views' draws."""
+    import torch
+
+    from raydetect.explain.views import PUBLIC_KEY
+
+    monkeypatch.delenv("RAYDETECT_SECRET", raising=False)
+    det = _detector_on_images(digits_model, digits_test)
+    assert det.configs()[1].jitter > 0  # the default design draws its views' strengths
+    x = torch.from_numpy(digits_test.images[:12])
+    audit = torch.logit(torch.from_numpy(det.score(digits_test.images[:12], model=digits_model)))
+    known = det.attack_logit(digits_model)
+    assert known.known_key == PUBLIC_KEY and not known.random
+    np.testing.assert_allclose(known.judge(x, draw=3).numpy(), audit.numpy(), atol=1e-4)
+    np.testing.assert_allclose(known(x, draw=7).detach().numpy(), audit.numpy(), atol=1e-4)
+    det.views_key = b"auditor-a"  # the audit's draws now depend on a secret the attacker lacks
+    guess = det.attack_logit(digits_model)
+    assert guess.known_key is None and guess.random
+    secret_audit = torch.logit(torch.from_numpy(det.score(digits_test.images[:12], model=digits_model)))
+    assert not np.allclose(guess.judge(x, draw=3).numpy(), secret_audit.numpy(), atol=1e-3)
+    assert not np.allclose(guess.judge(x, draw=3).numpy(), guess.judge(x, draw=4).numpy(), atol=1e-3)  # EOT varies
