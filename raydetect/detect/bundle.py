@@ -255,9 +255,9 @@ class Detector:
         known = PUBLIC_KEY if (self.views_key or secret()) == PUBLIC_KEY else None
         if self.head.differentiable:
             return AttackLogit(self.scorer(model), self.threshold, known_key=known)
-        if self.surrogate is None or self.surrogate_threshold is None:
+        if self.surrogate is None:
             raise RaydetectError(f"this {self.kind} bundle has no differentiable surrogate; retrain it to attack it")
-        return AttackLogit(self.scorer(model), self.surrogate_threshold, self.surrogate, known_key=known)
+        return AttackLogit(self.scorer(model), self.threshold, self.surrogate, known_key=known)
 
     def load_model(self, device: str | None = None) -> ImageClassifier:
         """The bundle's classifier, loaded once per device and kept."""

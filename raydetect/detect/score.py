@@ -69,10 +69,11 @@ class AttackLogit:
     """The detector as a white-box attacker differentiates it (``attacks.adaptive.DetectorLogit``).
 
     ``head`` replaces a head without gradients (forests, boosters) by a differentiable surrogate
-    fitted to the same features (BPDA); ``threshold`` is the flagging threshold in that head's
-    probability scale. ``known_key``: the key of the audit's view draws when the attacker knows it
-    (the public key, used when the auditor sets no ``RAYDETECT_SECRET``): every draw is then the
-    audit's own, computed from the iterate's 8-bit pixels; else each EOT draw is a random guess.
+    fitted to the same features (BPDA) for the gradient; ``judge`` and ``threshold`` (the
+    detector's flagging threshold) are the detector's own head, which the attacker holds too.
+    ``known_key``: the key of the audit's view draws when the attacker knows it (the public key,
+    used when the auditor sets no ``RAYDETECT_SECRET``): every draw is then the audit's own,
+    computed from the iterate's 8-bit pixels; else each EOT draw is a random guess.
     """
 
     def __init__(self, scorer: Scorer, threshold: float, head: Head | None = None, known_key: bytes | None = None) -> None:
@@ -99,4 +100,4 @@ class AttackLogit:
     def judge(self, x: torch.Tensor, draw: int) -> torch.Tensor:
         """(N,) logits of the detector itself on ``x`` (no graph, the model's own activations), as the
         attacker estimates them: exact with a known key, else at the guessed draws of ``draw``."""
-        return self.scorer.run(x, head=self.head, draws=self._draws(x, draw)).logit.detach()
+        return self.scorer.run(x, draws=self._draws(x, draw)).logit.detach()

@@ -185,8 +185,9 @@ def test_one_score_serves_the_api_the_audit_and_the_gradient(data, digits_model,
     assert api.std() > 1e-3  # a real spread of scores, not a constant
 
 
-def _detector_on_images(model, digits_test) -> Detector:
-    """An LR detector fitted on real descriptors of clean vs. noisy digits (enough to give spread)."""
+def _detector_on_images(model, digits_test, kind: str = "lr") -> Detector:
+    """A detector fitted on real descriptors of clean vs. noisy digits (enough to give spread); a
+    tree head comes with its LR surrogate, as training makes it."""
     import torch
 
     from raydetect.explain import Explainer, describe
@@ -198,9 +199,10 @@ def _detector_on_images(model, digits_test) -> Detector:
     X = torch.cat([describe(ex(x), fcfg), describe(ex(noisy), fcfg)]).numpy()
     y = np.r_[np.zeros(80, int), np.ones(80, int)]
     return Detector(
-        head=fit_head("lr", X, y), threshold=0.5, target_fpr=0.05, model_config=to_dict(ModelConfig(name="digits_cnn")),
+        head=fit_head(kind, X, y), threshold=0.5, target_fpr=0.05, model_config=to_dict(ModelConfig(name="digits_cnn")),
         attribution=to_dict(acfg), features=to_dict(fcfg), feature_names=feature_names(fcfg), trained_on=["noise"],
-        metrics={}, params={},
+        metrics={}, params={}, surrogate=None if kind == "lr" else fit_head("lr", X, y),
+        surrogate_threshold=None if kind == "lr" else 0.5,
     )  # fmt: skip
 
 
@@ -253,3 +255,22 @@ def test_the_attacker_computes_public_key_draws_and_guesses_secret_ones(digits_m
     secret_audit = torch.logit(torch.from_numpy(det.score(digits_test.images[:12], model=digits_model)))
     assert not np.allclose(guess.judge(x, draw=3).numpy(), secret_audit.numpy(), atol=1e-3)
     assert not np.allclose(guess.judge(x, draw=3).numpy(), guess.judge(x, draw=4).numpy(), atol=1e-3)  # EOT varies
+
+
+def test_a_tree_heads_attacker_follows_the_surrogate_but_judges_by_the_forest(digits_model, digits_test, monkeypatch) -> None:
+    """BPDA: the gradient comes from the LR surrogate; which iterate is best, and whether it passes,
+    is decided by the forest itself at its own threshold (the attacker holds the bundle)."""
+    import math
+
+    import torch
+
+    monkeypatch.delenv("RAYDETECT_SECRET", raising=False)
+    det = _detector_on_images(digits_model, digits_test, "rf")
+    det.threshold = 0.7
+    x = torch.from_numpy(digits_test.images[:12])
+    forest = np.clip(det.score(digits_test.images[:12], model=digits_model), 1e-12, 1 - 1e-12)
+    atk = det.attack_logit(digits_model)
+    assert atk.threshold_logit == pytest.approx(math.log(0.7 / 0.3))
+    np.testing.assert_allclose(torch.sigmoid(atk.judge(x, draw=0)).numpy(), forest, atol=1e-6)
+    surrogate = torch.sigmoid(atk(x, draw=0)).detach().numpy()
+    assert not np.allclose(surrogate, forest, atol=1e-3)  # the gradient's logit is another model's
