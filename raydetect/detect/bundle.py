@@ -252,12 +252,11 @@ class Detector:
         """The differentiable detector logit a white-box attacker uses (the surrogate for tree heads). An
         attacker reads raydetect: when the audit draws its views with the public key (no
         ``RAYDETECT_SECRET``), the attacker computes every draw too."""
-        known = PUBLIC_KEY if (self.views_key or secret()) == PUBLIC_KEY else None
         if self.head.differentiable:
-            return AttackLogit(self.scorer(model), self.threshold, known_key=known)
+            return AttackLogit(self.scorer(model), self.threshold)
         if self.surrogate is None:
             raise RaydetectError(f"this {self.kind} bundle has no differentiable surrogate; retrain it to attack it")
-        return AttackLogit(self.scorer(model), self.threshold, self.surrogate, known_key=known)
+        return AttackLogit(self.scorer(model), self.threshold, self.surrogate)
 
     def load_model(self, device: str | None = None) -> ImageClassifier:
         """The bundle's classifier, loaded once per device and kept."""

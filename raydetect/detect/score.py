@@ -16,7 +16,7 @@ import torch
 from raydetect.config import AttributionConfig, FeatureConfig
 from raydetect.detect.heads import Head
 from raydetect.explain import Explainer, Explanation, describe
-from raydetect.explain.views import keyed_draws, view_specs
+from raydetect.explain.views import PUBLIC_KEY, keyed_draws, secret, view_specs
 from raydetect.models import ImageClassifier
 
 
@@ -71,12 +71,12 @@ class AttackLogit:
     ``head`` replaces a head without gradients (forests, boosters) by a differentiable surrogate
     fitted to the same features (BPDA) for the gradient; ``judge`` and ``threshold`` (the
     detector's flagging threshold) are the detector's own head, which the attacker holds too.
-    ``known_key``: the key of the audit's view draws when the attacker knows it (the public key,
-    used when the auditor sets no ``RAYDETECT_SECRET``): every draw is then the audit's own,
+    ``known_key``: the scorer's key for the views' draws when the attacker knows it, i.e. when it is
+    the public key (the auditor set no ``RAYDETECT_SECRET``): every draw is then the audit's own,
     computed from the iterate's 8-bit pixels; else each EOT draw is a random guess.
     """
 
-    def __init__(self, scorer: Scorer, threshold: float, head: Head | None = None, known_key: bytes | None = None) -> None:
+    def __init__(self, scorer: Scorer, threshold: float, head: Head | None = None) -> None:
         self.scorer = scorer
         self.head = (head or scorer.head).to(scorer.model.device)
         if not self.head.differentiable:
@@ -84,8 +84,9 @@ class AttackLogit:
         t = min(max(threshold, 1e-12), 1 - 1e-12)
         self.threshold_logit = math.log(t / (1 - t))
         self.passes = self.scorer.explainer.cfg.audit_passes
-        self.known_key = known_key
-        self.random = bool(view_specs(scorer.explainer.cfg)) and scorer.explainer.cfg.jitter > 0 and known_key is None
+        key = scorer.explainer.key or secret()  # what the audit draws with (None: this process's secret)
+        self.known_key = key if key == PUBLIC_KEY else None
+        self.random = bool(view_specs(scorer.explainer.cfg)) and scorer.explainer.cfg.jitter > 0 and self.known_key is None
 
     def _draws(self, x: torch.Tensor, draw: int) -> torch.Tensor:
         count = len(view_specs(self.scorer.explainer.cfg))
