@@ -45,6 +45,7 @@ from raydetect.detect.evaluation import robustness_rows
 from raydetect.detect.fit import clean_threshold, cross_fitted, fit_head
 from raydetect.detect.splits import pair_split
 from raydetect.explain import Explainer, describe, feature_names
+from raydetect.explain.views import PUBLIC_KEY
 from raydetect.images import batches, load_image_folder
 from raydetect.models import ImageClassifier, load_model
 from raydetect.models.classifier import smooth_activations
@@ -121,6 +122,9 @@ CHOSEN = ("views-secret-wide", "crossfit")
 # draws, EOT). Not the public key, which raydetect's adaptive attack now computes every draw with. Runs
 # before 2026-12-05 drew with the public key (no RAYDETECT_SECRET), which their attackers did not use.
 STUDY_KEY = os.environ.get("RAYDETECT_SECRET", "").encode() or b"hardening-study: the auditor's secret"
+# ``run --key public``: the auditor set no secret, so the audit draws with the public key, which the
+# adaptive attack then computes every draw with. Its rows' attack names end in PUBLIC_SUFFIX.
+PUBLIC_SUFFIX = " (public key)"
 
 
 def log(msg: str) -> None:
@@ -216,7 +220,8 @@ class Images:
 
 
 class Study:
-    def __init__(self, attack_batch: int = 8) -> None:
+    def __init__(self, attack_batch: int = 8, key: bytes = STUDY_KEY) -> None:
+        self.key = key  # the auditor's key of every detector this study fits
         self.model = load_model(ModelConfig(name=MODEL, device="cpu"))
         self.images = Images(self.model)
         # Images per batch of an attack that knows the detector: its second-order passes through
@@ -283,7 +288,7 @@ class Study:
             head=head, threshold=threshold, target_fpr=0.05, model_config=to_dict(ModelConfig(name=MODEL)),
             attribution=to_dict(design.attribution), features=to_dict(design.features),
             feature_names=feature_names(design.features, design.attribution),
-            trained_on=[a.name for a in design.train_attacks], metrics={}, params={}, views_key=STUDY_KEY,
+            trained_on=[a.name for a in design.train_attacks], metrics={}, params={}, views_key=self.key,
         )  # fmt: skip
         return TwoModelDetector(det, self.second(design), self.model) if design.second else det
 
@@ -419,7 +424,8 @@ class Study:
 
 def run(args: argparse.Namespace) -> None:
     design = DESIGNS[args.design]
-    st = Study(args.attack_batch)
+    public = args.key == "public"
+    st = Study(args.attack_batch, PUBLIC_KEY if public else STUDY_KEY)
     t0 = time.perf_counter()
     det = st.fit(design, args.half, args.calibration)
     log(f"{design.name}: fitted in {time.perf_counter() - t0:.0f} s, threshold {det.threshold:.4f}")
@@ -428,6 +434,8 @@ def run(args: argparse.Namespace) -> None:
     command = "python bench/hardening.py " + " ".join(sys.argv[1:])
 
     def record(rows: list[dict[str, Any]]) -> None:
+        if public:  # the same attack on another audit: a row of its own
+            rows = [{**r, "attack": r["attack"] + PUBLIC_SUFFIX, "key": "public"} for r in rows]
         with RESULTS.open("a") as f:
             for r in rows:
                 f.write(json.dumps({"design": design.name, "half": args.half, "calibration": args.calibration,
@@ -473,12 +481,15 @@ def summary_markdown() -> str:
     body = []
     for d, half, cal in runs:
         by = {r["attack"]: r for r in rows if (r["design"], r["half"], r["calibration"]) == (d, half, cal)}
-        adaptive = next((r for a, r in by.items() if a.startswith("adaptive-")), None)
+        adaptive = [next((r for a, r in by.items() if a.startswith("adaptive-") and a.endswith(PUBLIC_SUFFIX) == public),
+                         None) for public in (False, True)]  # fmt: skip
         passes = DESIGNS[d].attribution.audit_passes * (2 if DESIGNS[d].second else 1)
         fpr = next(iter(by.values()))["clean_fpr"]  # one detector and one clean set per run
-        body.append([d, half, cal, f"{fpr:.1%}", passes, *(_cell(by.get(a)) for a in key.values()), _cell(adaptive)])
+        body.append([d, half, cal, f"{fpr:.1%}", passes, *(_cell(by.get(a)) for a in key.values()),
+                     *map(_cell, adaptive)])  # fmt: skip
+    headers = ["design", "half", "threshold", "clean FPR", "audit passes/image", *key, "adaptive", "adaptive, public key"]
     out = [
-        markdown_table(["design", "half", "threshold", "clean FPR", "audit passes/image", *key, "adaptive"], body),
+        markdown_table(headers, body),
         "",
         "Each cell: ROC AUC (clean vs successful adversarial) / evaded (fools the model and passes the detector). "
         "Threshold: chosen for 5% FPR on a held-out fifth's clean images (split) or on every clean image's "
@@ -512,6 +523,9 @@ def main() -> None:
                    "the same attack, with other random draws)")  # fmt: skip
     r.add_argument("--only", default="", help="run only these attack methods, e.g. adaptive or bim,pgd (default: all)")
     r.add_argument("--extra-eps", default="", help="also run the non-adaptive attacks at these eps, e.g. 2/255,8/255,16/255")
+    r.add_argument("--key", choices=["secret", "public"], default="secret",
+                   help="the auditor's key for the views' draws: a study secret the attackers do not know, or the "
+                   "public key (no RAYDETECT_SECRET), whose every draw the adaptive attack computes")  # fmt: skip
     r.add_argument("--calibration", choices=["split", "crossfit"], default="split",
                    help="threshold on a held-out fifth's clean rows (split), or on every clean row's "
                    "out-of-fold score (crossfit)")  # fmt: skip
