@@ -242,6 +242,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "bench-memory-series": lambda: bench_audit("series"),
     "bench-pipeline": lambda: _bench("pipeline").pipeline_markdown(read_jsonl("pipeline.jsonl")),
     "bench-parts": lambda: _bench("parts").parts_markdown(read_jsonl("parts.jsonl")),
+    "advtrain-digits": lambda: _bench("advtrain").advtrain_markdown(read_jsonl("advtrain-digits.jsonl")),
     "bench-chunk": lambda: _bench("chunk").chunk_markdown(read_jsonl("chunk.jsonl")),
 }
 
