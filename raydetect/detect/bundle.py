@@ -73,11 +73,10 @@ class Detector:
     calibration: dict[str, Any] = field(default_factory=dict)  # see metrics.Calibration.to_dict
     references: np.ndarray | None = None  # (R, C, H, W) in [0,1], for GradientShap's 'train' baseline
     provenance: str = ""  # set by load: who signed it, as far as was checked
-    # For heads without gradients: an LR fitted to the same features, and its threshold at the same
-    # target FPR, which a white-box attacker differentiates instead (BPDA). Shipped in the bundle
-    # because the attacker is assumed to have everything the auditor has.
+    # For heads without gradients: an LR fitted to the same features, which a white-box attacker
+    # differentiates instead (BPDA); the detector's own head and threshold still judge its iterates.
+    # Shipped in the bundle because the attacker is assumed to have everything the auditor has.
     surrogate: Head | None = None
-    surrogate_threshold: float | None = None
     # The auditor's key for the views' keyed strengths (never saved; kept out of repr). None: the
     # RAYDETECT_SECRET of whichever process scores. Jobs set it in the driver (load_for_audit), so
     # actors on other nodes, which do not see the driver's environment, draw with the same key.
@@ -96,7 +95,6 @@ class Detector:
             "trained_on": self.trained_on, "params": self.params, "metrics": self.metrics,
             "calibration": self.calibration, "references_file": REFERENCES if self.references is not None else None,
             "surrogate_file": SURROGATE if self.surrogate is not None else None,
-            "surrogate_threshold": self.surrogate_threshold,
         }  # fmt: skip
 
     def save(self, path: str | os.PathLike[str], signing_key: Ed25519PrivateKey | str | os.PathLike[str] | None = None) -> str:
@@ -202,7 +200,6 @@ class Detector:
             references=references,
             provenance=provenance,
             surrogate=surrogate,
-            surrogate_threshold=m.get("surrogate_threshold"),
         )
         return det, warning
 

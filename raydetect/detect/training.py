@@ -122,22 +122,26 @@ def train_detectors(
     # Plan every fit first (per attack and kind, plus the bundle "*"), then fit them in one go.
     plans = [(kind, a, *by_attack[a]) for kind in kinds for a in evaluable]
     plans.append((bkind, "*", *all_rows))
-    if bkind != "lr":  # a differentiable surrogate of the bundle, for white-box attacks on it (BPDA)
-        plans.append(("lr", "*surrogate", *all_rows))
     splits = [split_rows(pairs, cfg) for _, _, _, _, pairs in plans]
-    # The bundle (and its surrogate) calibrate as cfg.calibration says; the per-attack rows of the
-    # report on a split, since only the bundle's threshold is ever used.
+    # The bundle calibrates as cfg.calibration says; the per-attack rows of the report on a split,
+    # since only the bundle's threshold is ever used.
     crossfits: list[CrossFit | None] = []
     jobs: list[FitJob] = []
     for (kind, a, X, y, pairs), s in zip(plans, splits, strict=True):
-        params = None if a == "*surrogate" else cfg.params
-        if a.startswith("*") and cfg.calibration == "crossfit":
+        if a == "*" and cfg.calibration == "crossfit":
             rows = np.sort(np.concatenate([s.fit, s.val]))
-            crossfits.append(CrossFit.plan(kind, X[rows], y[rows], pairs[rows], params=params, seed=cfg.seed))
+            crossfits.append(CrossFit.plan(kind, X[rows], y[rows], pairs[rows], params=cfg.params, seed=cfg.seed))
             jobs += crossfits[-1].jobs
         else:
             crossfits.append(None)
-            jobs.append(FitJob(kind, X[s.fit], y[s.fit], params, cfg.seed))
+            jobs.append(FitJob(kind, X[s.fit], y[s.fit], cfg.params, cfg.seed))
+    if bkind != "lr":
+        # A differentiable surrogate for white-box attacks on the bundle (BPDA): an LR on the rows its
+        # head trains on. Only its gradient is used (the bundle's own head and threshold judge), so it
+        # needs no threshold and no folds.
+        s, (X, y, _) = splits[-1], all_rows
+        rows = np.sort(np.concatenate([s.fit, s.val])) if cfg.calibration == "crossfit" else s.fit
+        jobs.append(FitJob("lr", X[rows], y[rows], None, cfg.seed))
     say(f"fitting {len(jobs)} detectors ({', '.join(kinds)}) on {len(chosen)} attack(s)")
     heads = iter(fitter(jobs))
 
@@ -151,12 +155,13 @@ def train_detectors(
         else:
             head, cal = cf.finish([next(heads) for _ in cf.jobs], cfg.target_fpr)
         fitted[(kind, a)] = (head, cal)
-        if not a.startswith("*"):
+        if a != "*":
             scores = head.predict_proba(X[s.test])
             ev = evaluate(y[s.test], scores, pairs[s.test], cal.threshold, n_boot, cfg.seed)
             detection_rows.append({"attack": a, "detector": kind, "train_rows": len(s.fit), **ev.to_dict(),
                                    **calibration_fields(cal)})  # fmt: skip
             test_scores.setdefault(a, {})[kind] = (y[s.test], scores)
+    surrogate = next(heads) if bkind != "lr" else None  # its job came last
 
     def test_rows(a: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         X, y, pairs = all_rows if a is None else by_attack[a]
@@ -205,8 +210,7 @@ def train_detectors(
         head=head, threshold=thr, target_fpr=cfg.target_fpr, model_config=job.get("model", {}),
         attribution=job.get("attribution", {}), features=fcfg, feature_names=names, trained_on=list(chosen),
         metrics=metrics, params={**DEFAULT_PARAMS[bkind], **cfg.params}, calibration=calibration, references=references,
-        surrogate=fitted[("lr", "*surrogate")][0] if bkind != "lr" else None,
-        surrogate_threshold=fitted[("lr", "*surrogate")][1].threshold if bkind != "lr" else None,
+        surrogate=surrogate,
     )  # fmt: skip
     grouping = describe_splits(job, fs, chosen)
     return TrainingResult(attack_table(table), detection_rows, matrix, detector, metrics, bundle_split, test_scores, grouping)

@@ -202,7 +202,6 @@ def _detector_on_images(model, digits_test, kind: str = "lr") -> Detector:
         head=fit_head(kind, X, y), threshold=0.5, target_fpr=0.05, model_config=to_dict(ModelConfig(name="digits_cnn")),
         attribution=to_dict(acfg), features=to_dict(fcfg), feature_names=feature_names(fcfg), trained_on=["noise"],
         metrics={}, params={}, surrogate=None if kind == "lr" else fit_head("lr", X, y),
-        surrogate_threshold=None if kind == "lr" else 0.5,
     )  # fmt: skip
 
 
