@@ -67,9 +67,10 @@ def chunk_markdown(records: list[dict[str, Any]]) -> str:
     """BENCHMARKS.md's table of the newest run in ``records``."""
     from raydetect.report.document import markdown_table
     from raydetect.report.tables import median_range as med
+    from raydetect.report.tables import newest_run
 
-    key = (records[-1]["command"], records[-1]["commit"])
-    run = [r for r in records if (r["command"], r["commit"]) == key]
+    run = newest_run(records)
+    key = (run[0]["command"], run[0]["commit"])
     configs = list(dict.fromkeys((r["chunk"], r["compiled"]) for r in run))
     base = {r["repeat"]: r["steady_ms_per_image"] for r in run if (r["chunk"], r["compiled"]) == (0, False)}
     body = []

@@ -78,9 +78,10 @@ def parts_markdown(records: list[dict[str, Any]]) -> str:
     """BENCHMARKS.md's table of the newest run in ``records``."""
     from raydetect.report.document import markdown_table
     from raydetect.report.tables import median_range as med
+    from raydetect.report.tables import newest_run
 
-    key = (records[-1]["command"], records[-1]["commit"])
-    run = [r for r in records if (r["command"], r["commit"]) == key]
+    run = newest_run(records)
+    key = (run[0]["command"], run[0]["commit"])
     sizes = sorted({r["part_rows"] for r in run})
     by = {s: [r for r in run if r["part_rows"] == s] for s in sizes}
     head = ["rows per part", "parts", *NAMES.values()]

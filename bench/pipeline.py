@@ -113,9 +113,10 @@ def pipeline_markdown(records: list[dict[str, Any]]) -> str:
     """BENCHMARKS.md's table of the newest run (one command and commit) in ``records``."""
     from raydetect.report.document import markdown_table
     from raydetect.report.tables import median_range as med
+    from raydetect.report.tables import newest_run
 
-    key = (records[-1]["command"], records[-1]["commit"])
-    run = [r for r in records if (r["command"], r["commit"]) == key]
+    run = newest_run(records)
+    key = (run[0]["command"], run[0]["commit"])
 
     plain = [r["plain_s"] for r in run]
     rows = [["plain loop (one process, images in memory, nothing written)", med(plain) + " s", "1"]]

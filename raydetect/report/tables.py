@@ -38,6 +38,12 @@ def median_range(values: Sequence[float], digits: int = 1) -> str:
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
+def newest_run(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of a benchmark's newest run (its last record's command at its commit), in order."""
+    key = (records[-1]["command"], records[-1]["commit"])
+    return [r for r in records if (r["command"], r["commit"]) == key]
+
+
 def attack_label(row: dict[str, Any]) -> str:
     method = {
         "bim": f"BIM-{row['steps']}",
