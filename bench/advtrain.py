@@ -19,7 +19,6 @@ EOT 2). Appends one JSON line per (detector, attack) to --jsonl.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import shlex
 import sys
@@ -29,18 +28,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from raydetect.attacks.suite import default_eot
 from raydetect.config import AttackConfig
 from raydetect.detect import Detector
+from raydetect.detect.dataset import FeatureSet
 from raydetect.detect.evaluation import robustness_rows
 from raydetect.detect.fit import cross_fitted
 from raydetect.explain.views import PUBLIC_KEY
-from raydetect.images import load_digits_images
+from raydetect.images import LocalImages, load_digits_images
 from raydetect.stages.attack import build_attacks
 from raydetect.stages.evaluate import EvaluateStage
+from raydetect.store import read_output
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "runs" / "digits-eval" / "reproduce" / "corrected"
@@ -53,13 +53,9 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def training_rows(features: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(X, y, pair ids) of the bundle's stored training descriptors (ok rows)."""
-    t = pq.read_table(sorted(glob.glob(str(features / "*.parquet"))), columns=["pair_id", "kind", "status", "features"])
-    ok = np.asarray(t["status"].to_pylist()) == "ok"
-    X = np.stack(t["features"].to_numpy(zero_copy_only=False))[ok].astype(np.float32)
-    y = (np.asarray(t["kind"].to_pylist()) == "adversarial")[ok].astype(int)
-    return X, y, np.asarray(t["pair_id"].to_pylist())[ok]
+def training_rows(base: Path, det: Detector) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(X, y, pair ids) of the bundle's stored training descriptors, selected as ``train`` selects them."""
+    return FeatureSet.from_table(read_output(str(base / "features"))).for_attacks(det.trained_on)
 
 
 def refit(det: Detector, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> Detector:
@@ -75,9 +71,8 @@ def adaptive(steps: int, seed: int, det: Detector, restarts: int = 1) -> AttackC
                         lam_search=restarts - 1)  # fmt: skip
 
 
-def evaluate(det: Detector, model: Any, steps: int, restarts: int) -> list[dict[str, Any]]:
-    """Summary rows (detect.evaluation) of the held-out digits against ``det``, as ``evaluate`` makes them."""
-    imgs = load_digits_images("test", limit=HELD_OUT[1], offset=HELD_OUT[0])
+def evaluate(det: Detector, model: Any, imgs: LocalImages, steps: int, restarts: int) -> list[dict[str, Any]]:
+    """Summary rows (detect.evaluation) of the held-out digits ``imgs`` against ``det``, as ``evaluate`` makes them."""
     attacks = [
         AttackConfig(method="bim", eps=EPS, steps=10),
         AttackConfig(method="bim", eps=EPS, steps=40, alpha=EPS / 8, stop_margin=0.0),
@@ -127,7 +122,7 @@ def main() -> None:
     det = Detector.load(str(BASE / "detector"))
     det.views_key = PUBLIC_KEY if args.key == "public" else SECRET
     model = det.load_model("cpu")
-    X, y, groups = training_rows(BASE / "features")
+    X, y, groups = training_rows(BASE, det)
     fit = load_digits_images("test", limit=FIT[1], offset=FIT[0])
     x_fit, y_fit = torch.from_numpy(fit.images), torch.from_numpy(fit.labels)
     keys = np.arange(len(x_fit))
@@ -146,9 +141,10 @@ def main() -> None:
         log(f"round {r + 1}: {int(ok.sum())} adaptive adversarials added ({time.perf_counter() - t0:.0f} s), "
             f"threshold {det.threshold:.4f}")  # fmt: skip
         detectors.append((r + 1, det))
+    held_out = load_digits_images("test", limit=HELD_OUT[1], offset=HELD_OUT[0])
     for r, d in (detectors[0], detectors[-1]):
         t0 = time.perf_counter()
-        rows = evaluate(d, model, args.steps, args.restarts)
+        rows = evaluate(d, model, held_out, args.steps, args.restarts)
         log(f"detector of round {r} evaluated in {time.perf_counter() - t0:.0f} s")
         with args.jsonl.open("a") as f:
             for row in rows:
