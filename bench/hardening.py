@@ -363,6 +363,7 @@ class Study:
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self, design: Design, det: Detector, half: str, adaptive_images: int, restarts: int,
                  eval_images: int | None = None, extra_eps: tuple[float, ...] = (), only: frozenset[str] = frozenset(),
+                 extra_only: bool = False,
                  emit: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> list[dict[str, Any]]:  # fmt: skip
         """Every attack's rows (only those whose method is in ``only``, when given); each attack's also go to
         ``emit`` as soon as they exist (a run cut short keeps them)."""
@@ -380,7 +381,7 @@ class Study:
         # Other budgets than the one trained on (4/255): the non-adaptive suite at each of ``extra_eps``,
         # less DeepFool, whose minimal perturbation does not depend on the budget unless it is clipped.
         other = [a for e in extra_eps for a in robustness_suite(e, MODEL, adaptive=False) if a.method != "deepfool"]
-        suite = [*robustness_suite(EPS, MODEL, adaptive=False), paper, *other]
+        suite = other if extra_only else [*robustness_suite(EPS, MODEL, adaptive=False), paper, *other]
 
         def wanted(cfg: AttackConfig) -> bool:
             return not only or cfg.method in only
@@ -445,7 +446,9 @@ def run(args: argparse.Namespace) -> None:
                   f"evaded {r['evaded']:6.1%}  passes {r['passes']:6.0f}", flush=True)  # fmt: skip
 
     only = frozenset(m for m in args.only.split(",") if m)
-    st.evaluate(design, det, args.half, args.adaptive_images, args.restarts, args.eval_images, extra, only, record)
+    st.evaluate(
+        design, det, args.half, args.adaptive_images, args.restarts, args.eval_images, extra, only, args.extra_eps_only, record
+    )
 
 
 def _latest() -> list[dict[str, Any]]:
@@ -523,6 +526,8 @@ def main() -> None:
                    "the same attack, with other random draws)")  # fmt: skip
     r.add_argument("--only", default="", help="run only these attack methods, e.g. adaptive or bim,pgd (default: all)")
     r.add_argument("--extra-eps", default="", help="also run the non-adaptive attacks at these eps, e.g. 2/255,8/255,16/255")
+    r.add_argument("--extra-eps-only", action="store_true",
+                   help="of the non-adaptive attacks, run only those at --extra-eps (the 4/255 and 0.1 rows exist)")  # fmt: skip
     r.add_argument("--key", choices=["secret", "public"], default="secret",
                    help="the auditor's key for the views' draws: a study secret the attackers do not know, or the "
                    "public key (no RAYDETECT_SECRET), whose every draw the adaptive attack computes")  # fmt: skip

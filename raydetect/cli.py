@@ -21,6 +21,7 @@ from raydetect.config import (
     ATTACK_MODES,
     DESCRIPTORS,
     VIEW_EXPLAINERS,
+    AdversarialRounds,
     AttackConfig,
     AttributionConfig,
     DetectorConfig,
@@ -716,15 +717,40 @@ def train(
         "efficientnet_lite0"
     ),
     weights: WeightsOpt = None,
+    adversarial_rounds: Annotated[
+        int,
+        typer.Option(
+            "--adversarial-rounds",
+            help="Detector adversarial training: rounds of attacking the images with the white-box adaptive attack "
+            "against the current detector and fitting again on what fooled the model (0: none). Costs about "
+            "--round-steps x 30 gradient passes per image and round (x2 with RAYDETECT_SECRET set): GPU work on ImageNet.",
+        ),
+    ] = 0,
+    round_steps: Annotated[int, typer.Option("--round-steps", help="Adaptive attack steps per round.")] = (
+        AdversarialRounds.steps
+    ),
+    round_eps: Annotated[
+        str | None, typer.Option("--round-eps", help="Budget of the rounds' attack (default: the smallest trained on).")
+    ] = None,
+    round_restarts: Annotated[int, typer.Option("--round-restarts", help="Restarts of the rounds' attack.")] = 1,
+    batch_size: BatchOpt = None,
+    actors: ActorsOpt = None,
+    gpus_per_actor: GpusOpt = 0.0,
+    cpus_per_actor: CpusOpt = None,
 ) -> None:
     """Fit detectors per attack (Table 2, transfer matrix) and save one detector bundle trained on all attacks.
 
     Splits keep each clean image and its adversarial twin on the same side; the threshold is chosen on the clean
     validation images (all correctly classified ones) for --target-fpr, and the bundle states the FPR range that
     promises. The bundle loads without executing code, is verified by checksum, and with --sign-key is signed.
+
+    With --adversarial-rounds N the detector then trains against the white-box attacker: each round attacks the
+    images the features came from (FEATURES_DIR's source) against the current detector, adds what fooled the model
+    and fits again (rounds resume under OUT/rounds/). Set RAYDETECT_SECRET as your audits will. Measure the final
+    bundle with `raydetect evaluate` on images it never saw: it attacks that bundle afresh.
     """
     from raydetect.stages.plan import init_ray  # matplotlib, Ray and torch: only once a command runs
-    from raydetect.stages.train import run_training, write_training_report
+    from raydetect.stages.train import run_adversarial_training, write_training_report
 
     kinds = tuple(detector or ["lr"])
     for k in (*kinds, bundle_detector or kinds[0]):
@@ -737,6 +763,12 @@ def train(
     spec = external_images(clean, adversarial, pairing, group_regex)
     if (spec is None) == (features_dir is None):
         raise RaydetectError("give either FEATURES_DIR (from `raydetect features`) or --clean and --adversarial, not both")
+    rounds = AdversarialRounds(adversarial_rounds, round_steps, parse_eps(round_eps) if round_eps else None,
+                               round_restarts).validate()  # fmt: skip
+    if rounds.rounds and spec is not None:
+        raise RaydetectError("--adversarial-rounds attacks the images FEATURES_DIR came from; with --clean/--adversarial "
+                             "there are none to attack")  # fmt: skip
+    resources = resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor)
     features = str(out / "features") if spec is not None else str(features_dir)
     if spec is None and not is_remote(features) and not Path(features).expanduser().is_dir():
         raise RaydetectError(f"features directory does not exist: {features}")
@@ -755,24 +787,27 @@ def train(
         from raydetect.detect.signing import load_private_key  # cryptography: only once a command runs
 
         key = load_private_key(sign_key)  # fail before hours of fitting, not after
-    if not no_ray or spec is not None:
+    if not no_ray or spec is not None or rounds.rounds:
         init_ray(address)
     if mcfg is not None:  # explain them first, with the default explainer and descriptor, into <out>/features
         from raydetect.stages.runner import ExternalFeatureJob, run_job  # Ray and torch: only once a command runs
 
         attribution = attribution_config(AttributionConfig.explainer, AttributionConfig.n_steps, AttributionConfig.baseline, None)
         job = ExternalFeatureJob(features, mcfg, spec, attribution, feature_config(None, FeatureConfig.quantiles))
-        print_summary(run_job(job, ResourceConfig(), address))
-    trained = run_training(
+        print_summary(run_job(job, resources, address))
+    trained = run_adversarial_training(
         features,
         str(out),
-        kinds,
-        cfg,
-        attack,
-        bundle_detector,
+        rounds,
+        resources,
+        address,
+        logging.getLogger("raydetect").info,
+        kinds=kinds,
+        cfg=cfg,
+        attacks=attack,
+        bundle_kind=bundle_detector,
         use_ray=not no_ray,
         n_boot=bootstrap,
-        progress=logging.getLogger("raydetect").info,
         workers=workers,
         figures=True,
         signing_key=key,

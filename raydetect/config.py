@@ -338,6 +338,29 @@ class DetectorConfig:
 
 
 @dataclass(frozen=True)
+class AdversarialRounds:
+    """Detector adversarial training (``train --adversarial-rounds``): each round attacks the training
+    images with the white-box adaptive attack against the current detector, explains the adversarials
+    that fool the model as the audit would, adds them to the training rows and refits. ``eps`` None:
+    the smallest budget the features' attacks used. On digits two 50-step rounds cut what a fresh
+    100-step adaptive attack got past the detector from 34% to 11% with a secret (STUDY.md)."""
+
+    rounds: int = 0
+    steps: int = 50
+    eps: float | None = None
+    restarts: int = 1
+
+    def validate(self) -> AdversarialRounds:
+        if self.rounds < 0:
+            raise RaydetectError(f"adversarial rounds must be >= 0; got {self.rounds}")
+        if self.steps < 1 or self.restarts < 1:
+            raise RaydetectError(f"round steps and restarts must be >= 1; got {self.steps} and {self.restarts}")
+        if self.eps is not None and not 0 < self.eps <= 1:
+            raise RaydetectError(f"round eps must be in (0, 1]; got {self.eps}")
+        return self
+
+
+@dataclass(frozen=True)
 class ResourceConfig:
     """How a Ray job uses the cluster. ``None`` means: pick from what the cluster has
     (batch size: 16 images on CPU, 64 on GPU)."""

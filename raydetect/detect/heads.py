@@ -38,8 +38,10 @@ class Head(nn.Module):
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """numpy in, numpy out: P(adversarial) per descriptor row."""
         device = next(iter(self.buffers())).device
+        X = np.asarray(X, np.float32)
+        X = X if X.flags.writeable else X.copy()  # Arrow-backed rows are read-only, which torch warns about
         with torch.no_grad():
-            return self(torch.as_tensor(np.asarray(X, np.float32), device=device)).cpu().numpy()
+            return self(torch.as_tensor(X, device=device)).cpu().numpy()
 
     def to_bytes(self) -> bytes:
         raise NotImplementedError

@@ -238,3 +238,35 @@ def describe_splits(job: dict[str, Any], fs: FeatureSet, attacks: list[str]) -> 
         "stays on one side of every split. Near-duplicates whose ids differ beyond that rule may straddle a split and "
         "flatter the held-out scores."
     )
+
+
+def round_rows(table: Any, round_no: int) -> Any:
+    """The adversarial rows of adversarial-training round ``round_no`` (``table``: that round's feature
+    output), renamed ``<attack>-round<N>`` so that rounds stay apart from each other and from the
+    attacks trained on before. Clean rows are dropped: the first training's rows already hold each
+    image's clean row under the same id."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    adv = table.filter(pc.equal(table.column("kind"), "adversarial"))
+    names = pc.binary_join_element_wise(adv.column("attack"), pa.scalar(f"-round{round_no}"), "")
+    ids = pc.binary_join_element_wise(adv.column("pair_id"), names, "|")
+    adv = adv.set_column(adv.schema.get_field_index("attack"), "attack", names)
+    return adv.set_column(adv.schema.get_field_index("id"), "id", ids)
+
+
+def round_record(round_no: int, rows: Any, previous: Detector, bundle: str) -> dict[str, Any]:
+    """What a round did, judged as an audit would judge it: of the images attacked (``rows``: the round's
+    adversarial rows, skipped ones included), how many fooled the model, and how many of those the
+    detector the round attacked (``previous``) let through at its threshold."""
+    import pyarrow.compute as pc
+
+    attacked = rows.num_rows
+    ok = rows.filter(pc.equal(rows.column("status"), "ok"))
+    passed = 0
+    if ok.num_rows:
+        X = FeatureSet.from_table(ok).X
+        passed = int((previous.head.predict_proba(X) <= previous.threshold).sum())
+    return {"round": round_no, "attacked": attacked, "fooled": ok.num_rows, "evaded": passed,
+            "evaded_rate": passed / attacked if attacked else float("nan"), "attacked_detector": bundle,
+            "threshold_before": previous.threshold}  # fmt: skip

@@ -4,21 +4,34 @@ the paper's figures of the experiment, drawn from the same rows."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from raydetect.attacks import make_attack, quantize, stable_key
-from raydetect.config import AttackConfig, AttributionConfig, DetectorConfig, FeatureConfig, ModelConfig, from_dict
+from raydetect.attacks.suite import default_eot
+from raydetect.config import (
+    AdversarialRounds,
+    AttackConfig,
+    AttributionConfig,
+    DetectorConfig,
+    FeatureConfig,
+    ModelConfig,
+    ResourceConfig,
+    Source,
+    from_dict,
+)
 from raydetect.detect.dataset import FeatureSet
 from raydetect.detect.fit import FitJob, fit_local
 from raydetect.detect.heads import Head
 from raydetect.detect.ray_fit import fit_on_ray
-from raydetect.detect.training import MIN_PAIRS, TrainingResult, train_detectors
+from raydetect.detect.training import MIN_PAIRS, TrainingResult, round_record, round_rows, train_detectors
 from raydetect.errors import RaydetectError
 from raydetect.explain import Explainer, feature_names
+from raydetect.explain.views import PUBLIC_KEY, secret
 from raydetect.images import decode_png
 from raydetect.models import ImageClassifier, load_model
 from raydetect.report import write_report
@@ -42,6 +55,7 @@ class Trained:
     result: TrainingResult
     bundle: str  # where the bundle was saved
     figures: Figures | None = None
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # adversarial training: detect.training.round_record
 
 
 def run_training(
@@ -59,13 +73,14 @@ def run_training(
     workers: int = 1,
     figures: bool = False,
     signing_key: Any = None,
+    table: Any = None,
 ) -> Trained:
     """Fit detectors on a feature job's output (see ``detect.training.train_detectors``) and save
     the bundle under ``<out>/detector``. ``use_ray`` fits through Ray Train (Ray must be running),
     XGBoost on ``workers`` Ray Train workers; ``figures`` also draws the paper's figures from the
     same rows (see :func:`training_figures`); ``signing_key`` (an Ed25519 private key or its PEM
-    file) signs the bundle."""
-    table = read_output(features_uri)
+    file) signs the bundle; ``table``: rows to train on instead of the output's (its rows and more)."""
+    table = read_output(features_uri) if table is None else table
     if table is None:
         raise RaydetectError(f"no feature output under {features_uri}; run the feature job first")
     job = job_config(features_uri) or {}
@@ -87,18 +102,102 @@ def run_training(
     return trained
 
 
+def run_adversarial_training(
+    features_uri: str,
+    out: str,
+    rounds: AdversarialRounds,
+    resources: ResourceConfig = ResourceConfig(),
+    address: str | None = None,
+    progress: Callable[[str], None] | None = None,
+    **fit: Any,
+) -> Trained:
+    """Train as :func:`run_training` does (``fit``: its options), then ``rounds.rounds`` rounds of
+    detector adversarial training. Each round runs the white-box adaptive attack against the current
+    detector on every image the features came from (an attack job, then a feature job, under
+    ``<out>/rounds/<N>``; both resume), adds the adversarials that fooled the model to the training
+    rows as attack ``<name>-round<N>`` and fits again. Held-out images are attacked too: their rows
+    only measure (the splits keep each image on its side), so the report's held-out figures include
+    the last round's attack on images the detector never fitted. The final bundle goes to
+    ``<out>/detector``, earlier ones to ``<out>/rounds/<N>/detector``. A fresh attack on the final
+    bundle (``raydetect evaluate``) is the figure that counts: the rounds' own attacks are the ones
+    it trained against."""
+    from raydetect.stages.runner import AttackJob, FeatureJob, run_job  # the jobs import this module's siblings
+
+    say = progress or (lambda msg: None)
+    last, chosen = rounds.rounds, fit.pop("attacks", None)  # a chosen subset of attacks grows by each round's
+    if not last:
+        return run_training(features_uri, out, attacks=chosen, progress=progress, **fit)
+    source, model, attribution, features, trained_eps = _round_inputs(features_uri, job_config(features_uri) or {})
+    eps = rounds.eps or min(trained_eps)
+    table = read_output(features_uri)
+    if table is None:
+        raise RaydetectError(f"no feature output under {features_uri}; run the feature job first")
+    step = lambda n: join(out, "rounds", str(n))  # noqa: E731
+    trained = run_training(features_uri, step(0), attacks=chosen, progress=progress, table=table, **fit)
+    records = []
+    for n in range(1, last + 1):
+        det = trained.result.detector
+        det.views_key = secret()  # the trainer's key, as its audits will draw (the attacker below guesses it)
+        public = det.views_key == PUBLIC_KEY
+        cfg = AttackConfig(method="adaptive", eps=eps, steps=rounds.steps, restarts=rounds.restarts,
+                           lam_search=rounds.restarts - 1, eot=1 if public else default_eot(attribution.jitter),
+                           smooth=10.0, seed=1000 + n)  # fmt: skip
+        say(f"adversarial round {n} of {last}: {cfg.name} against {trained.bundle}")
+        attack_dir, features_dir = join(step(n), "attack"), join(step(n), "features")
+        run_job(AttackJob(attack_dir, model, source, [cfg], detector=det, bundle=trained.bundle), resources, address)
+        run_job(FeatureJob(features_dir, model, attack_dir, attribution, features), resources, address)
+        rows = round_rows(read_output(features_dir), n)
+        records.append(round_record(n, rows, det, trained.bundle))
+        r = records[-1]
+        say(f"round {n}: {r['fooled']} of {r['attacked']} images fooled the model, {r['evaded']} of them passed the "
+            f"detector ({r['evaded_rate']:.1%} evaded); refitting")  # fmt: skip
+        table = pa.concat_tables([table, rows], promote_options="permissive")
+        chosen = None if chosen is None else [*chosen, f"{cfg.name}-round{n}"]
+        trained = run_training(features_uri, out if n == last else step(n), attacks=chosen, progress=progress, table=table,
+                               **fit)  # fmt: skip
+    trained.rounds = records
+    return trained
+
+
+def _round_inputs(
+    features_uri: str, job: dict[str, Any]
+) -> tuple[Source, ModelConfig, AttributionConfig, FeatureConfig, list[float]]:
+    """What an adversarial round needs from the features' job: their image source, model, explainer,
+    descriptors and the budgets attacked. Refused where the features cannot give them."""
+    if job.get("external"):
+        raise RaydetectError(
+            "adversarial rounds attack the images the features came from, and imported adversarial images name none: "
+            "run `raydetect attack` and `raydetect features` (or reproduce) instead"
+        )
+    origin = job if "source" in job else (job_config(job["attacks_dir"]) or {}) if job.get("attacks_dir") else {}
+    src = origin.get("source")
+    if not src or "uri" not in src:
+        raise RaydetectError(f"{features_uri} records no image source (a Ray Dataset input): adversarial rounds need one")
+    if not job.get("attribution") or not job.get("features") or not job.get("model"):
+        raise RaydetectError(f"{features_uri} records no model, explainer or descriptor config")
+    attribution = from_dict(AttributionConfig, job["attribution"])
+    if attribution.baseline in ("pair", "train"):
+        raise RaydetectError(f"adversarial rounds need an audit's explanation; baseline {attribution.baseline!r} is not one")
+    eps = [float(a["eps"]) for a in origin.get("attacks", []) if a.get("eps")]
+    if not eps:
+        raise RaydetectError(f"{features_uri} records no attack budget: give the rounds' eps")
+    model = replace(from_dict(ModelConfig, job["model"]), device="auto")
+    return from_dict(Source, src), model, attribution, from_dict(FeatureConfig, job["features"]), eps
+
+
 def training_results(t: Trained) -> dict[str, Any]:
     """The JSON record of a training run (``results.json``)."""
     r = t.result
     return {"attacks": r.attack_rows, "detection": r.detection_rows, "transfer": r.transfer, "bundle": t.bundle,
-            "bundle_metrics": r.bundle_metrics, "bundle_calibration": r.detector.calibration, "splits": r.splits}  # fmt: skip
+            "bundle_metrics": r.bundle_metrics, "bundle_calibration": r.detector.calibration, "splits": r.splits,
+            "adversarial_rounds": t.rounds}  # fmt: skip
 
 
 def write_training_report(features_uri: str, out: str, trained: Trained) -> str:
     """``report.md``, ``report.html``, the figures and ``results.json`` under ``out``."""
     r = trained.result
     report = training_report(features_uri, r.attack_rows, r.detection_rows, r.transfer, trained.bundle, trained.figures,
-                             r.detector.calibration, r.bundle_metrics, r.splits)  # fmt: skip
+                             r.detector.calibration, r.bundle_metrics, r.splits, trained.rounds)  # fmt: skip
     return write_report(out, report, training_results(trained))
 
 

@@ -236,6 +236,13 @@ def test_bad_option_values(tmp_path) -> None:
     assert_clean_error(run("reproduce", "--model", "digits_cnn", "--detector", "svm", "--out", str(tmp_path / "o")), "detector")
     assert_clean_error(run("train", str(tmp_path), "--out", str(tmp_path / "o"), "--param", "oops"), "key=value")
     assert_clean_error(run("train", str(tmp_path), "--out", str(tmp_path / "o"), "--workers", "0"), "--workers")
+    assert_clean_error(run("train", str(tmp_path), "--out", str(tmp_path / "o"), "--adversarial-rounds", "-1"), "rounds")
+    assert_clean_error(run("train", str(tmp_path), "--out", str(tmp_path / "o"), "--adversarial-rounds", "1",
+                           "--round-eps", "2"), "round eps")  # fmt: skip
+    write_digit_folder(tmp_path / "imgs", n=2, broken=False)
+    clean = ("--clean", str(tmp_path / "imgs"), "--adversarial", str(tmp_path / "imgs"))
+    assert_clean_error(run("train", *clean, "--out", str(tmp_path / "o"), "--adversarial-rounds", "1"), "none to attack")
+    assert not (tmp_path / "o").exists()
 
 
 def test_strengths_mix_is_refused_where_it_cannot_apply(tmp_path) -> None:

@@ -102,3 +102,43 @@ def test_adaptive_attack_evades_the_detector_more_often_than_bim(ray_cluster, di
     assert by["adaptive"]["passes"] > by["bim"]["passes"]
     adv = [r for r in rows if r["method"] == "adaptive"]
     assert all(r["linf"] <= 0.3 + 1e-6 for r in adv)
+
+
+def test_adversarial_rounds_learn_the_white_box_attackers_images(ray_cluster, digits_bundle, tmp_path, monkeypatch) -> None:
+    """One round of detector adversarial training on the digits bundle's features: the round attacks every
+    image against the first detector, and the refitted detector flags more of the round's adversarials
+    on *held-out* images than the detector they were made against (a round that adds no rows, or
+    refits on the old ones, fails this). The public key: the attacker computes every draw."""
+    import pyarrow.compute as pc
+
+    from raydetect.config import AdversarialRounds
+    from raydetect.detect.dataset import FeatureSet
+    from raydetect.stages.train import run_adversarial_training
+
+    monkeypatch.delenv("RAYDETECT_SECRET", raising=False)
+    features = str(digits_bundle.parents[1] / "f")
+    out = tmp_path / "adv"
+    trained = run_adversarial_training(features, str(out), AdversarialRounds(rounds=1, steps=20),
+                                       ResourceConfig(batch_size=32), kinds=("lr",), use_ray=False, n_boot=20)  # fmt: skip
+    (record,) = trained.rounds
+    first, final = Detector.load(str(out / "rounds" / "0" / "detector")), Detector.load(trained.bundle)
+    assert trained.bundle == str(out / "detector") and record["attacked_detector"] == str(out / "rounds" / "0" / "detector")
+    name = "adaptive-untargeted-0.3-20x1-round1"
+    assert name in final.trained_on and name not in first.trained_on
+    assert record["attacked"] > 100 and 0 < record["evaded"] <= record["fooled"] <= record["attacked"]
+
+    rows = read_output(str(out / "rounds" / "1" / "features"))
+    adv = rows.filter(pc.and_(pc.equal(rows.column("kind"), "adversarial"), pc.equal(rows.column("status"), "ok")))
+    fs = FeatureSet.from_table(adv)
+    held_out = np.isin(fs.pair, trained.result.bundle_split["test"])
+    assert held_out.sum() >= 10 and (~held_out).sum() >= 10  # attacked on both sides of the split
+    X = fs.X[held_out]
+    before = (first.head.predict_proba(X) > first.threshold).mean()
+    after = (final.head.predict_proba(X) > final.threshold).mean()
+    assert after > before + 0.2, (before, after)
+    # the round's evaded count is the first detector's verdict on exactly these rows
+    assert record["evaded"] == int((first.head.predict_proba(fs.X) <= first.threshold).sum())
+
+    write_training_report(features, str(out), trained)
+    report = (out / "report.md").read_text()
+    assert "Adversarial training rounds" in report and name in report

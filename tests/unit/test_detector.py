@@ -210,3 +210,25 @@ def test_bootstrap_counts_failed_resamples_and_withholds_a_lucky_interval() -> N
 
     note = bootstrap_note([{"attack": "a", "detector": "lr", "bootstrap": {"resamples": 400, "failed": {"auc": ci2.failed}}}])
     assert note is not None and f"{ci2.failed} of 400" in note.text
+
+
+def test_round_rows_keep_a_rounds_adversarials_apart_from_every_other_attack() -> None:
+    """A round's rows join the training rows: its clean rows (already there under the same id) go, its
+    adversarials get the round in their attack name and id, so a second round adds rows of its own."""
+    import pyarrow as pa
+
+    from raydetect.detect.training import round_rows
+
+    table = pa.table({
+        "id": ["a", "a|adaptive", "b", "b|adaptive"], "pair_id": ["a", "a", "b", "b"],
+        "kind": ["clean", "adversarial", "clean", "adversarial"], "attack": ["", "adaptive", "", "adaptive"],
+        "status": ["ok", "ok", "ok", "skipped"], "features": [[0.0, 1.0], [1.0, 0.0], [0.0, 2.0], None],
+    })  # fmt: skip
+    one, two = round_rows(table, 1), round_rows(table, 2)
+    assert one.column("id").to_pylist() == ["a|adaptive-round1", "b|adaptive-round1"]
+    assert set(one.column("attack").to_pylist()) == {"adaptive-round1"}
+    assert one.column("pair_id").to_pylist() == ["a", "b"] and one.column("status").to_pylist() == ["ok", "skipped"]
+    both = FeatureSet.from_table(pa.concat_tables([table, one, two]))
+    assert both.attacks == ["adaptive", "adaptive-round1", "adaptive-round2"]
+    _, y, pairs = both.for_attacks(["adaptive-round2"])
+    assert y.tolist() == [0, 1, 0] and pairs.tolist() == ["a", "a", "b"]  # every clean row once, beside the round's
