@@ -730,7 +730,7 @@ def train(
         AdversarialRounds.steps
     ),
     round_eps: Annotated[
-        str | None, typer.Option("--round-eps", help="Budget of the rounds' attack (default: the smallest trained on).")
+        str | None, typer.Option("--round-eps", help="Budget of the rounds' attack (default: the one most trained attacks used).")
     ] = None,
     round_restarts: Annotated[int, typer.Option("--round-restarts", help="Restarts of the rounds' attack.")] = 1,
     batch_size: BatchOpt = None,

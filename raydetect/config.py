@@ -342,8 +342,8 @@ class AdversarialRounds:
     """Detector adversarial training (``train --adversarial-rounds``): each round attacks the training
     images with the white-box adaptive attack against the current detector, explains the adversarials
     that fool the model as the audit would, adds them to the training rows and refits. ``eps`` None:
-    the smallest budget the features' attacks used. On digits two 50-step rounds cut what a fresh
-    100-step adaptive attack got past the detector from 34% to 11% with a secret (STUDY.md)."""
+    the budget most of the features' attacks used. On digits two 50-step rounds cut what a fresh
+    100-step adaptive attack got past the detector from 40% to 12% with a secret (STUDY.md)."""
 
     rounds: int = 0
     steps: int = 50

@@ -6,6 +6,7 @@ the bundle and report) is ``stages.train``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -238,6 +239,11 @@ def describe_splits(job: dict[str, Any], fs: FeatureSet, attacks: list[str]) -> 
         "stays on one side of every split. Near-duplicates whose ids differ beyond that rule may straddle a split and "
         "flatter the held-out scores."
     )
+
+
+def is_round_attack(name: str) -> bool:
+    """Whether an attack's rows came from an adversarial training round (see :func:`round_rows`)."""
+    return re.search(r"-round\d+$", name) is not None
 
 
 def round_rows(table: Any, round_no: int) -> Any:

@@ -28,7 +28,14 @@ from raydetect.detect.dataset import FeatureSet
 from raydetect.detect.fit import FitJob, fit_local
 from raydetect.detect.heads import Head
 from raydetect.detect.ray_fit import fit_on_ray
-from raydetect.detect.training import MIN_PAIRS, TrainingResult, round_record, round_rows, train_detectors
+from raydetect.detect.training import (
+    MIN_PAIRS,
+    TrainingResult,
+    is_round_attack,
+    round_record,
+    round_rows,
+    train_detectors,
+)
 from raydetect.errors import RaydetectError
 from raydetect.explain import Explainer, feature_names
 from raydetect.explain.views import PUBLIC_KEY, secret
@@ -125,10 +132,11 @@ def run_adversarial_training(
 
     say = progress or (lambda msg: None)
     last, chosen = rounds.rounds, fit.pop("attacks", None)  # a chosen subset of attacks grows by each round's
+    figures = fit.pop("figures", False)  # drawn for the final bundle only
     if not last:
-        return run_training(features_uri, out, attacks=chosen, progress=progress, **fit)
+        return run_training(features_uri, out, attacks=chosen, progress=progress, figures=figures, **fit)
     source, model, attribution, features, trained_eps = _round_inputs(features_uri, job_config(features_uri) or {})
-    eps = rounds.eps or min(trained_eps)
+    eps = rounds.eps or max(trained_eps, key=trained_eps.count)  # the budget most attacks trained on used
     table = read_output(features_uri)
     if table is None:
         raise RaydetectError(f"no feature output under {features_uri}; run the feature job first")
@@ -154,7 +162,7 @@ def run_adversarial_training(
         table = pa.concat_tables([table, rows], promote_options="permissive")
         chosen = None if chosen is None else [*chosen, f"{cfg.name}-round{n}"]
         trained = run_training(features_uri, out if n == last else step(n), attacks=chosen, progress=progress, table=table,
-                               **fit)  # fmt: skip
+                               figures=figures and n == last, **fit)  # fmt: skip
     trained.rounds = records
     return trained
 
@@ -223,7 +231,7 @@ def training_figures(table: Any, job: dict[str, Any], result: TrainingResult, pa
         figs.distributions[attack] = (values[0][y == 0].ravel(), values[0][y == 1].ravel())
         figs.values = values[1]
     try:
-        figs.pairs = example_pairs(table, job, order, pairs)
+        figs.pairs = example_pairs(table, job, [a for a in order if not is_round_attack(a)], pairs)  # no stored image
     except RaydetectError as exc:
         figs.notes.append(f"Figure 1 is not drawn: {exc}")
     return figs

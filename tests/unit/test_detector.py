@@ -217,7 +217,7 @@ def test_round_rows_keep_a_rounds_adversarials_apart_from_every_other_attack() -
     adversarials get the round in their attack name and id, so a second round adds rows of its own."""
     import pyarrow as pa
 
-    from raydetect.detect.training import round_rows
+    from raydetect.detect.training import is_round_attack, round_rows
 
     table = pa.table({
         "id": ["a", "a|adaptive", "b", "b|adaptive"], "pair_id": ["a", "a", "b", "b"],
@@ -232,3 +232,4 @@ def test_round_rows_keep_a_rounds_adversarials_apart_from_every_other_attack() -
     assert both.attacks == ["adaptive", "adaptive-round1", "adaptive-round2"]
     _, y, pairs = both.for_attacks(["adaptive-round2"])
     assert y.tolist() == [0, 1, 0] and pairs.tolist() == ["a", "a", "b"]  # every clean row once, beside the round's
+    assert [is_round_attack(a) for a in both.attacks] == [False, True, True]
