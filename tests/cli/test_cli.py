@@ -325,3 +325,20 @@ def test_paths_in_this_repo_exist() -> None:
     root = Path(__file__).resolve().parents[2]
     for job in ("attack", "features", "train", "audit", "reproduce"):
         assert (root / "jobs" / f"{job}.py").is_file()
+
+
+def test_train_with_adversarial_rounds(ray_cluster, digits_bundle, tmp_path, monkeypatch) -> None:
+    """The CLI wiring of `train --adversarial-rounds`: the round's attack, features and first bundle under
+    rounds/, the final bundle trained on the round's attack, the rounds in the report and results.json."""
+    monkeypatch.delenv("RAYDETECT_SECRET", raising=False)
+    out = tmp_path / "t"
+    r = run("train", str(digits_bundle.parents[1] / "f"), "--out", str(out), "--no-ray", "--bootstrap", "10",
+            "--adversarial-rounds", "1", "--round-steps", "3", "--batch-size", "64")  # fmt: skip
+    assert r.exit_code == 0, err(r)
+    (record,) = json.loads((out / "results.json").read_text())["adversarial_rounds"]
+    assert record["attacked_detector"] == str(out / "rounds" / "0" / "detector") and record["fooled"] > 0
+    assert (out / "rounds" / "1" / "attack").is_dir() and (out / "rounds" / "1" / "features").is_dir()
+    manifest = json.loads((out / "detector" / "manifest.json").read_text())
+    assert "adaptive-untargeted-0.3-3x1-round1" in manifest["trained_on"]
+    assert "Adversarial training rounds" in (out / "report.md").read_text()
+    assert (out / "figure1_pairs.png").stat().st_size > 10_000  # drawn from the features' own attacks
