@@ -59,10 +59,14 @@ class FeatureStage:
         maps_fraction: float = 0.0,
         threads: int | None = None,
         batch_size: int = 16,
+        key: bytes | None = None,
     ) -> None:
         self.threads = threads  # set in __call__, not here: see set_threads
         self.model = model_loader()
-        self.explainer = Explainer(self.model, attribution, None if references is None else torch.from_numpy(references))
+        # key: the views' key, resolved by the job's driver (None: this process's RAYDETECT_SECRET); actors on
+        # other nodes do not see the driver's environment.
+        refs = None if references is None else torch.from_numpy(references)
+        self.explainer = Explainer(self.model, attribution, refs, key)
         self.attribution = attribution
         self.cfg = features
         self.maps_fraction = maps_fraction

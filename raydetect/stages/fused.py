@@ -34,10 +34,11 @@ class AttackFeatureStage:
         threads: int | None = None,
         batch_size: int = 16,
         keep_png: bool = False,
+        key: bytes | None = None,
     ) -> None:
         self.attack = AttackStage(model_loader, attacks, only_correct, threads)
         model = self.attack.model
-        self.explain = FeatureStage(lambda: model, attribution, features, None, 0.0, threads, batch_size)
+        self.explain = FeatureStage(lambda: model, attribution, features, None, 0.0, threads, batch_size, key)
         self.keep_png = keep_png
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:

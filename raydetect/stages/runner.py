@@ -240,7 +240,7 @@ class FusedJob(AttackJob):
 
     def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
         args = (ConfiguredLoader(model), self.attacks, self.attribution, self.features, self.only_correct, plan.threads,
-                plan.batch_size, self.keep_png)  # fmt: skip
+                plan.batch_size, self.keep_png, secret())  # fmt: skip
         return map_actors(ds, AttackFeatureStage, args, plan)
 
 
@@ -289,7 +289,7 @@ class FeatureJob(Job):
 
     def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
         args = (ConfiguredLoader(model), self.attribution, self.features, self.references, self.maps_fraction, plan.threads,
-                plan.batch_size)  # fmt: skip
+                plan.batch_size, secret())  # fmt: skip
         if self.attribution.baseline != "pair":
             return map_actors(ds, FeatureStage, args, plan)
         # The paper's protocol needs each clean image beside its twins: one group per pair.

@@ -103,3 +103,20 @@ def test_fused_stage_without_png_equals_attack_then_feature_stage(digits_model, 
         assert f.pop("png", png[f["id"]]) == png[f["id"]]  # kept PNGs are the attack stage's bytes
         np.testing.assert_array_equal(f.pop("features"), c.pop("features"))
         assert f == c
+
+
+def test_feature_stage_draws_with_the_key_its_job_hands_it(digits_model, attacked, monkeypatch) -> None:
+    """Actors on other nodes do not see the driver's RAYDETECT_SECRET: the job resolves the key and hands it
+    over. A stage given a key explains as this process would with that secret, whatever its own."""
+    acfg, fcfg = AttributionConfig(n_steps=4), FeatureConfig(quantiles=8)
+    assert acfg.jitter > 0  # the default views draw their strengths per image
+
+    def features(key: bytes | None) -> np.ndarray:
+        rows = [r for r in FeatureStage(lambda: digits_model, acfg, fcfg, key=key)(attacked).to_pylist() if r["status"] == "ok"]
+        return np.array([r["features"] for r in rows])
+
+    monkeypatch.setenv("RAYDETECT_SECRET", "the driver's secret")
+    driver = features(None)
+    monkeypatch.setenv("RAYDETECT_SECRET", "another node's environment")
+    np.testing.assert_array_equal(features(b"the driver's secret"), driver)
+    assert not np.allclose(features(None), driver)  # the key decides the draws
