@@ -35,7 +35,7 @@ from raydetect.attacks.suite import default_eot
 from raydetect.config import AdversarialRounds, AttackConfig
 from raydetect.detect import Detector
 from raydetect.detect.evaluation import robustness_rows
-from raydetect.explain.views import PUBLIC_KEY, secret
+from raydetect.explain.views import secret
 from raydetect.images import LocalImages, load_digits_images
 from raydetect.stages.evaluate import EvaluateStage
 from raydetect.stages.train import run_adversarial_training
@@ -53,7 +53,7 @@ def log(msg: str) -> None:
 
 def adaptive(steps: int, seed: int, det: Detector, restarts: int = 1) -> AttackConfig:
     """The white-box attack on ``det``; with restarts, a search over lam across them (``evaluate --restarts``)."""
-    eot = 1 if det.views_key == PUBLIC_KEY else default_eot(det.configs()[1].jitter)
+    eot = default_eot(det.configs()[1].jitter)  # with the public key the attack takes one draw per step anyway
     return AttackConfig(method="adaptive", eps=EPS, steps=steps, eot=eot, smooth=10.0, seed=seed, restarts=restarts,
                         lam_search=restarts - 1)  # fmt: skip
 

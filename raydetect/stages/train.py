@@ -38,7 +38,7 @@ from raydetect.detect.training import (
 )
 from raydetect.errors import RaydetectError
 from raydetect.explain import Explainer, feature_names
-from raydetect.explain.views import PUBLIC_KEY, secret
+from raydetect.explain.views import secret
 from raydetect.images import decode_png
 from raydetect.models import ImageClassifier, load_model
 from raydetect.report import write_report
@@ -137,19 +137,17 @@ def run_adversarial_training(
         return run_training(features_uri, out, attacks=chosen, progress=progress, figures=figures, **fit)
     source, model, attribution, features, trained_eps = _round_inputs(features_uri, job_config(features_uri) or {})
     eps = rounds.eps or max(trained_eps, key=trained_eps.count)  # the budget most attacks trained on used
-    table = read_output(features_uri)
-    if table is None:
-        raise RaydetectError(f"no feature output under {features_uri}; run the feature job first")
+    table = read_output(features_uri)  # grows by each round's rows (run_training refuses None)
     step = lambda n: join(out, "rounds", str(n))  # noqa: E731
     trained = run_training(features_uri, step(0), attacks=chosen, progress=progress, table=table, **fit)
     records = []
     for n in range(1, last + 1):
         det = trained.result.detector
-        det.views_key = secret()  # the trainer's key, as its audits will draw (the attacker below guesses it)
-        public = det.views_key == PUBLIC_KEY
+        det.views_key = secret()  # the trainer's key, as its audits will draw (the attacker guesses it, or with
+        # the public key computes every draw, and then takes one draw per step whatever its eot)
         cfg = AttackConfig(method="adaptive", eps=eps, steps=rounds.steps, restarts=rounds.restarts,
-                           lam_search=rounds.restarts - 1, eot=1 if public else default_eot(attribution.jitter),
-                           smooth=10.0, seed=1000 + n)  # fmt: skip
+                           lam_search=rounds.restarts - 1, eot=default_eot(attribution.jitter), smooth=10.0,
+                           seed=1000 + n)  # fmt: skip
         say(f"adversarial round {n} of {last}: {cfg.name} against {trained.bundle}")
         attack_dir, features_dir = join(step(n), "attack"), join(step(n), "features")
         run_job(AttackJob(attack_dir, model, source, [cfg], detector=det, bundle=trained.bundle), resources, address)
@@ -160,7 +158,7 @@ def run_adversarial_training(
         say(f"round {n}: {r['fooled']} of {r['attacked']} images fooled the model, {r['evaded']} of them passed the "
             f"detector ({r['evaded_rate']:.1%} evaded); refitting")  # fmt: skip
         table = pa.concat_tables([table, rows], promote_options="permissive")
-        chosen = None if chosen is None else [*chosen, f"{cfg.name}-round{n}"]
+        chosen = None if chosen is None else [*chosen, *dict.fromkeys(rows.column("attack").to_pylist())]
         trained = run_training(features_uri, out if n == last else step(n), attacks=chosen, progress=progress, table=table,
                                figures=figures and n == last, **fit)  # fmt: skip
     trained.rounds = records
