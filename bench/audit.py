@@ -308,11 +308,12 @@ def encoded_blocks(bundle: str, data: Path, n: int, block: int) -> list[dict[str
 
     from raydetect.config import Source
     from raydetect.models import model_info
-    from raydetect.stages.read import ReadImages, plan_inputs
+    from raydetect.stages.read import ReadImages, make_reader, plan_inputs
 
-    kind, items = plan_inputs(Source(str(data), limit=n))
+    source = Source(str(data), limit=n)
+    kind, items = plan_inputs(source)
     det_model = json.loads((Path(bundle) / "manifest.json").read_text())["model"]["name"]
-    reader = ReadImages(str(data), kind, model_info(det_model).preprocess, decode=False)
+    reader = ReadImages(make_reader(source, kind, model_info(det_model).preprocess, decode=False))
     chunks = [items[i : i + block] for i in range(0, len(items), block)]
     return [b for c in chunks for b in reader({k: np.array([it[k] for it in c]) for k in c[0]})]
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from raydetect import __version__, store
+from raydetect import __version__, registry, store
 from raydetect import submit as sub
 from raydetect.config import (
     ATTACK_MODES,
@@ -122,7 +122,7 @@ ModesOpt = Annotated[
     list[str] | None,
     typer.Option("--mode", help=f"Attack modes ({', '.join(ATTACK_MODES)}); repeat for several. Default: all three."),
 ]
-ExplainerOpt = Annotated[str, typer.Option("--explainer", help="ig, layer_ig, gradient_shap, ig_smoothgrad or saliency.")]
+ExplainerOpt = Annotated[str, typer.Option("--explainer", help=registry.explainer_help() + ".")]
 IGStepsOpt = Annotated[
     int, typer.Option("--ig-steps", help="Integrated Gradients steps (gradient passes per explanation, against each view).")
 ]
@@ -227,7 +227,7 @@ GpusOpt = Annotated[float, typer.Option("--gpus-per-actor", help="GPUs per actor
 CpusOpt = Annotated[
     float | None, typer.Option("--cpus-per-actor", help="CPUs reserved per actor (default leaves one for reads).")
 ]
-KindOpt = Annotated[str, typer.Option("--kind", help="Input kind: auto, imagenet, folder, parquet or digits.")]
+KindOpt = Annotated[str, typer.Option("--kind", help="Input kind: " + registry.reader_help() + ".")]
 ImageColOpt = Annotated[str, typer.Option("--image-column", help="Parquet column with encoded image bytes.")]
 IdColOpt = Annotated[str, typer.Option("--id-column", help="Parquet column with row ids (default: file#row).")]
 LabelColOpt = Annotated[str, typer.Option("--label-column", help="Parquet column with class indices, if any.")]
@@ -320,10 +320,10 @@ def mixed_strengths(
     from raydetect.attacks.suite import DEFAULT_STRENGTHS, STRENGTHS, strength_extras  # imports torch: only when used
 
     if strengths is None:
-        strengths = DEFAULT_STRENGTHS if plain_bim else "bim"
+        strengths = DEFAULT_STRENGTHS if plain_bim else registry.BIM.name
     if strengths not in STRENGTHS:
         raise RaydetectError(f"--strengths must be one of {', '.join(STRENGTHS)}; got {strengths!r}")
-    if strengths != "bim" and not plain_bim:
+    if strengths != registry.BIM.name and not plain_bim:
         raise RaydetectError(
             f"--strengths {strengths} adds early-stopped BIM to plain BIM: use it with --method bim, no --stop-margin"
         )
@@ -334,8 +334,7 @@ MethodOpt = Annotated[
     str,
     typer.Option(
         "--method",
-        help="bim (Kurakin), pgd, fgsm, paper_bim (the paper's one-step code), deepfool (minimal perturbation); "
-        "attacks that know a detector (need --detector): squeeze_eot (its views; config only) or adaptive (white box).",
+        help="Attack method. " + registry.attack_help() + ".",
     ),
 ]
 StopOpt = Annotated[
@@ -395,7 +394,7 @@ def attack(
     weights: WeightsOpt = None,
     random_weights: RandomWeightsOpt = False,
     device: DeviceOpt = "auto",
-    method: MethodOpt = "bim",
+    method: MethodOpt = registry.DEFAULT_ATTACK,
     mode: ModesOpt = None,
     eps: EpsOpt = None,
     steps: StepsOpt = 10,
@@ -443,7 +442,7 @@ def attack(
                 "smooth": smooth, "source_model": source_model}  # fmt: skip
     eps_list = parse_eps_list(eps, [4 / 255])
     attacks = attack_configs(method, mode, eps_list, steps, alpha, seed, **strength)
-    attacks += mixed_strengths(strengths, eps_list, seed, method == "bim" and stop_margin is None, mode, steps)
+    attacks += mixed_strengths(strengths, eps_list, seed, method == registry.BIM.name and stop_margin is None, mode, steps)
     if source_model:
         model_config(source_model, None, False, "auto")
     job = runner.AttackJob(out, mcfg, src, attacks, only_correct=not all_images, detector=det, bundle=detector)
@@ -465,7 +464,7 @@ def features(
     protocol: Annotated[
         str, typer.Option("--protocol", help="corrected, or paper (explain each image against its twin).")
     ] = "corrected",
-    explainer: ExplainerOpt = "ig",
+    explainer: ExplainerOpt = AttributionConfig.explainer,
     ig_steps: IGStepsOpt = AttributionConfig.n_steps,
     baseline: BaselineOpt = AttributionConfig.baseline,
     blur_sigma: BlurOpt = AttributionConfig.blur_sigma,

@@ -12,11 +12,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from raydetect import registry
 from raydetect.errors import RaydetectError
 
-AttackMethod = Literal["bim", "fgsm", "pgd", "paper_bim", "deepfool", "squeeze_eot", "adaptive"]
 AttackMode = Literal["untargeted", "random", "second"]
-Explainer = Literal["ig", "layer_ig", "gradient_shap", "ig_smoothgrad", "saliency"]
 Baseline = Literal["black", "blur", "noise", "train", "pair"]
 Integration = Literal["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"]
 DescriptorName = Literal[
@@ -31,11 +30,11 @@ DescriptorName = Literal[
 DetectorKind = Literal["lr", "rf", "xgboost"]
 CalibrationMethod = Literal["crossfit", "split"]
 VIEW_KINDS = ("blur", "median", "jpeg", "bits")
-VIEW_EXPLAINERS = ("ig", "saliency")  # the explainers that explain against extra views
-
-ATTACK_METHODS: tuple[str, ...] = get_args(AttackMethod)
+# Attack methods, explainers and input kinds are the registry's (raydetect/registry.py).
+ATTACK_METHODS: tuple[str, ...] = tuple(registry.ATTACKS)
+EXPLAINERS: tuple[str, ...] = tuple(registry.EXPLAINERS)
+VIEW_EXPLAINERS: tuple[str, ...] = tuple(n for n, s in registry.EXPLAINERS.items() if s.views)
 ATTACK_MODES: tuple[str, ...] = get_args(AttackMode)
-EXPLAINERS: tuple[str, ...] = get_args(Explainer)
 BASELINES: tuple[str, ...] = get_args(Baseline)
 INTEGRATIONS: tuple[str, ...] = get_args(Integration)
 DESCRIPTORS: tuple[str, ...] = get_args(DescriptorName)
@@ -98,9 +97,6 @@ class ModelConfig:
         return self
 
 
-ADAPTIVE_METHODS = ("squeeze_eot", "adaptive")  # attacks that know the detector (config or weights)
-
-
 @dataclass(frozen=True)
 class AttackConfig:
     """One attack setting.
@@ -124,7 +120,7 @@ class AttackConfig:
     the explanation's second-order terms are not zero.
     """
 
-    method: AttackMethod = "bim"
+    method: str = registry.DEFAULT_ATTACK
     mode: AttackMode = "untargeted"
     eps: float = 4 / 255
     alpha: float | None = None
@@ -141,18 +137,28 @@ class AttackConfig:
     source_model: str | None = None  # craft on this model instead, then transfer (a black-box attacker)
 
     @property
+    def spec(self) -> registry.AttackSpec:
+        return registry.attack(self.method)
+
+    @property
     def step_size(self) -> float:
-        if self.method in ("fgsm", "paper_bim"):
+        if self.spec.one_step:
             return self.eps
         return self.alpha if self.alpha is not None else 2.5 * self.eps / self.steps
 
     @property
     def effective_steps(self) -> int:
-        return 1 if self.method in ("fgsm", "paper_bim") else self.steps
+        return 1 if self.spec.one_step else self.steps
 
     @property
     def adaptive(self) -> bool:
-        return self.method in ADAPTIVE_METHODS
+        """Whether the attack knows the detector (its configuration or its weights)."""
+        return self.spec.knows_detector
+
+    @property
+    def max_passes(self) -> int | None:
+        """The most gradient passes per image it may spend (None: depends on the detector attacked)."""
+        return self.spec.cost(self)
 
     @property
     def name(self) -> str:
@@ -160,14 +166,14 @@ class AttackConfig:
         base = f"{self.method}-{self.mode}-{format_eps(self.eps)}"
         if self.stop_margin is not None:
             base += "-stop" if self.stop_margin == 0 else f"-k{self.stop_margin:g}"
-        if self.method == "adaptive":
-            base += f"-{self.steps}x{self.restarts}"
+        if self.spec.name_suffix is not None:
+            base += self.spec.name_suffix(self)
         if self.source_model:
             base += f"-from-{self.source_model}"
         return base
 
     def validate(self) -> AttackConfig:
-        _choice("attack method", self.method, ATTACK_METHODS)
+        _choice("attack method", self.method, tuple(registry.ATTACKS))
         _choice("attack mode", self.mode, ATTACK_MODES)
         _positive("eps", self.eps)
         if self.eps > 1:
@@ -178,7 +184,7 @@ class AttackConfig:
             raise RaydetectError(f"steps must be >= 1; got {self.steps}")
         if self.stop_margin is not None:
             _positive("stop margin", self.stop_margin, allow_zero=True)
-            if self.method in ("fgsm", "paper_bim", "deepfool"):
+            if self.spec.one_step or self.spec.stops_itself:
                 raise RaydetectError(f"--stop-margin applies to iterative attacks (bim, pgd, ...), not {self.method}")
         for name, value in (("restarts", self.restarts), ("EOT samples", self.eot), ("candidates", self.candidates)):
             if value < 1:
@@ -209,7 +215,7 @@ class AttributionConfig:
     # Defaults are the study's best row per unit of compute (STUDY.md): a blurred baseline
     # makes IG explain what the fine, high-frequency detail contributes, which is where an
     # L-inf perturbation lives; 4 Gauss-Legendre steps separate as well as 32 there.
-    explainer: Explainer = "ig"
+    explainer: str = registry.DEFAULT_EXPLAINER
     n_steps: int = 4
     integration: Integration = "gausslegendre"
     baseline: Baseline = "blur"
@@ -231,15 +237,7 @@ class AttributionConfig:
     @property
     def passes_per_image(self) -> int:
         """Gradient passes one explanation costs (excluding the prediction itself), over every view."""
-        if self.explainer == "saliency":
-            per_view = 1
-        elif self.explainer == "gradient_shap":
-            per_view = self.samples
-        elif self.explainer == "ig_smoothgrad":
-            per_view = self.n_steps * self.samples
-        else:
-            per_view = self.n_steps
-        return per_view * (1 + len(self.views))
+        return registry.EXPLAINERS[self.explainer].passes(self) * (1 + len(self.views))
 
     @property
     def audit_passes(self) -> int:
@@ -257,12 +255,14 @@ class AttributionConfig:
             raise RaydetectError(f"samples must be >= 1; got {self.samples}")
         _positive("blur sigma", self.blur_sigma)
         _positive("noise std", self.noise_std, allow_zero=True)
-        if self.explainer == "layer_ig" and not self.layer:
-            raise RaydetectError("explainer layer_ig needs --layer (early, middle, late or a module path)")
+        spec = registry.EXPLAINERS[self.explainer]
+        if spec.layer and not self.layer:
+            raise RaydetectError(f"explainer {self.explainer} needs --layer (early, middle, late or a module path)")
         if self.internal_batch_size is not None and self.internal_batch_size < 1:
             raise RaydetectError("internal batch size must be >= 1")
-        if self.baseline == "train" and self.explainer != "gradient_shap":
-            raise RaydetectError("baseline 'train' draws from clean images and only fits gradient_shap")
+        if self.baseline == "train" and not spec.references:
+            with_refs = ", ".join(n for n, e in registry.EXPLAINERS.items() if e.references)
+            raise RaydetectError(f"baseline 'train' draws from clean images and only fits {with_refs}")
         for v in self.views:
             kind, _, param = v.partition(":")
             try:
@@ -274,7 +274,9 @@ class AttributionConfig:
         if len(set(self.views)) != len(self.views):
             raise RaydetectError("views must not repeat")
         if self.views and self.explainer not in VIEW_EXPLAINERS:
-            raise RaydetectError(f"extra views need the ig or saliency explainer; give {self.explainer} views=() (--view none)")
+            raise RaydetectError(
+                f"extra views need the {' or '.join(VIEW_EXPLAINERS)} explainer; give {self.explainer} views=() (--view none)"
+            )
         _positive("jitter", self.jitter, allow_zero=True)
         return self
 
@@ -381,7 +383,7 @@ class ResourceConfig:
         return self
 
 
-SOURCE_KINDS = ("auto", "imagenet", "folder", "parquet", "webdataset", "digits")
+SOURCE_KINDS = registry.SOURCE_KINDS
 
 
 @dataclass(frozen=True)

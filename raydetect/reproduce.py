@@ -21,9 +21,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from raydetect import registry
 from raydetect.attacks import AttackResult, make_attack, stable_key
 from raydetect.attacks.suite import robustness_suite
 from raydetect.config import (
+    ATTACK_MODES,
     AttackConfig,
     AttributionConfig,
     CalibrationMethod,
@@ -53,13 +55,12 @@ log = logging.getLogger(__name__)
 
 Protocol = Literal["corrected", "paper"]
 PAPER_EPS = 0.1
-MODES = ("untargeted", "random", "second")
 
 
 def protocol_attacks(protocol: Protocol, eps: float, steps: int = 10, seed: int = 0) -> tuple[AttackConfig, ...]:
     """The three attack modes of the paper under one protocol."""
-    method = "paper_bim" if protocol == "paper" else "bim"
-    return tuple(AttackConfig(method=method, mode=m, eps=eps, steps=steps, seed=seed) for m in MODES)
+    method = registry.PAPER_ATTACK if protocol == "paper" else registry.DEFAULT_ATTACK
+    return tuple(AttackConfig(method=method, mode=m, eps=eps, steps=steps, seed=seed) for m in ATTACK_MODES)
 
 
 def protocol_attribution(protocol: Protocol, base: AttributionConfig) -> AttributionConfig:

@@ -64,13 +64,8 @@ class Adaptive(Attack):
         lam = torch.full((n,), float(cfg.lam), device=x.device)
         best = x.clone()
         best_key = torch.full((n,), float("inf"), dtype=torch.float64, device=x.device)  # lower is better (see _key)
-        g = torch.Generator(device=x.device).manual_seed(cfg.seed)
         for restart in range(max(cfg.restarts, cfg.lam_search + 1)):
-            x_adv = (
-                x.clone()
-                if restart == 0
-                else self.project(x + cfg.eps * (torch.rand(x.shape, generator=g, device=x.device) * 2 - 1), x)
-            )
+            x_adv = x.clone() if restart == 0 else self.random_start(x, restart)
             run_evaded = torch.zeros(n, dtype=torch.bool, device=x.device)
             run_fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
             for step in range(cfg.steps):

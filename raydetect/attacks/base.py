@@ -85,6 +85,16 @@ def quantize(images: torch.Tensor, clean: torch.Tensor | None = None, eps: float
     return q / 255.0
 
 
+def keyed_uniform(keys: np.ndarray, seed: int, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, *shape) noise in [-1, 1), each image's from a CPU generator seeded by (seed, its key), then moved to
+    ``device``: an image's draw depends on neither its batch nor the device."""
+    out = torch.empty((len(keys), *shape))
+    for i, key in enumerate(keys):
+        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(key)) % (1 << 63))
+        out[i] = torch.rand(shape, generator=g) * 2 - 1
+    return out.to(device)
+
+
 class Attack:
     """Base class: subclasses implement :meth:`perturb` over a batch already on the model's device."""
 
@@ -97,6 +107,12 @@ class Attack:
         self.quantize = quantize
         self.targeted = cfg.mode != "untargeted"
         self.passes = torch.zeros(0)
+        self.keys = np.zeros(0, dtype=np.int64)  # the batch's per-image keys, set by __call__
+
+    def random_start(self, x: torch.Tensor, draw: int = 0) -> torch.Tensor:
+        """A uniformly random point of each image's eps-ball, keyed per image (``draw`` numbers restarts)."""
+        noise = keyed_uniform(self.keys, self.cfg.seed + 7919 * draw, tuple(x.shape[1:]), x.device)
+        return self.project(x + self.cfg.eps * noise, x)
 
     # -- helpers shared by every attack ------------------------------------------------------
     def loss_gradient_sign(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -148,8 +164,8 @@ class Attack:
     def __call__(self, images: torch.Tensor, labels: torch.Tensor | None = None, keys: np.ndarray | None = None) -> AttackResult:
         """Attack a batch (N, C, H, W) in [0,1]. Labels < 0 (unknown) fall back to the clean prediction.
 
-        ``keys`` (N,) seed per-image randomness (random targets), so results do not depend on how
-        images are batched; they default to the position in the batch.
+        ``keys`` (N,) seed per-image randomness (random targets, random starts), so results do not depend
+        on how images are batched; they default to the position in the batch.
         """
         x = images.to(self.model.device, torch.float32)
         with torch.no_grad():
@@ -157,7 +173,8 @@ class Attack:
         clean_conf, clean_pred = logits.softmax(1).max(1)
         labels = torch.full_like(clean_pred, -1) if labels is None else labels.to(x.device)
         ref = torch.where(labels >= 0, labels, clean_pred)
-        targets = self.choose_targets(logits, ref, np.arange(len(x)) if keys is None else keys)
+        self.keys = np.arange(len(x)) if keys is None else np.asarray(keys)
+        targets = self.choose_targets(logits, ref, self.keys)
 
         self.passes = torch.zeros(len(x))
         x_float = self.perturb(x, targets)

@@ -41,6 +41,4 @@ class PGD(BIM):
     """BIM from a uniformly random start inside the eps-ball."""
 
     def start(self, x: torch.Tensor) -> torch.Tensor:
-        g = torch.Generator(device=x.device).manual_seed(self.cfg.seed)
-        noise = torch.rand(x.shape, generator=g, device=x.device) * 2 - 1
-        return self.project(x + self.cfg.eps * noise, x)
+        return self.random_start(x)

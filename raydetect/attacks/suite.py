@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 
 from raydetect.config import ATTACK_MODES, AttackConfig, AttackMode
+from raydetect.registry import ADAPTIVE, BIM, DEEPFOOL, PGD, SQUEEZE_EOT
 
 # A second real model per ImageNet model, for transfer attacks (a black-box attacker's own model).
 TRANSFER_SOURCE = {"efficientnet_lite0": "efficientnet_lite1", "efficientnet_lite1": "efficientnet_lite0",
@@ -25,7 +26,7 @@ TRANSFER_SOURCE = {"efficientnet_lite0": "efficientnet_lite1", "efficientnet_lit
 # perturbations (hardening study, confirmation half: ROC AUC 0.962 at 0.1 without, 1.000 with).
 # The untargeted early-stopped attack and DeepFool of ``robustness_suite`` are deliberately not in
 # any of them: they stay unseen strengths.
-STRENGTHS = ("bim", "mix", "wide")
+STRENGTHS = (BIM.name, "mix", "wide")  # "bim": plain BIM, nothing added
 DEFAULT_STRENGTHS = "wide"
 WIDE_EPS = 0.1  # the paper's budget: a large, visible perturbation
 
@@ -43,7 +44,7 @@ def strength_extras(
     strengths: str, eps: Sequence[float], modes: Sequence[str] = ATTACK_MODES, steps: int = 10, seed: int = 0
 ) -> tuple[AttackConfig, ...]:
     """The attacks ``strengths`` adds to plain BIM at ``steps`` in ``modes`` at each of ``eps``."""
-    if strengths == "bim":
+    if strengths == BIM.name:
         return ()
     extras = [a for e in eps for a in strength_mix(e, seed)]
     if strengths == "wide" and not any(math.isclose(e, WIDE_EPS) for e in eps):
@@ -73,18 +74,18 @@ def robustness_suite(
     (step eps/8, up to 40 steps), DeepFool (minimal perturbation), a transfer attack from another
     real model, and, with ``adaptive``, squeeze_eot and the white-box adaptive attack."""
     suite = [
-        AttackConfig(method="bim", mode=mode, eps=eps, steps=10),
-        AttackConfig(method="pgd", mode=mode, eps=eps, steps=10),
-        AttackConfig(method="bim", mode=mode, eps=eps, steps=40, alpha=eps / 8, stop_margin=0.0),
-        AttackConfig(method="deepfool", mode=mode, eps=eps, steps=50),
+        AttackConfig(method=BIM.name, mode=mode, eps=eps, steps=10),
+        AttackConfig(method=PGD.name, mode=mode, eps=eps, steps=10),
+        AttackConfig(method=BIM.name, mode=mode, eps=eps, steps=40, alpha=eps / 8, stop_margin=0.0),
+        AttackConfig(method=DEEPFOOL.name, mode=mode, eps=eps, steps=50),
     ]
     if model in TRANSFER_SOURCE:
-        suite.append(AttackConfig(method="bim", mode=mode, eps=eps, steps=10, source_model=TRANSFER_SOURCE[model]))
+        suite.append(AttackConfig(method=BIM.name, mode=mode, eps=eps, steps=10, source_model=TRANSFER_SOURCE[model]))
     if adaptive:
         suite += [
-            AttackConfig(method="squeeze_eot", mode=mode, eps=eps, steps=adaptive_steps, eot=eot),
+            AttackConfig(method=SQUEEZE_EOT.name, mode=mode, eps=eps, steps=adaptive_steps, eot=eot),
             AttackConfig(
-                method="adaptive", mode=mode, eps=eps, steps=adaptive_steps, restarts=restarts, eot=eot,
+                method=ADAPTIVE.name, mode=mode, eps=eps, steps=adaptive_steps, restarts=restarts, eot=eot,
                 lam_search=max(0, restarts - 1), smooth=smooth,
             ),
         ]  # fmt: skip

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from raydetect.config import AttributionConfig, DetectorConfig, FeatureConfig, from_dict
+from raydetect.config import ATTACK_MODES, AttributionConfig, DetectorConfig, FeatureConfig, from_dict
 from raydetect.detect.bundle import Detector
 from raydetect.detect.dataset import FeatureSet
 from raydetect.detect.fit import DEFAULT_PARAMS, CrossFit, FitJob, Fitter, clean_threshold, fit_local, split_rows
@@ -26,7 +26,7 @@ from raydetect.explain import feature_names
 # Fewest successful pairs an attack needs for a detector (and table row) of its own: an AUC
 # over one or two held-out pairs is noise.
 MIN_PAIRS = 10
-MODE_ORDER = ("untargeted", "random", "second")
+MODE_ORDER = ATTACK_MODES
 
 
 def attack_table(table: Any) -> list[dict[str, Any]]:

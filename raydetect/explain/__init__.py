@@ -2,6 +2,6 @@
 
 from raydetect.explain.baselines import gaussian_blur
 from raydetect.explain.descriptors import describe, feature_names
-from raydetect.explain.explainers import METHODS, Explainer, Explanation
+from raydetect.explain.explainers import Explainer, Explanation
 
-__all__ = ["METHODS", "Explainer", "Explanation", "describe", "feature_names", "gaussian_blur"]
+__all__ = ["Explainer", "Explanation", "describe", "feature_names", "gaussian_blur"]

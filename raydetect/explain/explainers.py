@@ -1,4 +1,5 @@
-"""Explainers, one registry: name -> how it attributes a batch, and whether it is differentiable.
+"""The explainer: runs the attribution method the registry names (``raydetect.registry.EXPLAINERS``,
+one file per method under ``explain/methods/``) against the baseline and every view.
 
 Each image is explained on its own, for the model's predicted class (an auditor has no label),
 against a baseline built from that image alone (black, blurred, noise), from clean reference
@@ -9,16 +10,16 @@ through the explanation; the others run through captum.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from raydetect import registry
 from raydetect.config import AttributionConfig
 from raydetect.errors import RaydetectError
 from raydetect.explain.baselines import baselines
-from raydetect.explain.ig import integrated_gradients
+from raydetect.explain.methods import Call
 from raydetect.explain.views import keyed_draws, view_fn, view_specs
 from raydetect.models import ImageClassifier
 
@@ -40,88 +41,6 @@ class Explanation:
     views: list[Explanation] = field(default_factory=list)  # one per extra view (AttributionConfig.views)
 
 
-@dataclass(frozen=True)
-class Call:
-    """One explanation request, as every method receives it."""
-
-    model: ImageClassifier
-    x: torch.Tensor  # (N, C, H, W)
-    base: torch.Tensor  # (N, C, H, W), or (R, C, H, W) references for 'train'
-    targets: torch.Tensor  # (N,)
-    cfg: AttributionConfig
-    keys: np.ndarray  # (N,) per-image seeds
-    chunk: int
-    create_graph: bool
-
-
-def _ig(c: Call) -> tuple[torch.Tensor, torch.Tensor | None]:
-    attr = integrated_gradients(c.model, c.x, c.base, c.targets, c.cfg.n_steps, c.cfg.integration, c.chunk, c.create_graph)
-    return attr, None  # delta follows from the logits (see Explainer.__call__)
-
-
-def _saliency(c: Call) -> tuple[torch.Tensor, torch.Tensor | None]:
-    x = c.x if c.create_graph else c.x.detach().requires_grad_(True)
-    out = c.model(x).gather(1, c.targets.view(-1, 1)).sum()
-    (grad,) = torch.autograd.grad(out, x, create_graph=c.create_graph)
-    return grad * x, None  # gradient x input
-
-
-def _layer_ig(c: Call) -> tuple[torch.Tensor, torch.Tensor | None]:
-    from captum.attr import LayerIntegratedGradients
-
-    method = LayerIntegratedGradients(c.model, c.model.layer(c.cfg.layer or ""))
-    return method.attribute(
-        c.x, baselines=c.base, target=c.targets, n_steps=c.cfg.n_steps, method=c.cfg.integration,
-        internal_batch_size=c.chunk, return_convergence_delta=True,
-    )  # fmt: skip
-
-
-def _ig_smoothgrad(c: Call) -> tuple[torch.Tensor, torch.Tensor | None]:
-    from captum.attr import IntegratedGradients, NoiseTunnel
-
-    # The noise tunnel hands IG n * samples inputs at once; chunks must hold them all.
-    attr = NoiseTunnel(IntegratedGradients(c.model)).attribute(
-        c.x, nt_type="smoothgrad", nt_samples=c.cfg.samples, stdevs=c.cfg.noise_std, baselines=c.base, target=c.targets,
-        n_steps=c.cfg.n_steps, method=c.cfg.integration, internal_batch_size=max(c.chunk, len(c.x) * c.cfg.samples),
-    )  # fmt: skip
-    return attr, None
-
-
-def _gradient_shap(c: Call) -> tuple[torch.Tensor, torch.Tensor | None]:
-    from captum.attr import GradientShap
-
-    n = len(c.x)
-    base = c.base
-    if c.cfg.baseline != "train":
-        base = base if len(base) > 1 else base.expand(2, *base.shape[1:])
-    # captum draws baselines and path points from numpy's global RNG; pin it, then restore.
-    state = np.random.get_state()
-    np.random.seed((c.cfg.seed * 1_000_003 + (int(c.keys[0]) if n else 0)) % 2**32)
-    try:
-        attr, delta = GradientShap(c.model).attribute(
-            c.x, baselines=base, n_samples=c.cfg.samples, stdevs=0.0, target=c.targets, return_convergence_delta=True
-        )
-    finally:
-        np.random.set_state(state)
-    return attr, delta.view(n, c.cfg.samples).mean(1)
-
-
-@dataclass(frozen=True)
-class Method:
-    attribute: Callable[[Call], tuple[torch.Tensor, torch.Tensor | None]]
-    differentiable: bool  # can keep the graph (create_graph=True)
-    completeness: bool  # attributions sum to f(x) - f(baseline): delta follows from the logits
-
-
-METHODS: dict[str, Method] = {
-    "ig": Method(_ig, differentiable=True, completeness=True),
-    "saliency": Method(_saliency, differentiable=True, completeness=False),
-    "layer_ig": Method(_layer_ig, differentiable=False, completeness=False),
-    "ig_smoothgrad": Method(_ig_smoothgrad, differentiable=False, completeness=False),
-    "gradient_shap": Method(_gradient_shap, differentiable=False, completeness=False),
-}
-
-
 class Explainer:
     """Explains batches of [0,1] images with one :class:`AttributionConfig`.
 
@@ -137,7 +56,8 @@ class Explainer:
             raise RaydetectError("baseline 'train' needs reference clean images")
         self.model = model.eval()
         self.cfg = cfg
-        self.method = METHODS[cfg.explainer]
+        self.method = registry.EXPLAINERS[cfg.explainer]
+        self.attribute = self.method.load()
         self.references = references
         self.key = key
 
@@ -191,7 +111,7 @@ class Explainer:
         create_graph: bool,
     ) -> Explanation:  # fmt: skip
         cfg = self.cfg
-        attr, delta = self.method.attribute(Call(self.model, x, base, t, cfg, keys, chunk, create_graph))
+        attr, delta = self.attribute(Call(self.model, x, base, t, cfg, keys, chunk, create_graph))
         mean_base = base.mean(0, keepdim=True).expand_as(x) if cfg.baseline == "train" else base
         with torch.set_grad_enabled(create_graph):
             baseline_logits = self.model(mean_base)

@@ -11,6 +11,7 @@ merged from sorted runs on the local disk.
 
 from __future__ import annotations
 
+import csv
 import heapq
 import io
 import itertools
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from raydetect import registry
 from raydetect.attacks import stable_key
 from raydetect.detect import Detector
 from raydetect.errors import RaydetectError
@@ -30,11 +32,12 @@ from raydetect.models import ImageClassifier
 from raydetect.report.document import Block, Cell, Gallery, Heading, Image, Paragraph, Report, Table, Thumb
 from raydetect.report.figures import heatmap_thumbnail, reread_image, shown_path, thumbnail
 from raydetect.report.tables import ROBUSTNESS_NOTE, calibration_rows, cross_fitted, interval, num, pct, robustness_table
-from raydetect.store import SCAN_ROWS, join, open_filesystem, scan_output
+from raydetect.report.verdict import Verdict, false_alarms, families, verdict
+from raydetect.store import SCAN_ROWS, join, open_filesystem, scan_output, write_bytes
 
 ROWS_CSV = "rows.csv"
+SUMMARY_CSV = "summary.csv"  # the verdict's figures, beside rows.csv
 TABLE_ROWS = 50_000  # flagged rows the HTML table holds (the browser stays usable); the CSV has all
-KNOWS_DETECTOR = ("adaptive", "squeeze_eot")  # attack methods that optimise against the detector
 RUN_BATCH = 512  # rows per record batch of a sorted run: the CSV merge holds one batch per run
 HIST_EDGES = np.linspace(0, 1, 41)  # the score histogram's bins
 CSV_COLUMNS = ["id", "shown_path", "path", "label", "pred", "pred_name", "conf", "score", "adversarial", "status", "error"]
@@ -287,7 +290,7 @@ def quality_blocks(det: Detector, bundle: str) -> list[Block]:
         blocks += [Heading("Against attacks it never trained on, and attackers who know it", 3), table, ROBUSTNESS_NOTE]
     if adaptive:
         blocks += [Heading("Against adaptive attacks (the attacker knows the detector)", 3), _generic_table(adaptive)]
-    knew = adaptive or any(isinstance(r, dict) and r.get("method") in KNOWS_DETECTOR for r in robust or [])
+    knew = adaptive or any(isinstance(r, dict) and registry.knows_detector(str(r.get("method", ""))) for r in robust or [])
     if not knew:
         blocks.append(
             Paragraph(
@@ -305,6 +308,87 @@ def quality_blocks(det: Detector, bundle: str) -> list[Block]:
     return blocks
 
 
+def audit_verdict(rows: AuditRows, det: Detector) -> Verdict:
+    """The verdict on these audit rows, from the bundle's calibration and its per-attack detection rates."""
+    return verdict(rows.inputs, rows.scored, rows.flagged, false_alarms(det.calibration, det.metrics), families(det.metrics))
+
+
+def _n(v: int | float) -> str:
+    return f"{v:,.0f}"
+
+
+def verdict_blocks(v: Verdict) -> list[Block]:
+    """The report's first lines: the verdict in plain words, then the estimate per measured attack."""
+    counts = f"{_n(v.scored)} images scored, {_n(v.flagged)} flagged, {_n(v.errors)} not scored (errors)."
+    head = f"**Verdict: {v.headline}.** {counts}"
+    if v.false_alarm_range is None:
+        return [Paragraph(head)]
+    lo, hi = v.false_alarm_range
+    where = "above" if v.evidence else "below" if v.flagged < lo else "inside"
+    head += (
+        f" Clean images alone would give about {_n(v.expected_false_alarms)} flags here (95% range {_n(lo)}-{_n(hi)}, "
+        f"from {v.false_alarm_source}): {_n(v.flagged)} is {where} that range"
+        + (" (these images may be unlike the clean images it was calibrated on)." if where == "below" else ".")
+    )
+    est, span = v.estimable, v.images_range
+    if span is None:
+        why = v.families_note or "no measured attack is flagged clearly more often than clean images are"
+        how_many = f"How many adversarial images: no estimate ({why})."
+    elif v.evidence:
+        lowest, highest = min(est, key=lambda e: e.images), max(est, key=lambda e: e.images)
+        how_many = (
+            f"**Estimated adversarial images: {_n(span[0])} to {_n(span[1])} of the {_n(v.scored)} scored** (95%), "
+            "if they are like the attacks measured for this detector"
+        )
+        how_many += (
+            f": about {_n(lowest.images)} if like `{lowest.family}` (caught {pct(lowest.tpr, 0)} of the time) to about "
+            f"{_n(highest.images)} if like `{highest.family}` (caught {pct(highest.tpr, 0)})."
+            if lowest.images != highest.images
+            else f": about {_n(lowest.images)} for each of the {len(est)} measured attacks."
+            if len(est) > 1
+            else f" (`{est[0].family}`, caught {pct(est[0].tpr, 0)} of the time)."
+        )
+    else:
+        how_many = f"If it holds adversarial images like those measured for this detector: at most {_n(span[1])} (95%)."
+    blocks: list[Block] = [Paragraph(head), Paragraph(how_many)]
+    if v.estimates:
+        table = []
+        for e in v.estimates:
+            found = (_n(e.images), f"{_n(e.images_range[0])}-{_n(e.images_range[1])}") if e.estimable else (
+                "no estimate", "caught about as often as clean images are flagged")  # fmt: skip
+            table.append([f"`{e.family}`", f"{pct(e.tpr)} ({e.detected}/{e.measured})", *found])
+        blocks.append(Table(["if they are like", "caught when measured", "adversarial images", "95% interval"], table))
+        blocks.append(
+            Paragraph(
+                "_The estimate covers only attacks like those measured, at their budgets, on images like the detector's "
+                "own; attacks it does not catch (other methods, smaller budgets, attackers who know the detector) could be "
+                "present in any number without adding flags._"
+            )
+        )
+    return blocks
+
+
+def summary_csv(v: Verdict) -> bytes:
+    """The verdict's figures, one per row (``figure, value, low, high, detail``): rows.csv's companion."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["figure", "value", "low", "high", "detail"])
+    for name in ("inputs", "scored", "flagged", "errors"):
+        w.writerow([name, getattr(v, name), "", "", ""])
+    w.writerow(["verdict", v.headline, "", "", ""])
+    lo, hi = v.false_alarm_range or ("", "")
+    exp = "" if math.isnan(v.expected_false_alarms) else round(v.expected_false_alarms, 1)
+    w.writerow(["expected_false_alarms", exp, lo, hi, v.false_alarm_source])
+    span = v.images_range
+    note = f"range across {len(v.estimable)} measured attack(s)" if span else v.families_note or "no estimable attack"
+    w.writerow(["adversarial_images", "", *(span or ("", "")), note])
+    for e in v.estimates:
+        caught = f"caught {e.detected}/{e.measured}"
+        w.writerow([f"adversarial_images_if_like:{e.family}", *((e.images, *e.images_range) if e.estimable else ("", "", "")),
+                    caught if e.estimable else f"{caught}: no estimate"])  # fmt: skip
+    return buf.getvalue().encode()
+
+
 def audit_report(
     out: str,
     det: Detector,
@@ -312,15 +396,21 @@ def audit_report(
     top: int = 20,
     root: str = "",
     load_model: Callable[[], ImageClassifier] | None = None,
-) -> Report:
-    """The report of the audit rows under ``<out>/rows`` (which also go to ``<out>/rows.csv``).
+) -> tuple[Report, dict[str, Any]]:
+    """The report of the audit rows under ``<out>/rows`` (which also go to ``<out>/rows.csv``, and
+    the verdict's figures to ``<out>/summary.csv``), and its ``results.json`` record.
 
     ``root`` is the audited source (paths are shown relative to it); ``load_model`` loads the
     bundle's classifier for the thumbnails' heatmaps (None: no thumbnails).
     """
     rows = scan_audit(out, root, top)
     csv_path, n_ok, n_flagged = rows.csv_path, rows.scored, rows.flagged
+    v = audit_verdict(rows, det)
+    write_bytes(join(out, SUMMARY_CSV), summary_csv(v))
+    results = {"bundle": bundle, "threshold": det.threshold, "target_fpr": det.target_fpr, "verdict": v.to_dict(),
+               "rows_csv": csv_path, "summary_csv": join(out, SUMMARY_CSV)}  # fmt: skip
     report = Report("raydetect audit")
+    report.add(*verdict_blocks(v))
     report.figures["score_histogram.png"] = score_histogram(rows.histogram, det.threshold, det.target_fpr, n_flagged)
     counts = [
         ["inputs", rows.inputs],
@@ -387,13 +477,16 @@ def audit_report(
     report.add(*quality_blocks(det, bundle), Paragraph(bundle_note(det)))
     report.add(
         Heading("Files"),
-        Paragraph(f"Every row (one per input, errors with their reason): `{join(out, 'rows')}` (Parquet) and `{csv_path}`."),
+        Paragraph(
+            f"Every row (one per input, errors with their reason): `{join(out, 'rows')}` (Parquet) and `{csv_path}`; "
+            f"the verdict's figures: `{join(out, SUMMARY_CSV)}` and `{join(out, 'results.json')}`."
+        ),
         Paragraph(
             "A flag means the image's explanation looks like those of the adversarial images the detector was trained on. "
             "It is evidence to inspect, not proof; attacks unlike the training attacks may go unflagged."
         ),
     )
-    return report
+    return report, results
 
 
 def _per_class(per_class: dict[tuple[str, int], list[int]]) -> list[list[Any]]:

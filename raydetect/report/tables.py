@@ -8,6 +8,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from raydetect import registry
 from raydetect.config import format_eps
 from raydetect.detect.metrics import MAX_FAILED_SHARE, TOO_FEW_CLEAN
 from raydetect.report.document import Block, Heading, Paragraph, Table
@@ -45,12 +46,8 @@ def newest_run(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def attack_label(row: dict[str, Any]) -> str:
-    method = {
-        "bim": f"BIM-{row['steps']}",
-        "pgd": f"PGD-{row['steps']}",
-        "fgsm": "FGSM",
-        "paper_bim": "paper's BIM (= 1 step)",
-    }.get(row["method"], row["method"])
+    spec = registry.ATTACKS.get(row["method"])
+    method = spec.label.format(steps=row.get("steps", "")) if spec else row["method"]
     name = row.get("attack", "")
     stop = re.search(r"-(stop|k[0-9.e+]+)(-|$)", name)  # AttackConfig.name's stop-margin part
     if stop:
@@ -198,10 +195,9 @@ FOOTNOTE = Paragraph(
 
 def knows(row: dict[str, Any]) -> str:
     """What the attacker knows of the detector."""
-    if row["method"] == "adaptive":
-        return "white box (weights)"
-    if row["method"] == "squeeze_eot":
-        return "configuration"
+    knows = registry.knows_detector(row["method"])
+    if knows:
+        return knows
     return "no" + (f" (transfer from {row['attack'].split('-from-')[1]})" if "-from-" in row["attack"] else "")
 
 

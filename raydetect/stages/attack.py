@@ -39,7 +39,7 @@ def build_attacks(
     """Each config's attack on ``model``; a transfer attack gets its own source model (loaded once),
     attacks that know the detector get its views or its differentiable logit."""
     views = detector.views() if detector is not None else []
-    logit = detector.attack_logit(model) if detector is not None and any(c.method == "adaptive" for c in configs) else None
+    logit = detector.attack_logit(model) if detector is not None and any(c.spec.needs == "detector" for c in configs) else None
     sources: dict[str, ImageClassifier] = {}
     out = []
     for cfg in configs:

@@ -427,8 +427,8 @@ def run_audit(
     det, mcfg = load_for_audit(bundle, model, weights, trusted_keys)
     summary = run_job(AuditJob(out, mcfg, source, det, bundle), resources, address)
     root = source.uri if isinstance(source, Source) else ""  # a Dataset has no root to show paths under
-    report = audit_report(out, det, bundle, top, root, lambda: load_model(mcfg))
-    return summary, write_report(out, report)
+    report, results = audit_report(out, det, bundle, top, root, lambda: load_model(mcfg))
+    return summary, write_report(out, report, results)
 
 
 def run_evaluation(

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raydetect import registry
 from raydetect.attacks import make_attack, quantize, stable_key
 from raydetect.attacks.suite import default_eot
 from raydetect.config import (
@@ -145,7 +146,7 @@ def run_adversarial_training(
         det = trained.result.detector
         det.views_key = secret()  # the trainer's key, as its audits will draw (the attacker guesses it, or with
         # the public key computes every draw, and then takes one draw per step whatever its eot)
-        cfg = AttackConfig(method="adaptive", eps=eps, steps=rounds.steps, restarts=rounds.restarts,
+        cfg = AttackConfig(method=registry.ADAPTIVE.name, eps=eps, steps=rounds.steps, restarts=rounds.restarts,
                            lam_search=rounds.restarts - 1, eot=default_eot(attribution.jitter), smooth=10.0,
                            seed=1000 + n)  # fmt: skip
         say(f"adversarial round {n} of {last}: {cfg.name} against {trained.bundle}")

@@ -86,6 +86,24 @@ def test_report_shows_thumbnails_flagged_rows_classes_and_limits(audited) -> Non
     assert not re.search(r"<img src='(?!data:)", page) and not re.search(r"(src|href)=['\"]?https?:", page)
 
 
+def test_the_report_opens_with_the_verdict_and_its_figures_are_in_results_and_summary(audited) -> None:
+    _, out = audited
+    with open(out / "rows.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    verdict = json.loads((out / "results.json").read_text())["verdict"]
+    assert verdict["inputs"] == len(rows) and verdict["scored"] == sum(r["status"] == "ok" for r in rows)
+    assert verdict["flagged"] == sum(r["adversarial"] == "true" for r in rows) and verdict["false_alarm_range"]
+    first = (out / "report.md").read_text().splitlines()[2]  # after the title
+    assert first.startswith(f"**Verdict: {verdict['headline']}.** {verdict['scored']} images scored, {verdict['flagged']} ")
+    assert "Clean images alone would give about" in first
+    with open(out / "summary.csv", newline="") as f:
+        summary = {r["figure"]: r for r in csv.DictReader(f)}
+    assert summary["flagged"]["value"] == str(verdict["flagged"]) and summary["verdict"]["value"] == verdict["headline"]
+    assert [int(summary["expected_false_alarms"][k]) for k in ("low", "high")] == verdict["false_alarm_range"]
+    # The bundle measured both of its attacks at its threshold: one estimate each.
+    assert {e["family"] for e in verdict["estimates"]} == {"bim-untargeted-0.3", "bim-second-0.3"}
+
+
 def test_images_inside_parquet_get_no_thumbnail_but_a_reason(ray_cluster, digits_bundle, tmp_path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -22,6 +22,7 @@ RAY_EXCEPTIONS = {"raydetect.detect.ray_fit"}
 # The pipeline, bottom to top. Equal layers may not import each other.
 LAYER = {
     "errors": 0, "_ray_workers": 0,
+    "registry": 0.5,  # names and metadata only: what config validates against
     "config": 1,
     "raydetect": 2, "images": 2, "store": 2, "resources": 2,
     "models": 3,
