@@ -181,13 +181,13 @@ class TwoModelDetector:
         assert model is self.model
         return self
 
-    def __call__(self, x: torch.Tensor, draw: int) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, draw: int, keys: np.ndarray | None = None) -> torch.Tensor:
         """The white-box attacker's logit (attacks.adaptive.DetectorLogit): no randomness to draw. The
         attack smooths the audited model's ReLUs; the second model's get the same softplus here."""
         with smooth_activations(self.second.model, ADAPTIVE_SMOOTH):
             return self.first.head.logit(self.features(x, create_graph=True))
 
-    def judge(self, x: torch.Tensor, draw: int) -> torch.Tensor:
+    def judge(self, x: torch.Tensor, draw: int, keys: np.ndarray | None = None) -> torch.Tensor:
         return self.first.head.logit(self.features(x)).detach()
 
 

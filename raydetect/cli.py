@@ -5,6 +5,7 @@ Library errors (:class:`RaydetectError`) become one line on stderr and a non-zer
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -113,7 +114,9 @@ WeightsOpt = Annotated[
 RandomWeightsOpt = Annotated[
     bool, typer.Option("--random-weights", help="Random weights: plumbing tests only, results are meaningless.")
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="auto (GPUs where the cluster has them), cpu or cuda: where the job runs the model.")
+]
 EpsOpt = Annotated[
     list[str] | None, typer.Option("--eps", help="L-inf budget on [0,1] pixels, e.g. 4/255 or 0.1; repeat for several.")
 ]
@@ -146,7 +149,7 @@ def model_config(model: str, weights: Path | None, random_weights: bool, device:
 
     return checked(
         ModelConfig(name=model, weights=str(weights) if weights else None, random_weights=random_weights, device=device)
-    )
+    ).validate(ray=True)  # every command runs its model in Ray actors
 
 
 def attribution_config(
@@ -370,6 +373,14 @@ LamSearchOpt = Annotated[int, typer.Option("--lam-search", help="adaptive: doubl
 SmoothOpt = Annotated[
     float, typer.Option("--smooth", help="adaptive: gradients through softplus(beta x) for ReLUs (0: off); e.g. 10.")
 ]
+PostOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--post",
+        help="What the dataset's pipeline does to each adversarial after the attack: jpeg:Q (saved as JPEG at quality "
+        "Q) or resize:S (down by S in (0, 1), then back). Success is judged on the processed image.",
+    ),
+]
 SourceModelOpt = Annotated[
     str | None, typer.Option("--source-model", help="Craft on this model instead and transfer (a black-box attacker).")
 ]
@@ -410,6 +421,7 @@ def attack(
     lam_search: LamSearchOpt = 0,
     smooth: SmoothOpt = 0.0,
     source_model: SourceModelOpt = None,
+    post: PostOpt = None,
     all_images: Annotated[bool, typer.Option("--all-images", help="Also attack images the model misclassifies.")] = False,
     kind: KindOpt = "auto",
     image_column: ImageColOpt = "image",
@@ -439,10 +451,11 @@ def attack(
     det = load_for_audit(detector, mcfg.name)[0] if detector else None
     eot = default_eot(det.configs()[1].jitter if det else 0.0, eot)
     strength = {"stop_margin": stop_margin, "restarts": restarts, "eot": eot, "lam": lam, "lam_search": lam_search,
-                "smooth": smooth, "source_model": source_model}  # fmt: skip
+                "smooth": smooth, "source_model": source_model, "post": post}  # fmt: skip
     eps_list = parse_eps_list(eps, [4 / 255])
     attacks = attack_configs(method, mode, eps_list, steps, alpha, seed, **strength)
-    attacks += mixed_strengths(strengths, eps_list, seed, method == registry.BIM.name and stop_margin is None, mode, steps)
+    extras = mixed_strengths(strengths, eps_list, seed, method == registry.BIM.name and stop_margin is None, mode, steps)
+    attacks += [dataclasses.replace(a, post=post).validate() for a in extras]  # the pipeline processes every image
     if source_model:
         model_config(source_model, None, False, "auto")
     job = runner.AttackJob(out, mcfg, src, attacks, only_correct=not all_images, detector=det, bundle=detector)
@@ -868,6 +881,7 @@ def audit(
     top: Annotated[
         int, typer.Option("--top", help="How many of the most suspicious images the report shows, with thumbnail and heatmap.")
     ] = 20,
+    device: DeviceOpt = "auto",
     trust_key: Annotated[
         list[Path] | None,
         typer.Option(
@@ -896,11 +910,13 @@ def audit(
     if model is not None:
         model_config(model, None, False, "auto")
     trusted = public_keys(trust_key) if trust_key else None  # None: $RAYDETECT_TRUSTED_KEYS decides
-    load_for_audit(detector, model, str(weights) if weights else None, trusted)  # fail fast, before Ray starts
+    # fail fast, before Ray starts
+    load_for_audit(detector, model, str(weights) if weights else None, trusted, device)[1].validate(ray=True)
     if top < 0:
         raise RaydetectError("--top must be >= 0")
     resources = resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor)
-    s, report = run_audit(src, out, detector, resources, model, str(weights) if weights else None, top, address, trusted)
+    s, report = run_audit(src, out, detector, resources, model, str(weights) if weights else None, top, address, trusted,
+                          device)  # fmt: skip
     status = ", ".join(f"{k}: {v}" for k, v in sorted(s.rows_by_status.items()))
     typer.echo(f"audit: {s.rows_total} inputs ({status}) in {s.seconds:.0f} s")
     typer.echo(f"report: {report}")
@@ -921,6 +937,7 @@ def evaluate(
     eot: EotOpt = None,
     smooth: Annotated[float, typer.Option("--smooth", help="adaptive: softplus beta for ReLUs in its gradients.")] = 10.0,
     no_adaptive: Annotated[bool, typer.Option("--no-adaptive", help="Skip the attacks that know the detector.")] = False,
+    device: DeviceOpt = "auto",
     kind: KindOpt = "auto",
     limit: LimitOpt = None,
     offset: OffsetOpt = 0,
@@ -946,7 +963,8 @@ def evaluate(
     src = source_config(input, kind, "image", "id", "label", limit, offset)
     if mode not in ATTACK_MODES:
         raise RaydetectError(f"--mode must be one of {', '.join(ATTACK_MODES)}; got {mode!r}")
-    det, mcfg = load_for_audit(detector)  # fail fast, before Ray starts
+    det, mcfg = load_for_audit(detector, device=device)  # fail fast, before Ray starts
+    mcfg.validate(ray=True)
     eot = default_eot(det.configs()[1].jitter, eot)
     suite = [
         a.validate()
@@ -954,7 +972,7 @@ def evaluate(
         for a in robustness_suite(e, mcfg.name, mode, adaptive_steps, restarts, eot, smooth, adaptive=not no_adaptive)  # type: ignore[arg-type]
     ]
     _, rows = run_evaluation(src, store.join(out, "rows"), detector, suite, resource_config(batch_size, actors,
-                                   gpus_per_actor, cpus_per_actor), address=address)  # fmt: skip
+                                   gpus_per_actor, cpus_per_actor), address=address, device=device)  # fmt: skip
     images = rows[0]["n_clean"] if rows else 0
     key = key_note(det.configs()[1].jitter, det.views_key == PUBLIC_KEY, eot)
     report = evaluation_report(detector, input, rows, images, key)

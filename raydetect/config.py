@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -78,7 +79,8 @@ class ModelConfig:
     """Which classifier to load and where.
 
     ``weights`` is a local file (state dict); ``random_weights`` builds the architecture with
-    random initialisation, for plumbing tests only. ``device`` is ``auto``, ``cpu`` or ``cuda[:N]``.
+    random initialisation, for plumbing tests only. ``device`` is ``auto``, ``cpu`` or ``cuda[:N]``:
+    where the job runs the model, never part of a bundle (a bundle's model loads as ``auto``).
     """
 
     name: str = "efficientnet_lite0"
@@ -86,14 +88,20 @@ class ModelConfig:
     random_weights: bool = False
     device: str = "auto"
 
-    def validate(self) -> ModelConfig:
-        """Checks that need no model code; ``models.registry.checked`` adds the name check."""
+    def validate(self, ray: bool = False) -> ModelConfig:
+        """Checks that need no model code; ``models.registry.checked`` adds the name check. ``ray``: the
+        model runs in Ray actors, which see only the GPUs Ray gave them, renumbered from 0."""
         if not self.name:
             raise RaydetectError("a model name is needed")
         if self.weights is not None and self.random_weights:
             raise RaydetectError("give either --weights or --random-weights, not both")
-        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise RaydetectError(f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
+        if ray and self.device.startswith("cuda:") and int(self.device[5:]) > 0:
+            raise RaydetectError(
+                f"device {self.device!r}: under Ray each actor sees only the GPU Ray reserved for it, as cuda:0; "
+                "give --device cuda (Ray picks the GPU; CUDA_VISIBLE_DEVICES on the nodes limits which)"
+            )
         return self
 
 
@@ -135,6 +143,10 @@ class AttackConfig:
     lam_search: int = 0
     smooth: float = 0.0
     source_model: str | None = None  # craft on this model instead, then transfer (a black-box attacker)
+    # What the dataset's own pipeline does to a planted image after the attack: "jpeg:Q" (saved as JPEG at
+    # quality Q) or "resize:S" (downscaled by S in (0, 1), then back). The attack does not see it; success
+    # is judged again on the processed image, which is what an auditor receives.
+    post: str | None = None
 
     @property
     def spec(self) -> registry.AttackSpec:
@@ -170,7 +182,17 @@ class AttackConfig:
             base += self.spec.name_suffix(self)
         if self.source_model:
             base += f"-from-{self.source_model}"
+        if self.post:
+            base += "-" + self.post.replace(":", "")
         return base
+
+    @property
+    def post_step(self) -> tuple[str, float] | None:
+        """(kind, parameter) of ``post``."""
+        if not self.post:
+            return None
+        kind, _, param = self.post.partition(":")
+        return kind, float(param)
 
     def validate(self) -> AttackConfig:
         _choice("attack method", self.method, tuple(registry.ATTACKS))
@@ -194,6 +216,17 @@ class AttackConfig:
         _positive("smoothing", self.smooth, allow_zero=True)
         if self.lam_search < 0:
             raise RaydetectError(f"lambda search steps must be >= 0; got {self.lam_search}")
+        if self.post:
+            kind, _, param = self.post.partition(":")
+            try:
+                value = float(param)
+            except ValueError:
+                value = -1.0
+            ok = (kind == "jpeg" and 1 <= value <= 100 and value.is_integer()) or (kind == "resize" and 0 < value < 1)
+            if not ok:
+                raise RaydetectError(
+                    f"post-processing is jpeg:Q (Q 1-100) or resize:S (0 < S < 1), e.g. jpeg:90; got {self.post!r}"
+                )
         if self.source_model and self.adaptive:
             raise RaydetectError("a transfer attack is crafted on another model without the detector; not with " + self.method)
         return self
@@ -365,12 +398,15 @@ class AdversarialRounds:
 @dataclass(frozen=True)
 class ResourceConfig:
     """How a Ray job uses the cluster. ``None`` means: pick from what the cluster has
-    (batch size: 16 images on CPU, 64 on GPU)."""
+    (batch size: 16 images on CPU, 64 on GPU). ``pass_memory_mb``: the memory one gradient pass of
+    the explanation may take; its chunk of inputs is sized to it (None: a default per device, see
+    ``models.runtime.pass_chunk``)."""
 
     batch_size: int | None = None
     num_actors: int | None = None
     gpus_per_actor: float = 0.0
     cpus_per_actor: float | None = None
+    pass_memory_mb: float | None = None
 
     def validate(self) -> ResourceConfig:
         if self.batch_size is not None and self.batch_size < 1:
@@ -378,8 +414,12 @@ class ResourceConfig:
         if self.num_actors is not None and self.num_actors < 1:
             raise RaydetectError(f"actors must be >= 1; got {self.num_actors}")
         _positive("GPUs per actor", self.gpus_per_actor, allow_zero=True)
+        if self.gpus_per_actor > 1:  # an actor's model runs on one device; a second GPU would sit reserved and idle
+            raise RaydetectError(f"GPUs per actor must be at most 1 (the model runs on one GPU); got {self.gpus_per_actor:g}")
         if self.cpus_per_actor is not None:
             _positive("CPUs per actor", self.cpus_per_actor)
+        if self.pass_memory_mb is not None:
+            _positive("pass memory (MB)", self.pass_memory_mb)
         return self
 
 

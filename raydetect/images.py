@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -252,3 +253,30 @@ def load_digits_images(split: str = "test", limit: int | None = None, offset: in
 def batches(n: int, size: int) -> Iterator[slice]:
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
+
+
+def jpeg_roundtrip(x: Any, quality: int) -> Any:
+    """(N, C, H, W) torch images in [0,1] saved as JPEG at ``quality`` and decoded again, as a dataset's
+    own pipeline would store them (on the CPU, PIL's encoder; returned on ``x``'s device)."""
+    import torch  # images.py serves torch-free readers too
+
+    out = torch.empty_like(x)
+    for i, img in enumerate(x.detach().cpu()):
+        arr = np.clip(np.rint(img.numpy() * 255), 0, 255).astype(np.uint8)
+        pil = Image.fromarray(arr[0], "L") if arr.shape[0] == 1 else Image.fromarray(arr.transpose(1, 2, 0), "RGB")
+        buf = io.BytesIO()
+        pil.save(buf, format="JPEG", quality=int(quality))
+        back = np.asarray(Image.open(buf), dtype=np.float32) / 255
+        out[i] = torch.from_numpy(back[None] if back.ndim == 2 else back.transpose(2, 0, 1))
+    return out
+
+
+def resize_roundtrip(x: Any, scale: float) -> Any:
+    """(N, C, H, W) torch images downscaled by ``scale`` (antialiased bilinear), then back to their size and
+    onto the 8-bit grid: a thumbnailing pipeline's loss of detail."""
+    import torch.nn.functional as F  # images.py serves torch-free readers too
+
+    h, w = x.shape[-2:]
+    small = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear", antialias=True)
+    back = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    return back.clamp(0, 1).mul(255).round().div(255)

@@ -45,6 +45,7 @@ class AttackSpec:
     stops_itself: bool = False  # stops at the first 8-bit success by design: --stop-margin does not apply
     knows: str = ""
     needs: str = ""
+    query_only: bool = False  # uses only the model's outputs, no gradients (a black-box attacker)
     fields: tuple[str, ...] = ()
     name_suffix: Callable[[Any], str] | None = None  # extra part of AttackConfig.name
 
@@ -66,38 +67,83 @@ def _steps(cfg: Any) -> int:
 
 # The code names attacks through these (``BIM.name``), never by a string of its own.
 BIM = AttackSpec(
-    "bim", "raydetect.attacks.bim:BIM", "Kurakin et al.'s iterative signed-gradient method (BIM)", "BIM-{steps}", _steps,
+    "bim",
+    "raydetect.attacks.bim:BIM",
+    "Kurakin et al.'s iterative signed-gradient method (BIM)",
+    "BIM-{steps}",
+    _steps,
     fields=("steps", "alpha", "stop_margin"),
 )
 PGD = AttackSpec(
-    "pgd", "raydetect.attacks.bim:PGD", "BIM from a random start in the eps-ball (Madry et al.)", "PGD-{steps}", _steps,
+    "pgd",
+    "raydetect.attacks.bim:PGD",
+    "BIM from a random start in the eps-ball (Madry et al.)",
+    "PGD-{steps}",
+    _steps,
     fields=("steps", "alpha", "stop_margin"),
 )
-FGSM = AttackSpec("fgsm", "raydetect.attacks.fgsm:FGSM", "one signed-gradient step of size eps", "FGSM", lambda c: 1,
-                  one_step=True)
+FGSM = AttackSpec(
+    "fgsm", "raydetect.attacks.fgsm:FGSM", "one signed-gradient step of size eps", "FGSM", lambda c: 1, one_step=True
+)
 PAPER_BIM = AttackSpec(
-    "paper_bim", "raydetect.attacks.fgsm:PaperBIM", "the paper's code's 'BIM' (one step)", "paper's BIM (= 1 step)",
-    lambda c: 1, one_step=True,
+    "paper_bim",
+    "raydetect.attacks.fgsm:PaperBIM",
+    "the paper's code's 'BIM' (one step)",
+    "paper's BIM (= 1 step)",
+    lambda c: 1,
+    one_step=True,
 )
 DEEPFOOL = AttackSpec(
-    "deepfool", "raydetect.attacks.deepfool:DeepFool", "minimal perturbation, stops once the 8-bit copy fools the model",
-    "DeepFool", lambda c: c.steps * (1 if c.mode != "untargeted" else c.candidates), stops_itself=True,
+    "deepfool",
+    "raydetect.attacks.deepfool:DeepFool",
+    "minimal perturbation, stops once the 8-bit copy fools the model",
+    "DeepFool",
+    lambda c: c.steps * (1 if c.mode != "untargeted" else c.candidates),
+    stops_itself=True,
     fields=("steps", "overshoot", "candidates"),
 )
+CW_L2 = AttackSpec(
+    "cw_l2",
+    "raydetect.attacks.cw:CWL2",
+    "Carlini-Wagner L2 inside the eps-ball: smallest L2 change that fools the model (--lam: c, --stop-margin: kappa)",
+    "CW-L2 ({steps} steps)",
+    lambda c: c.steps * (c.lam_search + 1),
+    fields=("steps", "alpha", "stop_margin", "lam", "lam_search"),
+)
 SQUEEZE_EOT = AttackSpec(
-    "squeeze_eot", "raydetect.attacks.squeeze:SqueezeEOT",
+    "squeeze_eot",
+    "raydetect.attacks.squeeze:SqueezeEOT",
     "knows the detector's configuration: BIM on the image and every view it computes (needs --detector)",
-    "BIM on every view (EOT)", lambda c: None, knows="configuration", needs="views", fields=("steps", "alpha", "eot"),
+    "BIM on every view (EOT)",
+    lambda c: None,
+    knows="configuration",
+    needs="views",
+    fields=("steps", "alpha", "eot"),
 )
 ADAPTIVE = AttackSpec(
-    "adaptive", "raydetect.attacks.adaptive:Adaptive",
-    "white box: PGD through the model and the whole detector (needs --detector)", "adaptive PGD-{steps}",
-    lambda c: None, knows="white box (weights)", needs="detector",
+    "adaptive",
+    "raydetect.attacks.adaptive:Adaptive",
+    "white box: PGD through the model and the whole detector (needs --detector)",
+    "adaptive PGD-{steps}",
+    lambda c: None,
+    knows="white box (weights)",
+    needs="detector",
     fields=("steps", "alpha", "stop_margin", "restarts", "eot", "lam", "lam_search", "smooth"),
     name_suffix=lambda c: f"-{c.steps}x{c.restarts}",
 )
 
-ATTACKS: dict[str, AttackSpec] = {s.name: s for s in (BIM, PGD, FGSM, PAPER_BIM, DEEPFOOL, SQUEEZE_EOT, ADAPTIVE)}
+SQUARE = AttackSpec(
+    "square",
+    "raydetect.attacks.square:Square",
+    "Square Attack: query-only (the model's scores, no gradients), --steps queries, stops at the first success",
+    "Square ({steps} queries)",
+    lambda c: c.steps,
+    stops_itself=True,
+    query_only=True,
+    fields=("steps",),
+)
+
+ATTACKS: dict[str, AttackSpec] = {s.name: s for s in (BIM, PGD, FGSM, PAPER_BIM, DEEPFOOL, CW_L2, SQUARE, SQUEEZE_EOT, ADAPTIVE)}
 DEFAULT_ATTACK = BIM.name
 PAPER_ATTACK = PAPER_BIM.name  # what the paper's code ran (replication protocol)
 
@@ -210,6 +256,7 @@ __all__ = [
     "ADAPTIVE",
     "ATTACKS",
     "BIM",
+    "CW_L2",
     "DEEPFOOL",
     "DEFAULT_ATTACK",
     "DEFAULT_EXPLAINER",
@@ -220,6 +267,7 @@ __all__ = [
     "PGD",
     "READERS",
     "SOURCE_KINDS",
+    "SQUARE",
     "SQUEEZE_EOT",
     "AttackSpec",
     "ExplainerSpec",

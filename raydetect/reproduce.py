@@ -372,8 +372,9 @@ def _reproduce_ray(
         ids = held_out_ids(feats, seed)[: robustness.images]
         suite = tuple(a for e in sorted({a.eps for a in attacks}) for a in robustness.suite(e, model_cfg.name))
         log.info("robustness: %d attacks on %d held-out images", len(suite), len(ids))
+        where = str(out / protocol / "robustness")
         _, result.robustness = run_evaluation(
-            Source(data), str(out / protocol / "robustness"), trained.bundle, suite, resources, set(ids), address
+            Source(data), where, trained.bundle, suite, resources, set(ids), address, model_cfg.device
         )
         result.robustness_images = len(ids)
         add_metrics(rep.detector, trained.bundle, {"robustness": result.robustness}, signing_key)

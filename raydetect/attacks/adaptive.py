@@ -18,6 +18,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from raydetect.attacks.base import Attack, margin
@@ -39,11 +40,12 @@ class DetectorLogit(Protocol):
     passes: int  # gradient passes through the classifier per image per call
     random: bool  # whether the attacker must guess the defense's randomness (then EOT averages over draws)
 
-    def __call__(self, x: torch.Tensor, draw: int) -> torch.Tensor:
-        """(N,) logits with the graph kept; ``draw`` numbers the EOT sample of the defense's randomness."""
+    def __call__(self, x: torch.Tensor, draw: int, keys: np.ndarray | None = None) -> torch.Tensor:
+        """(N,) logits with the graph kept; ``draw`` numbers the EOT sample of the defense's randomness,
+        drawn per image from its key in ``keys`` (N,), so that neither the batch nor the device changes it."""
         ...
 
-    def judge(self, x: torch.Tensor, draw: int) -> torch.Tensor:
+    def judge(self, x: torch.Tensor, draw: int, keys: np.ndarray | None = None) -> torch.Tensor:
         """(N,) logits of the detector itself (no smoothing, no graph), as the attacker can estimate them."""
         ...
 
@@ -74,7 +76,7 @@ class Adaptive(Attack):
                 with smooth:
                     m = margin(self.model(xa), targets, self.targeted)
                     draw = (restart * cfg.steps + step) * eot
-                    det = torch.stack([self.detector(xa, draw + d) for d in range(eot)]).mean(0)
+                    det = torch.stack([self.detector(xa, draw + d, self.keys) for d in range(eot)]).mean(0)
                     # Fool the model first: the detector term counts only for iterates that already fool
                     # it, so it can never hold an image on the clean side of the boundary.
                     loss = torch.clamp(-m, min=-self.kappa) + lam * det * (m.detach() > 0)
@@ -83,7 +85,7 @@ class Adaptive(Attack):
                 # its 8-bit copy, which is what the attack returns, by the model and by the detector itself
                 # (not its smoothed copy, whose logit can be far from the real one).
                 m_q, q = self.margin_8bit(xa.detach(), x, targets)
-                judged = torch.stack([self.detector.judge(q, JUDGE_DRAWS + draw + d) for d in range(eot)]).mean(0)
+                judged = torch.stack([self.detector.judge(q, JUDGE_DRAWS + draw + d, self.keys) for d in range(eot)]).mean(0)
                 self.passes += 1 + 2 * eot * self.detector.passes
                 key = self._key(m_q, judged)
                 better = key < best_key

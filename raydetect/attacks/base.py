@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from raydetect.config import AttackConfig
+from raydetect.images import jpeg_roundtrip, resize_roundtrip
 from raydetect.models import ImageClassifier
+from raydetect.models.runtime import seeded_uniform
 
 
 @dataclass
@@ -85,14 +87,32 @@ def quantize(images: torch.Tensor, clean: torch.Tensor | None = None, eps: float
     return q / 255.0
 
 
+def quantize_away(images: torch.Tensor, clean: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+    """Round each pixel's change to the 8-bit grid *away* from the clean image, so a perturbation below
+    half a grey level survives saving as at least one level (a minimal attack's last resort).
+    With ``eps`` the result stays inside the eps-ball, as :func:`quantize` keeps it."""
+    base = torch.round(clean * 255.0)
+    delta = images * 255.0 - base
+    q = torch.clamp(base + torch.sign(delta) * torch.ceil(delta.abs() - 1e-4), 0, 255)
+    if eps is not None:
+        hi = torch.floor((clean + eps) * 255.0 + 1e-4)
+        lo = torch.ceil((clean - eps) * 255.0 - 1e-4)
+        q = torch.clamp(torch.minimum(torch.maximum(q, lo), hi), 0, 255)
+    return q / 255.0
+
+
+def post_process(images: torch.Tensor, cfg: AttackConfig) -> torch.Tensor:
+    """``cfg.post`` applied to the attack's result: what the dataset's pipeline makes of a planted image."""
+    step = cfg.post_step
+    if step is None:
+        return images
+    kind, param = step
+    return jpeg_roundtrip(images, int(param)) if kind == "jpeg" else resize_roundtrip(images, param)
+
+
 def keyed_uniform(keys: np.ndarray, seed: int, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
-    """(N, *shape) noise in [-1, 1), each image's from a CPU generator seeded by (seed, its key), then moved to
-    ``device``: an image's draw depends on neither its batch nor the device."""
-    out = torch.empty((len(keys), *shape))
-    for i, key in enumerate(keys):
-        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(key)) % (1 << 63))
-        out[i] = torch.rand(shape, generator=g) * 2 - 1
-    return out.to(device)
+    """(N, *shape) noise in [-1, 1), keyed per image as :func:`models.runtime.seeded_uniform`."""
+    return seeded_uniform(keys, seed, shape, device) * 2 - 1
 
 
 class Attack:
@@ -157,6 +177,22 @@ class Attack:
         m, q = self.margin_8bit(x_adv, x, targets)
         return m > above, q
 
+    def judge_8bit(
+        self, x_adv: torch.Tensor, x: torch.Tensor, targets: torch.Tensor, above: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(done, image to keep) for a minimal attack: the nearest 8-bit copy if it meets the goal by more than
+        ``above``, else the copy rounded away from the clean image (a sub-level perturbation survives)."""
+        done, q = self.reached(x_adv, x, targets, above)
+        if not self.quantize or bool(done.all()):
+            return done, q
+        rest = torch.nonzero(~done).flatten()  # only these need the second try
+        away = quantize_away(x_adv[rest], x[rest], self.cfg.eps)
+        with torch.no_grad():
+            away_ok = margin(self.model(away), targets[rest], self.targeted) > above
+        done, q = done.clone(), q.clone()
+        done[rest], q[rest] = away_ok, away
+        return done, q
+
     # -- the attack --------------------------------------------------------------------------
     def perturb(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -180,6 +216,7 @@ class Attack:
         x_float = self.perturb(x, targets)
         success_float = is_success(self.predict(x_float)[1], ref, targets, self.targeted)
         x_adv = quantize(x_float, x, self.cfg.eps) if self.quantize else x_float
+        x_adv = post_process(x_adv, self.cfg)
         adv_conf, adv_pred = self.predict(x_adv)
         return AttackResult(
             adversarial=x_adv.cpu(),

@@ -82,6 +82,11 @@ class Detector:
     # actors on other nodes, which do not see the driver's environment, draw with the same key.
     views_key: bytes | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        # The model it was trained with (name, weights), never where that ran: the job that uses the
+        # bundle decides the device. Old manifests that say "cpu" or "cuda" load as "auto" too.
+        self.model_config = {k: v for k, v in self.model_config.items() if k != "device"}
+
     @property
     def kind(self) -> str:
         return self.head.kind
@@ -285,9 +290,14 @@ class Detector:
 
 
 def load_for_audit(
-    bundle: str, model: str | None = None, weights: str | None = None, trusted_keys: Sequence[signing.PublicKeyLike] | None = None
+    bundle: str,
+    model: str | None = None,
+    weights: str | None = None,
+    trusted_keys: Sequence[signing.PublicKeyLike] | None = None,
+    device: str = "auto",
 ) -> tuple[Detector, ModelConfig]:
-    """Load and verify a bundle; the model comes from the bundle (``model`` must agree if given).
+    """Load and verify a bundle; the model comes from the bundle (``model`` must agree if given), the
+    device from the job (``device``; ``auto``: the job's resource plan decides).
 
     Its unsigned-bundle warning comes only once everything else passed, so a bad input is one line.
     The views' key is resolved here, in the driver, and travels with the detector to the actors.
@@ -302,7 +312,7 @@ def load_for_audit(
             "not set: the public key is used, so anyone who reads raydetect can compute every draw (set RAYDETECT_SECRET "
             "where the job's driver runs)"
         ))  # fmt: skip
-    mcfg = det.configs()[0]
+    mcfg = replace(det.configs()[0], device=device)
     if weights:
         mcfg = replace(mcfg, weights=weights, random_weights=False)
     return det, checked(mcfg)

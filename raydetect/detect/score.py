@@ -18,6 +18,7 @@ from raydetect.detect.heads import Head
 from raydetect.explain import Explainer, Explanation, describe
 from raydetect.explain.views import PUBLIC_KEY, keyed_draws, secret, view_specs
 from raydetect.models import ImageClassifier
+from raydetect.models.runtime import seeded_uniform
 
 
 @dataclass
@@ -88,17 +89,19 @@ class AttackLogit:
         self.known_key = key if key == PUBLIC_KEY else None
         self.random = bool(view_specs(scorer.explainer.cfg)) and scorer.explainer.cfg.jitter > 0 and self.known_key is None
 
-    def _draws(self, x: torch.Tensor, draw: int) -> torch.Tensor:
+    def _draws(self, x: torch.Tensor, draw: int, keys: np.ndarray) -> torch.Tensor:
         count = len(view_specs(self.scorer.explainer.cfg))
         if self.known_key is not None:
             return keyed_draws(x, count, self.known_key)  # (N, views): the audit's own
-        g = torch.Generator().manual_seed(draw)
-        return torch.rand(len(x), count, generator=g).to(x.device)  # (N, views): a guess
+        return seeded_uniform(keys, draw, (count,), x.device)  # (N, views): a guess, per image as in any batch
 
-    def __call__(self, x: torch.Tensor, draw: int) -> torch.Tensor:
-        return self.scorer.run(x, create_graph=True, head=self.head, draws=self._draws(x, draw)).logit
+    def __call__(self, x: torch.Tensor, draw: int, keys: np.ndarray | None = None) -> torch.Tensor:
+        """(N,) logits with the graph kept; ``keys`` (N,) key each image's guessed draws (default: its position)."""
+        keys = np.arange(len(x)) if keys is None else keys
+        return self.scorer.run(x, keys, create_graph=True, head=self.head, draws=self._draws(x, draw, keys)).logit
 
-    def judge(self, x: torch.Tensor, draw: int) -> torch.Tensor:
+    def judge(self, x: torch.Tensor, draw: int, keys: np.ndarray | None = None) -> torch.Tensor:
         """(N,) logits of the detector itself on ``x`` (no graph, the model's own activations), as the
         attacker estimates them: exact with a known key, else at the guessed draws of ``draw``."""
-        return self.scorer.run(x, draws=self._draws(x, draw)).logit.detach()
+        keys = np.arange(len(x)) if keys is None else keys
+        return self.scorer.run(x, keys, draws=self._draws(x, draw, keys)).logit.detach()

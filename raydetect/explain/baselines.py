@@ -15,15 +15,12 @@ import torch
 from raydetect.config import AttributionConfig
 from raydetect.errors import RaydetectError
 from raydetect.explain.views import gaussian_blur, view_fn, view_specs
+from raydetect.models.runtime import seeded_uniform
 
 
 def noise_like(x: torch.Tensor, seed: int, keys: np.ndarray) -> torch.Tensor:
-    """Uniform [0,1] noise images, one fixed draw per key, so batching does not change the result."""
-    out = torch.empty_like(x)
-    for i, key in enumerate(keys):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + int(key))
-        out[i] = torch.rand(x.shape[1:], generator=g).to(x.device, x.dtype)
-    return out
+    """Uniform [0,1] noise images, one fixed draw per key, so neither batching nor the device changes the result."""
+    return seeded_uniform(keys, seed, tuple(x.shape[1:]), x.device).to(x.dtype)
 
 
 # (images (N, C, H, W), config, per-image keys (N,), twins or None, references or None) -> baselines
@@ -58,9 +55,9 @@ def baselines(
     return BASELINES[cfg.baseline](x, cfg, keys, twins, refs)
 
 
-# A view the detector takes of an image: (N, C, H, W) -> (N, C, H, W); the generator draws any
-# random parameters (an attacker's EOT sample).
-View = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+# A view the detector takes of an image: (images (N, C, H, W), draws (N,) in [0, 1) of its random strength,
+# e.g. an attacker's EOT sample) -> (N, C, H, W).
+View = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def views(cfg: AttributionConfig) -> list[View]:
@@ -71,8 +68,4 @@ def views(cfg: AttributionConfig) -> list[View]:
     the configuration (squeeze_eot) makes every view adversarial too, averaging over the views'
     random strength when the detector draws it per image.
     """
-
-    def drawn(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> View:
-        return lambda x, g: fn(x, torch.rand(len(x), generator=g, device=g.device).to(x.device))
-
-    return [drawn(view_fn(spec, cfg.jitter)) for spec in view_specs(cfg)]
+    return [view_fn(spec, cfg.jitter) for spec in view_specs(cfg)]

@@ -10,7 +10,9 @@ through the explanation; the others run through captum.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+import os
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -22,11 +24,17 @@ from raydetect.explain.baselines import baselines
 from raydetect.explain.methods import Call
 from raydetect.explain.views import keyed_draws, view_fn, view_specs
 from raydetect.models import ImageClassifier
+from raydetect.models.runtime import PASS_MEMORY_ENV, pass_bytes_per_input, pass_memory_budget
+
+log = logging.getLogger(__name__)
 
 # Scaled inputs per forward/backward chunk when the user sets none. On CPU, chunks of 16-32 run
 # as fast as 64 (measured 44.5 vs 42.1 passes/s, efficientnet_lite0, 2 cores) with half the
-# memory (3.0 vs 5.2 GB peak); 128 is slower. GPUs want larger chunks.
+# memory (3.0 vs 5.2 GB peak); 128 is slower. GPUs want larger chunks, as many as the pass memory
+# budget holds (models.runtime.pass_memory_budget) up to the CUDA value here.
 DEFAULT_CHUNK = {"cpu": 32, "cuda": 256}
+# Errors after which a pass is tried again at half the chunk (later batches keep the smaller chunk).
+OOM_ERRORS: tuple[type[BaseException], ...] = (torch.OutOfMemoryError,)
 
 
 @dataclass
@@ -60,6 +68,9 @@ class Explainer:
         self.attribute = self.method.load()
         self.references = references
         self.key = key
+        self.chunk_cap: int | None = None  # the largest chunk that has not run out of memory, once one did
+        self._budget_chunk: int | None = None  # the chunk the pass memory budget holds, if there is a budget
+        self._sized = False
 
     @property
     def differentiable(self) -> bool:
@@ -94,7 +105,7 @@ class Explainer:
         with torch.set_grad_enabled(create_graph):
             logits = self.model(x)
         t = logits.argmax(1).detach() if targets is None else targets.to(x.device)
-        chunk = cfg.internal_batch_size or max(DEFAULT_CHUNK.get(x.device.type, 64), 2 * n)
+        chunk = self._chunk(x)
         if cfg.baseline == "blur":  # the first view: a blur whose strength may be drawn per image
             base = view_fn(specs[0], cfg.jitter)(x, draws[:, 0])
         else:
@@ -106,12 +117,39 @@ class Explainer:
             main.views.append(self._explain(x, view, t, logits, keys, chunk, create_graph))
         return main
 
+    def _chunk(self, x: torch.Tensor) -> int:
+        """Scaled inputs per pass: the config's, else what the pass memory budget holds, else the device's
+        default (CPU: as measured, at least two steps of the batch); never above a chunk that ran out of memory."""
+        if not self._sized and not self.cfg.internal_batch_size:  # once: budget and bytes per input stay
+            self._sized = True
+            budget = pass_memory_budget(x.device)
+            if budget is not None:
+                fit = max(1, budget // pass_bytes_per_input(self.model, x))
+                # A default budget (CUDA's) stays at most the fixed chunk it replaced; a given one is obeyed.
+                self._budget_chunk = fit if os.environ.get(PASS_MEMORY_ENV) else min(fit, DEFAULT_CHUNK.get(x.device.type, 64))
+        chunk = self.cfg.internal_batch_size or self._budget_chunk or max(DEFAULT_CHUNK.get(x.device.type, 64), 2 * len(x))
+        return chunk if self.chunk_cap is None else min(chunk, self.chunk_cap)
+
+    def _attribute(self, call: Call) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The method's attributions; out of memory, again at half the chunk, down to one input per pass."""
+        while True:
+            try:
+                return self.attribute(call)
+            except OOM_ERRORS:
+                if call.chunk <= 1:
+                    raise
+                self.chunk_cap = call.chunk // 2
+                log.warning("out of memory at %d inputs per gradient pass; trying %d", call.chunk, self.chunk_cap)
+                if call.x.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                call = replace(call, chunk=self.chunk_cap)
+
     def _explain(
         self, x: torch.Tensor, base: torch.Tensor, t: torch.Tensor, logits: torch.Tensor, keys: np.ndarray, chunk: int,
         create_graph: bool,
     ) -> Explanation:  # fmt: skip
         cfg = self.cfg
-        attr, delta = self.attribute(Call(self.model, x, base, t, cfg, keys, chunk, create_graph))
+        attr, delta = self._attribute(Call(self.model, x, base, t, cfg, keys, min(chunk, self.chunk_cap or chunk), create_graph))
         mean_base = base.mean(0, keepdim=True).expand_as(x) if cfg.baseline == "train" else base
         with torch.set_grad_enabled(create_graph):
             baseline_logits = self.model(mean_base)

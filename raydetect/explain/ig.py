@@ -42,9 +42,17 @@ def integrated_gradients(
     chunk: int = 64,
     create_graph: bool = False,
 ) -> torch.Tensor:
-    """Attributions (N, C, H, W). ``chunk``: scaled inputs per forward/backward pass (whole steps)."""
-    weights, alphas = quadrature(method, n_steps)
+    """Attributions (N, C, H, W). ``chunk``: scaled inputs per forward/backward pass (whole steps of the
+    batch; a chunk below the batch explains it in slices of ``chunk`` images, one step per pass)."""
     n = len(x)
+    if chunk < n:  # each image's attribution is its own: slicing the batch changes nothing but memory
+        parts = [
+            integrated_gradients(model, x[i : i + chunk], baseline[i : i + chunk], targets[i : i + chunk], n_steps, method,
+                                 chunk, create_graph)
+            for i in range(0, n, chunk)
+        ]  # fmt: skip
+        return torch.cat(parts)
+    weights, alphas = quadrature(method, n_steps)
     if not create_graph:
         x, baseline = x.detach(), baseline.detach()
     diff = x - baseline

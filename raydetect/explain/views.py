@@ -10,7 +10,6 @@ Views that are not differentiable (JPEG, bit depth) pass gradients straight thro
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import os
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from raydetect.config import AttributionConfig
+from raydetect.images import jpeg_roundtrip
 
 PUBLIC_KEY = b"raydetect-public"  # used when no secret is set: reproducible, but known to everyone
 
@@ -60,17 +60,7 @@ class _StraightThrough(torch.autograd.Function):
 
 
 def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
-    from PIL import Image
-
-    out = torch.empty_like(x)
-    for i, img in enumerate(x.detach().cpu()):
-        arr = np.clip(np.rint(img.numpy() * 255), 0, 255).astype(np.uint8)
-        pil = Image.fromarray(arr[0], "L") if arr.shape[0] == 1 else Image.fromarray(arr.transpose(1, 2, 0), "RGB")
-        buf = io.BytesIO()
-        pil.save(buf, format="JPEG", quality=int(quality))
-        back = np.asarray(Image.open(buf), dtype=np.float32) / 255
-        out[i] = torch.from_numpy(back[None] if back.ndim == 2 else back.transpose(2, 0, 1))
-    return _StraightThrough.apply(x, out)
+    return _StraightThrough.apply(x, jpeg_roundtrip(x, quality))
 
 
 def bit_depth(x: torch.Tensor, bits: int) -> torch.Tensor:

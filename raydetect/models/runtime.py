@@ -1,4 +1,5 @@
-"""Where and how models run: device choice, torch threads, and the allocator settings that make
+"""Where and how models run: device choice, full float32 and per-image randomness that do not depend on
+the device, torch threads, the memory a gradient pass may take, and the allocator settings that make
 CPU gradient passes fast. Measured effects are in BENCHMARKS.md."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import os
 import sys
 from typing import Any
 
+import numpy as np
 import torch
 
 from raydetect.errors import RaydetectError
@@ -15,13 +17,36 @@ from raydetect.errors import RaydetectError
 log = logging.getLogger(__name__)
 
 
+def full_float32() -> None:
+    """Run float32 matmuls and cuDNN convolutions in full float32, not TF32 (cuDNN's default on Ampere and
+    later): a bundle's threshold was calibrated on scores computed in float32, on the CPU as a rule, and
+    TF32's 10-bit mantissa moves the scores a GPU computes away from them. Costs GPU throughput, which
+    ``bench/gpu.py`` measures; bf16 autocast is the measured alternative. The legacy flags, since reading
+    them raises once the newer ``fp32_precision`` API has set a mix (captum and others read them)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present; an explicit ``cuda`` without a GPU is an error."""
+    """``auto`` picks CUDA when present; an explicit ``cuda`` without a GPU is an error. Every model is
+    placed through here, so every model of the process runs in full float32 (:func:`full_float32`)."""
+    full_float32()
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RaydetectError(f"device {device!r} asked for, but no CUDA GPU is visible")
     return torch.device(device)
+
+
+def seeded_uniform(keys: np.ndarray, seed: int, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, *shape) uniform draws in [0, 1), each image's from a CPU generator seeded by (seed, its key),
+    then moved to ``device``: an image's draws depend on neither its batch nor the device (a CUDA
+    generator's stream differs from the CPU's for the same seed)."""
+    out = torch.empty((len(keys), *shape))
+    for i, key in enumerate(keys):
+        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(key)) % (1 << 63))
+        out[i] = torch.rand(shape, generator=g)
+    return out.to(device)
 
 
 _ALLOCATOR_TUNED = False
@@ -51,18 +76,68 @@ def tune_allocator() -> None:
         log.debug("allocator tuning unavailable on this libc")
 
 
-def actor_runtime_env() -> dict[str, object]:
-    """Runtime environment for model actors: the allocator settings of :func:`tune_allocator`.
+PASS_MEMORY_ENV = "RAYDETECT_PASS_MEMORY_MB"  # ResourceConfig.pass_memory_mb, as the actors read it
+CUDA_FREE_SHARE = 0.5  # of the GPU memory free when a chunk is first sized: the default budget on CUDA
+
+
+def pass_memory_budget(device: torch.device) -> int | None:
+    """Bytes one gradient pass may take on ``device``: $RAYDETECT_PASS_MEMORY_MB when set, else on CUDA
+    half the memory free now (the model and other actors' share already taken), else None (CPU: the
+    measured chunk sizes serve, ``explain.explainers.DEFAULT_CHUNK``)."""
+    given = os.environ.get(PASS_MEMORY_ENV)
+    if given:
+        try:
+            mb = float(given)
+        except ValueError:
+            mb = -1.0
+        if not mb > 0:
+            raise RaydetectError(f"{PASS_MEMORY_ENV} must be a number of MB > 0; got {given!r}")
+        return int(mb * 2**20)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * CUDA_FREE_SHARE)
+    return None
+
+
+# A gradient pass keeps every activation for the backward pass and then holds gradients of about the
+# same size, plus kernels' workspace: bytes per input ~ this many times the activations' bytes.
+PASS_FACTOR = 3.0
+
+
+def pass_bytes_per_input(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Estimated bytes one input of ``x``'s shape costs in a forward+backward pass of ``model``: the outputs
+    of its leaf modules on one input (a no-grad forward), times :data:`PASS_FACTOR`."""
+    total = 0
+
+    def count(_: torch.nn.Module, __: Any, out: Any) -> None:
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel() * out.element_size()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return max(1, int(total * PASS_FACTOR))
+
+
+def actor_runtime_env(pass_memory_mb: float | None = None) -> dict[str, object]:
+    """Runtime environment for model actors: the allocator settings of :func:`tune_allocator`, and the
+    pass memory budget (:func:`pass_memory_budget`) when the job sets one.
 
     Ray Data runs a stage's ``__call__`` on a non-main thread, whose glibc arena cannot grow past
     64 MB and mmaps every large tensor whatever the thresholds; one arena (MALLOC_ARENA_MAX=1)
     fixes that, but only when set before the process starts, hence env vars. Measured: a feature
     job batch took 13-15 s without, 5.6 s with (efficientnet_lite0, 16 images, 16 IG steps).
     """
+    budget = {} if pass_memory_mb is None else {PASS_MEMORY_ENV: f"{pass_memory_mb:g}"}
     if os.environ.get("RAYDETECT_NO_MALLOC_TUNING"):
-        return {}
+        return {"env_vars": budget} if budget else {}
     big = str(2**31 - 1)
-    env = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": big, "MALLOC_TRIM_THRESHOLD_": big}
+    env = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": big, "MALLOC_TRIM_THRESHOLD_": big, **budget}
     if os.environ.get("RAYDETECT_NO_HEAP_TRIM"):
         env["RAYDETECT_NO_HEAP_TRIM"] = "1"
     return {"env_vars": env}

@@ -72,9 +72,15 @@ class Plan:
     batch_size: int
     device: str
     initial_actors: int = 1
+    pass_memory_mb: float | None = None  # ResourceConfig.pass_memory_mb, for the actors (see map_actors)
 
     def model_config(self, cfg: ModelConfig) -> ModelConfig:
-        return replace(cfg, device=self.device) if cfg.device == "auto" else cfg
+        """The model config the actors load: on this plan's device. Only a named GPU of the plan's kind
+        (``cuda:0``) is kept; whatever else the config says (a bundle's old ``cpu``) yields to the plan,
+        whose resources were reserved for it."""
+        if cfg.device.partition(":")[0] == self.device:
+            return cfg
+        return replace(cfg, device=self.device)
 
     def compute(self) -> Any:
         """The actor pool strategy of this plan."""
@@ -91,9 +97,10 @@ def cluster_nodes() -> list[dict[str, float]]:
     return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
 
 
-def plan_resources(res: ResourceConfig, nodes: Sequence[Mapping[str, float]] | None = None) -> Plan:
+def plan_resources(res: ResourceConfig, nodes: Sequence[Mapping[str, float]] | None = None, device: str = "auto") -> Plan:
     """Size the actor pool to the cluster's nodes (``nodes``: one resource dict per node; default:
-    the alive nodes of the connected cluster).
+    the alive nodes of the connected cluster) for the job's ``device`` (``auto``: GPUs where the
+    cluster has them; ``cpu``: a CPU plan on any cluster; ``cuda``: GPUs, or an error without).
 
     An actor runs on one node, so its CPUs, GPUs and threads must fit one node, not the cluster's
     totals. GPU clusters: one actor per ``gpus_per_actor`` (default 1) GPU on each node, with at
@@ -106,9 +113,15 @@ def plan_resources(res: ResourceConfig, nodes: Sequence[Mapping[str, float]] | N
     actor each.
     """
     nodes = [dict(n) for n in (cluster_nodes() if nodes is None else nodes)]
-    if res.gpus_per_actor > 0 or any(n.get("GPU", 0) >= 1 for n in nodes):
-        return _gpu_plan(res, nodes)
-    return _cpu_plan(res, nodes)
+    if device == "cpu":
+        if res.gpus_per_actor > 0:
+            raise RaydetectError("--gpus-per-actor reserves GPUs that --device cpu would leave idle; give one or the other")
+        plan = _cpu_plan(res, nodes)
+    elif device.startswith("cuda") or res.gpus_per_actor > 0 or any(n.get("GPU", 0) >= 1 for n in nodes):
+        plan = _gpu_plan(res, nodes)
+    else:
+        plan = _cpu_plan(res, nodes)
+    return replace(plan, pass_memory_mb=res.pass_memory_mb)
 
 
 def _gpu_plan(res: ResourceConfig, nodes: list[dict[str, float]]) -> Plan:
@@ -172,6 +185,6 @@ def map_actors(ds: Any, stage: type, args: tuple[Any, ...], plan: Plan, **kwargs
         compute=plan.compute(),
         num_cpus=plan.num_cpus,
         num_gpus=plan.num_gpus,
-        runtime_env=actor_runtime_env(),
+        runtime_env=actor_runtime_env(plan.pass_memory_mb),
         **kwargs,
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -110,10 +110,13 @@ class Job:
 
 def run_job(job: Job, resources: ResourceConfig = ResourceConfig(), address: str | None = None) -> JobSummary:
     start = time.perf_counter()
+    job.model.validate(ray=True)
     init_ray(address)
-    plan = plan_resources(resources)
+    plan = plan_resources(resources, device=job.model.device)
     model = plan.model_config(job.model)
-    config = {**job.config(model, plan), "plan": asdict(plan)}
+    # The config records the device the job asked for (what a bundle trained on these rows inherits
+    # nothing of); the plan records where it ran.
+    config = {**job.config(job.model, plan), "plan": asdict(plan)}
     claim_output(job.out, config)
     done = done_ids(job.out, job.resume_key)
     ds = job.read(model, done)
@@ -295,7 +298,7 @@ class FeatureJob(Job):
         # The paper's protocol needs each clean image beside its twins: one group per pair.
         return ds.groupby("pair_id").map_groups(
             FeatureStage, fn_constructor_args=args, batch_format="numpy", num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
-            compute=plan.compute(), runtime_env=actor_runtime_env(),
+            compute=plan.compute(), runtime_env=actor_runtime_env(plan.pass_memory_mb),
         )  # fmt: skip
 
     def inputs(self) -> int:
@@ -411,6 +414,7 @@ def run_audit(
     top: int = 20,
     address: str | None = None,
     trusted_keys: Sequence[Any] | None = None,
+    device: str = "auto",
 ) -> tuple[JobSummary, str]:
     """Audit every input of ``source`` with the bundle: rows under ``<out>/rows`` (and
     ``<out>/rows.csv``), then the report, with thumbnails and heatmaps of the ``top`` most
@@ -420,14 +424,17 @@ def run_audit(
     ``ray.data.Dataset`` with ``image`` and ``id`` columns (:class:`DatasetSource` names others).
     The bundle is verified here, once (signature against ``trusted_keys`` or
     ``RAYDETECT_TRUSTED_KEYS``, then checksums); the actors receive the verified detector.
+    ``device``: where the actors run the model (``auto``: GPUs where the cluster has them).
     Returns the job's accounting and the report's location.
     """
     if isinstance(source, ray.data.Dataset):
         source = DatasetSource(source)
-    det, mcfg = load_for_audit(bundle, model, weights, trusted_keys)
+    det, mcfg = load_for_audit(bundle, model, weights, trusted_keys, device)
     summary = run_job(AuditJob(out, mcfg, source, det, bundle), resources, address)
     root = source.uri if isinstance(source, Source) else ""  # a Dataset has no root to show paths under
-    report, results = audit_report(out, det, bundle, top, root, lambda: load_model(mcfg))
+    # The report's few explanations run here, in the driver, whose node may have no GPU the actors had.
+    driver = mcfg if mcfg.device == "cpu" else replace(mcfg, device="auto")
+    report, results = audit_report(out, det, bundle, top, root, lambda: load_model(driver))
     return summary, write_report(out, report, results)
 
 
@@ -439,9 +446,10 @@ def run_evaluation(
     resources: ResourceConfig = ResourceConfig(),
     ids: set[str] | None = None,
     address: str | None = None,
+    device: str = "auto",
 ) -> tuple[JobSummary, list[dict[str, Any]]]:
-    """Attack and score ``source`` (or its ``ids``) against the bundle; returns the accounting and
-    one robustness summary per attack (``detect.evaluation.robustness_rows``)."""
-    det, mcfg = load_for_audit(bundle)
+    """Attack and score ``source`` (or its ``ids``) against the bundle on ``device`` (``auto``: the plan
+    decides); returns the accounting and one robustness summary per attack (``detect.evaluation.robustness_rows``)."""
+    det, mcfg = load_for_audit(bundle, device=device)
     summary = run_job(EvaluateJob(out, mcfg, source, det, bundle, attacks, ids), resources, address)
     return summary, robustness_rows(read_output(out).to_pylist(), det.threshold)

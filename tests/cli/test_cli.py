@@ -201,6 +201,17 @@ def test_every_command_has_help(command) -> None:
     assert r.exit_code == 0 and "Usage:" in r.output and len(r.output) > 200
 
 
+@pytest.mark.parametrize("command", ["attack", "features", "audit", "evaluate", "reproduce"])
+def test_every_model_command_takes_the_jobs_device(command) -> None:
+    r = run(command, "--help")
+    assert r.exit_code == 0 and "--device" in r.output
+
+
+def test_a_gpu_ray_cannot_give_an_actor_is_a_clear_error(tmp_path) -> None:
+    r = run("attack", "digits", "--model", "digits_cnn", "--device", "cuda:1", "--out", str(tmp_path / "a"))
+    assert r.exit_code != 0 and "--device cuda" in err(r) and "Traceback" not in err(r)
+
+
 # Bad input: one line, no traceback, non-zero exit -----------------------------------------------
 
 

@@ -17,7 +17,10 @@ from raydetect.stages.attack import AttackStage
 from raydetect.stages.evaluate import EvaluateStage
 
 TOY = registry.AttackSpec(
-    "toy_sign_noise", "tests.plugins.toy_attack:SignNoise", "random signs of size eps (a test's toy)", "sign noise",
+    "toy_sign_noise",
+    "tests.plugins.toy_attack:SignNoise",
+    "random signs of size eps (a test's toy)",
+    "sign noise",
     cost=lambda c: 0,
 )
 

@@ -28,9 +28,13 @@ def spelled(names: set[str]) -> list[tuple[str, int, str]]:
             continue
         rel = str(path.relative_to(PKG))
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
-                if (rel, node.value) not in OTHER_MEANINGS:
-                    out.append((rel, node.lineno, node.value))
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and node.value in names
+                and (rel, node.value) not in OTHER_MEANINGS
+            ):
+                out.append((rel, node.lineno, node.value))
     return out
 
 
