@@ -864,10 +864,17 @@ def keygen(
 @handle_errors
 def audit(
     input: Annotated[str, typer.Argument(help="Images to audit: folder tree, Parquet file/folder, s3:// or gs:// URI.")],
-    detector: Annotated[str, typer.Option("--detector", "-d", help="Detector bundle directory (from train or reproduce).")],
     out: Annotated[
         str, typer.Option("--out", "-o", help="Output directory: rows/ (Parquet), rows.csv, report.html (one file), report.md.")
     ],
+    detector: Annotated[
+        str | None,
+        typer.Option(
+            "--detector",
+            "-d",
+            help="Detector bundle (from train or reproduce). Default: the shipped detector for efficientnet_lite0 (public).",
+        ),
+    ] = None,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Must match the bundle's model if given (the bundle decides).")
     ] = None,
@@ -902,11 +909,12 @@ def audit(
     or the audit refuses to start. Unreadable or broken inputs become rows with status=error and the reason; the
     job goes on. Re-running with the same --out resumes where it stopped.
     """
-    from raydetect.detect.bundle import load_for_audit  # Ray and torch: only once a command runs
+    from raydetect.detect.bundle import default_bundle, load_for_audit  # Ray and torch: only once a command runs
     from raydetect.detect.signing import public_keys
     from raydetect.stages.runner import run_audit
 
     src = source_config(input, kind, image_column, id_column, label_column, limit, offset)
+    detector = detector or default_bundle()
     if model is not None:
         model_config(model, None, False, "auto")
     trusted = public_keys(trust_key) if trust_key else None  # None: $RAYDETECT_TRUSTED_KEYS decides

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv if missing and install raydetect with its dependencies (idempotent, quiet).
-# Sourced by scripts/demo.sh and scripts/test.sh; leaves the venv activated.
+# Sourced by scripts/demo.sh, scripts/reproduce.sh and scripts/test.sh; leaves the venv activated.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON_BIN=${PYTHON:-python3}

@@ -31,7 +31,7 @@ from raydetect.report.tables import pct, robustness_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-DOCS = ("README.md", "REPRODUCTION.md", "STUDY.md", "BENCHMARKS.md")
+DOCS = ("README.md", "REPRODUCTION.md", "STUDY.md", "BENCHMARKS.md", "docs/guide.md", "docs/cluster.md")
 BLOCK = re.compile(r"(<!-- tables:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /tables:(?P=name) -->)", re.S)
 
 
@@ -148,14 +148,15 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(t.headers, t.rows)
 
 
-ATTACK_ORDER = ["bim", "pgd", "bim-stop", "deepfool", "transfer", "squeeze_eot", "adaptive"]
+ATTACK_ORDER = ["bim", "pgd", "bim-stop", "deepfool", "cw_l2", "square", "jpeg", "transfer", "squeeze_eot", "adaptive"]
 
 
-def attack_rank(r: dict[str, Any]) -> tuple[int, float]:
+def attack_rank(r: dict[str, Any]) -> tuple[int, float, str]:
     """Robustness rows in the order the docs show them: trained-on strengths first, then unseen, then
     attacks that know the detector; larger budgets first."""
-    kind = "bim-stop" if "-stop" in r["attack"] else "transfer" if "-from-" in r["attack"] else r["method"]
-    return ATTACK_ORDER.index(kind), -r["eps"]
+    name = r["attack"]
+    kind = "jpeg" if "-jpeg" in name else "bim-stop" if "-stop" in name else "transfer" if "-from-" in name else r["method"]
+    return ATTACK_ORDER.index(kind), -r["eps"], name
 
 
 def evaluate_digits(file: str) -> str:
@@ -231,6 +232,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "repro-summary": lambda: repro_summary("reproduce-efficientnet_lite0.jsonl"),
     "evaluate-digits": lambda: evaluate_digits("evaluate-digits.jsonl"),
     "evaluate-digits-secret": lambda: evaluate_digits("evaluate-digits-secret.jsonl"),
+    "default-detector": lambda: evaluate_digits("default-detector-heldback.jsonl"),
     "hardening": lambda: _hardening().summary_markdown(),  # bench/hardening.py reads bench/results/hardening.jsonl
     "readme-robust": lambda: hardening_readme("hardening.jsonl", *README_DESIGN),
     "bench-audit": lambda: bench_audit("throughput"),

@@ -45,6 +45,25 @@ REFERENCES = "references.npy"  # uint8 (R, C, H, W): GradientShap's 'train' base
 SURROGATE = "surrogate_lr.json"
 _warned: set[str] = set()  # bundles already warned about in this process (the CLI loads twice)
 
+# The detector that ships inside the package (scripts/make_default_detector.sh makes it): public, so
+# anyone can attack it white-box; audits that matter train their own and keep it private.
+DEFAULT_BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resources", "detector")
+DEFAULT_NOTE = (
+    "using the shipped default detector (efficientnet_lite0; public: anyone can attack it white-box; for audits that "
+    "matter, train your own with RAYDETECT_SECRET set and keep it private)"
+)
+
+
+def default_bundle() -> str:
+    """The location of the shipped default bundle."""
+    if not os.path.isfile(os.path.join(DEFAULT_BUNDLE, MANIFEST)):
+        raise RaydetectError(f"the shipped default detector is missing from {DEFAULT_BUNDLE}; reinstall, or give --detector")
+    return DEFAULT_BUNDLE
+
+
+def is_default(bundle: str) -> bool:
+    return os.path.abspath(bundle) == DEFAULT_BUNDLE
+
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -142,6 +161,12 @@ class Detector:
         det, warning = cls._load(path, trusted_keys)
         _warn_once(os.fspath(path), warning)
         return det
+
+    @classmethod
+    def default(cls) -> Detector:
+        """The detector shipped with raydetect (efficientnet_lite0, the default design; see its manifest's
+        ``metrics["held_back"]`` for its quality on images it never trained on)."""
+        return cls.load(default_bundle())
 
     @classmethod
     def _load(cls, path: str | os.PathLike[str], trusted_keys: Sequence[signing.PublicKeyLike] | None) -> tuple[Detector, str]:
@@ -304,9 +329,12 @@ def load_for_audit(
     """
     det, warning = Detector._load(bundle, trusted_keys)
     det.check_compatible(model)
-    _warn_once(bundle, warning)
     det.views_key = secret()
-    if det.configs()[1].jitter > 0 and det.views_key == PUBLIC_KEY:
+    if is_default(bundle):  # unsigned and public by design: one line says what that means
+        _warn_once(bundle, DEFAULT_NOTE)
+    else:
+        _warn_once(bundle, warning)
+    if det.configs()[1].jitter > 0 and det.views_key == PUBLIC_KEY and not is_default(bundle):
         _warn_once(f"{bundle}#key", (
             f"detector bundle {bundle} draws its views' strengths per image from a keyed hash, and RAYDETECT_SECRET is "
             "not set: the public key is used, so anyone who reads raydetect can compute every draw (set RAYDETECT_SECRET "

@@ -218,3 +218,29 @@ def test_report_works_in_a_real_browser(audited, chromium, tmp_path) -> None:
     assert res["asc"] == sorted(before) and res["desc"] == sorted(before, reverse=True)
     assert res["visible"] == [res["query"]] and res["total"] == len(before)
     assert res["count"] == f"1 of {len(before)} rows"
+
+
+def test_an_audit_without_a_detector_uses_the_shipped_one(ray_cluster, tmp_path, caplog) -> None:
+    """`raydetect audit FOLDER --out OUT` on a fresh install: the shipped detector, said in one line, and
+    a report that opens with the verdict."""
+    import shutil
+
+    from tests.conftest import imagenet_sample_or_skip
+
+    root = imagenet_sample_or_skip()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for src in sorted(root.glob("*/*"))[364:367]:
+        shutil.copy(src, folder / src.name)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with caplog.at_level("WARNING"):
+        r = run("audit", str(folder), "--out", str(tmp_path / "audit"))
+    assert r.exit_code == 0, r.output
+    said = r.output + "\n".join(caplog.messages)
+    assert said.count("shipped default detector") == 1, said
+    assert "unsigned" not in said and "RAYDETECT_SECRET is not set" not in said  # the one line says what matters
+    first = (tmp_path / "audit" / "report.md").read_text().splitlines()[2]
+    assert first.startswith("**Verdict: ")
+    verdict = json.loads((tmp_path / "audit" / "results.json").read_text())["verdict"]
+    assert verdict["inputs"] == 4 and verdict["scored"] == 3
+    assert {e["family"] for e in verdict["estimates"]} >= {"bim-untargeted-4/255", "deepfool-untargeted-4/255"}
