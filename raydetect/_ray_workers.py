@@ -1,4 +1,4 @@
-"""Setup hook for the worker processes of a local Ray (see ``pipeline.init_ray``).
+"""Setup hook for the worker processes of a local Ray (see ``stages.plan.init_ray``).
 
 A module of its own because every worker imports it at start-up: it must not pull in torch.
 """

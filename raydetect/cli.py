@@ -23,7 +23,6 @@ from raydetect.config import (
     DESCRIPTORS,
     VIEW_EXPLAINERS,
     AdversarialRounds,
-    AttackConfig,
     AttributionConfig,
     DetectorConfig,
     FeatureConfig,
@@ -305,34 +304,6 @@ def source_config(
     return src
 
 
-def attack_configs(
-    method: str, modes: list[str] | None, eps: list[float], steps: int, alpha: float | None, seed: int, **strength: Any
-) -> list[AttackConfig]:
-    return [
-        AttackConfig(method=method, mode=m, eps=e, steps=steps, alpha=alpha, seed=seed, **strength).validate()  # type: ignore[arg-type]
-        for e in eps
-        for m in (modes or list(ATTACK_MODES))
-    ]
-
-
-def mixed_strengths(
-    strengths: str | None, eps: list[float], seed: int, plain_bim: bool = True, modes: list[str] | None = None, steps: int = 10
-) -> list[AttackConfig]:
-    """The attacks ``--strengths`` adds to the plain ones. Unset: the default's where the plain attack is
-    BIM to the full budget, else none (a --method pgd run makes PGD adversarials, nothing more)."""
-    from raydetect.attacks.suite import DEFAULT_STRENGTHS, STRENGTHS, strength_extras  # imports torch: only when used
-
-    if strengths is None:
-        strengths = DEFAULT_STRENGTHS if plain_bim else registry.BIM.name
-    if strengths not in STRENGTHS:
-        raise RaydetectError(f"--strengths must be one of {', '.join(STRENGTHS)}; got {strengths!r}")
-    if strengths != registry.BIM.name and not plain_bim:
-        raise RaydetectError(
-            f"--strengths {strengths} adds early-stopped BIM to plain BIM: use it with --method bim, no --stop-margin"
-        )
-    return list(strength_extras(strengths, eps, modes or ATTACK_MODES, steps, seed))
-
-
 MethodOpt = Annotated[
     str,
     typer.Option(
@@ -442,7 +413,7 @@ def attack(
     'adversarial' row per image and attack, with the lossless 8-bit PNG, whether the attack
     still succeeds on it, and the gradient passes it cost.
     """
-    from raydetect.attacks.suite import default_eot  # Ray and torch: only once a command runs
+    from raydetect.attacks.suite import attack_grid, default_eot, mixed_strengths  # Ray and torch: only once a command runs
     from raydetect.detect.bundle import load_for_audit
     from raydetect.stages import runner
 
@@ -453,7 +424,7 @@ def attack(
     strength = {"stop_margin": stop_margin, "restarts": restarts, "eot": eot, "lam": lam, "lam_search": lam_search,
                 "smooth": smooth, "source_model": source_model, "post": post}  # fmt: skip
     eps_list = parse_eps_list(eps, [4 / 255])
-    attacks = attack_configs(method, mode, eps_list, steps, alpha, seed, **strength)
+    attacks = attack_grid(method, mode, eps_list, steps, alpha, seed, **strength)
     extras = mixed_strengths(strengths, eps_list, seed, method == registry.BIM.name and stop_margin is None, mode, steps)
     attacks += [dataclasses.replace(a, post=post).validate() for a in extras]  # the pipeline processes every image
     if source_model:
@@ -601,7 +572,7 @@ def reproduce(
     splits; ROC AUC with intervals) runs beside the paper's own (one eps=0.1 step; each image explained against its
     twin), so the gap between them is visible. Writes a detector bundle per protocol for `raydetect audit`.
     """
-    from raydetect.attacks.suite import default_eot  # Ray and torch: only once a command runs
+    from raydetect.attacks.suite import default_eot, mixed_strengths  # Ray and torch: only once a command runs
     from raydetect.reproduce import Robustness, run_reproduction
 
     if protocol not in ("corrected", "paper", "both"):

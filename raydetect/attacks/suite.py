@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 from raydetect.config import ATTACK_MODES, AttackConfig, AttackMode
+from raydetect.errors import RaydetectError
 from raydetect.registry import ADAPTIVE, BIM, CW_L2, DEEPFOOL, PGD, SQUARE, SQUEEZE_EOT
 
 # A second real model per ImageNet model, for transfer attacks (a black-box attacker's own model).
@@ -55,6 +57,34 @@ def strength_extras(
     if strengths == "wide" and not any(math.isclose(e, WIDE_EPS) for e in eps):
         extras += [AttackConfig(mode=m, eps=WIDE_EPS, steps=steps, seed=seed) for m in modes]  # type: ignore[arg-type]
     return tuple(extras)
+
+
+def attack_grid(
+    method: str, modes: Sequence[str] | None, eps: Sequence[float], steps: int, alpha: float | None, seed: int, **strength: Any
+) -> list[AttackConfig]:
+    """One validated attack per budget and mode (every mode when ``modes`` is None)."""
+    return [
+        AttackConfig(method=method, mode=m, eps=e, steps=steps, alpha=alpha, seed=seed, **strength).validate()  # type: ignore[arg-type]
+        for e in eps
+        for m in (modes or list(ATTACK_MODES))
+    ]
+
+
+def mixed_strengths(
+    strengths: str | None, eps: Sequence[float], seed: int, plain_bim: bool = True, modes: Sequence[str] | None = None,
+    steps: int = 10,
+) -> list[AttackConfig]:  # fmt: skip
+    """The attacks ``--strengths`` adds to the plain ones. Unset: the default's where the plain attack is
+    BIM to the full budget, else none (a --method pgd run makes PGD adversarials, nothing more)."""
+    if strengths is None:
+        strengths = DEFAULT_STRENGTHS if plain_bim else BIM.name
+    if strengths not in STRENGTHS:
+        raise RaydetectError(f"--strengths must be one of {', '.join(STRENGTHS)}; got {strengths!r}")
+    if strengths != BIM.name and not plain_bim:
+        raise RaydetectError(
+            f"--strengths {strengths} adds early-stopped BIM to plain BIM: use it with --method bim, no --stop-margin"
+        )
+    return list(strength_extras(strengths, eps, modes or ATTACK_MODES, steps, seed))
 
 
 def default_eot(jitter: float, given: int | None = None) -> int:

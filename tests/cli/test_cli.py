@@ -267,7 +267,7 @@ def test_strengths_mix_is_refused_where_it_cannot_apply(tmp_path) -> None:
 
 
 def test_strengths_mix_adds_early_stopped_attacks_per_eps() -> None:
-    from raydetect.cli import mixed_strengths
+    from raydetect.attacks.suite import mixed_strengths
 
     assert mixed_strengths("bim", [0.1], 0) == []
     names = [a.name for a in mixed_strengths("mix", [0.1, 4 / 255], 3)]

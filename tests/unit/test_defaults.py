@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from raydetect.cli import attack_configs, mixed_strengths
+from raydetect.attacks.suite import attack_grid, mixed_strengths
 from raydetect.config import AttributionConfig, DetectorConfig, FeatureConfig
 from tests.helpers import tables_script
 
@@ -17,7 +17,7 @@ def test_the_defaults_are_the_chosen_design() -> None:
     assert DetectorConfig().calibration == calibration
     # What `raydetect attack` / `reproduce` train on by default, at the study's eps.
     eps = [hardening.EPS]
-    default = attack_configs("bim", None, eps, 10, None, 0) + mixed_strengths(None, eps, 0)
+    default = attack_grid("bim", None, eps, 10, None, 0) + mixed_strengths(None, eps, 0)
     assert sorted(a.name for a in default) == sorted(a.name for a in design.train_attacks)
     assert set(default) == set(design.train_attacks)
     assert (name, "confirmation", calibration) == tables.README_DESIGN
