@@ -159,7 +159,7 @@ class Detector:
         Without trusted keys an unsigned bundle loads with a one-line warning (once per bundle).
         """
         det, warning = cls._load(path, trusted_keys)
-        _warn_once(os.fspath(path), warning)
+        _warn_once(os.fspath(path), DEFAULT_NOTE if is_default(os.fspath(path)) else warning)
         return det
 
     @classmethod
