@@ -889,8 +889,7 @@ def audit(
     if model is not None:
         model_config(model, None, False, "auto")
     trusted = public_keys(trust_key) if trust_key else None  # None: $RAYDETECT_TRUSTED_KEYS decides
-    # fail fast, before Ray starts
-    load_for_audit(detector, model, str(weights) if weights else None, trusted, device)[1].validate(ray=True)
+    load_for_audit(detector, model, str(weights) if weights else None, trusted, device)  # fail fast, before Ray starts
     if top < 0:
         raise RaydetectError("--top must be >= 0")
     resources = resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor)
@@ -943,7 +942,6 @@ def evaluate(
     if mode not in ATTACK_MODES:
         raise RaydetectError(f"--mode must be one of {', '.join(ATTACK_MODES)}; got {mode!r}")
     det, mcfg = load_for_audit(detector, device=device)  # fail fast, before Ray starts
-    mcfg.validate(ray=True)
     eot = default_eot(det.configs()[1].jitter, eot)
     suite = [
         a.validate()

@@ -188,11 +188,16 @@ class AttackConfig:
 
     @property
     def post_step(self) -> tuple[str, float] | None:
-        """(kind, parameter) of ``post``."""
+        """(kind, parameter) of ``post``; None when unset, or when ``post`` is not a valid step (validate says why)."""
         if not self.post:
             return None
         kind, _, param = self.post.partition(":")
-        return kind, float(param)
+        try:
+            value = float(param)
+        except ValueError:
+            return None
+        ok = (kind == "jpeg" and 1 <= value <= 100 and value.is_integer()) or (kind == "resize" and 0 < value < 1)
+        return (kind, value) if ok else None
 
     def validate(self) -> AttackConfig:
         _choice("attack method", self.method, tuple(registry.ATTACKS))
@@ -216,17 +221,8 @@ class AttackConfig:
         _positive("smoothing", self.smooth, allow_zero=True)
         if self.lam_search < 0:
             raise RaydetectError(f"lambda search steps must be >= 0; got {self.lam_search}")
-        if self.post:
-            kind, _, param = self.post.partition(":")
-            try:
-                value = float(param)
-            except ValueError:
-                value = -1.0
-            ok = (kind == "jpeg" and 1 <= value <= 100 and value.is_integer()) or (kind == "resize" and 0 < value < 1)
-            if not ok:
-                raise RaydetectError(
-                    f"post-processing is jpeg:Q (Q 1-100) or resize:S (0 < S < 1), e.g. jpeg:90; got {self.post!r}"
-                )
+        if self.post and self.post_step is None:
+            raise RaydetectError(f"post-processing is jpeg:Q (Q 1-100) or resize:S (0 < S < 1), e.g. jpeg:90; got {self.post!r}")
         if self.source_model and self.adaptive:
             raise RaydetectError("a transfer attack is crafted on another model without the detector; not with " + self.method)
         return self
@@ -400,7 +396,7 @@ class ResourceConfig:
     """How a Ray job uses the cluster. ``None`` means: pick from what the cluster has
     (batch size: 16 images on CPU, 64 on GPU). ``pass_memory_mb``: the memory one gradient pass of
     the explanation may take; its chunk of inputs is sized to it (None: a default per device, see
-    ``models.runtime.pass_chunk``)."""
+    ``models.runtime.pass_memory_budget``)."""
 
     batch_size: int | None = None
     num_actors: int | None = None

@@ -81,10 +81,15 @@ def quantize(images: torch.Tensor, clean: torch.Tensor | None = None, eps: float
     """
     q = torch.clamp(torch.round(images * 255.0), 0, 255)
     if clean is not None and eps is not None:
-        hi = torch.floor((clean + eps) * 255.0 + 1e-4)
-        lo = torch.ceil((clean - eps) * 255.0 - 1e-4)
-        q = torch.clamp(torch.minimum(torch.maximum(q, lo), hi), 0, 255)
+        q = _levels_in_ball(q, clean, eps)
     return q / 255.0
+
+
+def _levels_in_ball(q: torch.Tensor, clean: torch.Tensor, eps: float) -> torch.Tensor:
+    """8-bit levels ``q`` moved to the nearest level inside the eps-ball around ``clean``."""
+    hi = torch.floor((clean + eps) * 255.0 + 1e-4)
+    lo = torch.ceil((clean - eps) * 255.0 - 1e-4)
+    return torch.clamp(torch.minimum(torch.maximum(q, lo), hi), 0, 255)
 
 
 def quantize_away(images: torch.Tensor, clean: torch.Tensor, eps: float | None = None) -> torch.Tensor:
@@ -95,9 +100,7 @@ def quantize_away(images: torch.Tensor, clean: torch.Tensor, eps: float | None =
     delta = images * 255.0 - base
     q = torch.clamp(base + torch.sign(delta) * torch.ceil(delta.abs() - 1e-4), 0, 255)
     if eps is not None:
-        hi = torch.floor((clean + eps) * 255.0 + 1e-4)
-        lo = torch.ceil((clean - eps) * 255.0 - 1e-4)
-        q = torch.clamp(torch.minimum(torch.maximum(q, lo), hi), 0, 255)
+        q = _levels_in_ball(q, clean, eps)
     return q / 255.0
 
 

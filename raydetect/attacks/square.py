@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from raydetect.attacks.base import Attack, margin
+from raydetect.models.runtime import keyed_generator
 
 P_INIT = 0.05  # share of the image's pixels the first windows cover (the paper's ImageNet setting)
 
@@ -30,7 +31,7 @@ def window_share(step: int, budget: int) -> float:
 class Square(Attack):
     def perturb(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         cfg, (n, ch, h, w) = self.cfg, x.shape
-        gens = [torch.Generator().manual_seed((cfg.seed * 1_000_003 + int(k)) % (1 << 63)) for k in self.keys]
+        gens = [keyed_generator(cfg.seed, k) for k in self.keys]
         stripes = torch.stack([torch.randint(0, 2, (1, ch, 1, w), generator=g).float() * 2 - 1 for g in gens]).squeeze(1)
         x_adv = self.project(x + cfg.eps * stripes.to(x.device).expand(n, ch, h, w), x)
         with torch.no_grad():

@@ -159,7 +159,7 @@ class Detector:
         Without trusted keys an unsigned bundle loads with a one-line warning (once per bundle).
         """
         det, warning = cls._load(path, trusted_keys)
-        _warn_once(os.fspath(path), DEFAULT_NOTE if is_default(os.fspath(path)) else warning)
+        _warn_once(os.fspath(path), warning)
         return det
 
     @classmethod
@@ -231,7 +231,8 @@ class Detector:
             provenance=provenance,
             surrogate=surrogate,
         )
-        return det, warning
+        # The shipped bundle is unsigned and public by design: one line says what that means.
+        return det, DEFAULT_NOTE if is_default(base) else warning
 
     # -- compatibility -----------------------------------------------------------------------
     def check_compatible(
@@ -321,8 +322,9 @@ def load_for_audit(
     trusted_keys: Sequence[signing.PublicKeyLike] | None = None,
     device: str = "auto",
 ) -> tuple[Detector, ModelConfig]:
-    """Load and verify a bundle; the model comes from the bundle (``model`` must agree if given), the
-    device from the job (``device``; ``auto``: the job's resource plan decides).
+    """Load and verify a bundle for a job on Ray; the model comes from the bundle (``model`` must agree if
+    given), the device from the job (``device``; ``auto``: the job's resource plan decides; one Ray cannot
+    give an actor is refused here, before Ray starts).
 
     Its unsigned-bundle warning comes only once everything else passed, so a bad input is one line.
     The views' key is resolved here, in the driver, and travels with the detector to the actors.
@@ -330,10 +332,7 @@ def load_for_audit(
     det, warning = Detector._load(bundle, trusted_keys)
     det.check_compatible(model)
     det.views_key = secret()
-    if is_default(bundle):  # unsigned and public by design: one line says what that means
-        _warn_once(bundle, DEFAULT_NOTE)
-    else:
-        _warn_once(bundle, warning)
+    _warn_once(bundle, warning)
     if det.configs()[1].jitter > 0 and det.views_key == PUBLIC_KEY and not is_default(bundle):
         _warn_once(f"{bundle}#key", (
             f"detector bundle {bundle} draws its views' strengths per image from a keyed hash, and RAYDETECT_SECRET is "
@@ -343,7 +342,7 @@ def load_for_audit(
     mcfg = replace(det.configs()[0], device=device)
     if weights:
         mcfg = replace(mcfg, weights=weights, random_weights=False)
-    return det, checked(mcfg)
+    return det, checked(mcfg).validate(ray=True)
 
 
 def _norm(v: Any) -> Any:

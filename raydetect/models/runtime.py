@@ -44,9 +44,13 @@ def seeded_uniform(keys: np.ndarray, seed: int, shape: tuple[int, ...], device: 
     generator's stream differs from the CPU's for the same seed)."""
     out = torch.empty((len(keys), *shape))
     for i, key in enumerate(keys):
-        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(key)) % (1 << 63))
-        out[i] = torch.rand(shape, generator=g)
+        out[i] = torch.rand(shape, generator=keyed_generator(seed, key))
     return out.to(device)
+
+
+def keyed_generator(seed: int, key: int) -> torch.Generator:
+    """The CPU generator of one image's draws: seeded by (seed, the image's key)."""
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(key)) % (1 << 63))
 
 
 _ALLOCATOR_TUNED = False
