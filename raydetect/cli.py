@@ -198,10 +198,50 @@ JitterOpt = Annotated[
 ]
 
 
-def feature_config(descriptors: list[str] | None, quantiles: int) -> FeatureConfig:
-    if descriptors:
-        return FeatureConfig(descriptors=tuple(descriptors), quantiles=quantiles).validate()  # type: ignore[arg-type]
-    return FeatureConfig(quantiles=quantiles).validate()
+PeerOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--peer",
+        help="A reference detector whose features join the explanation's (with --no-explanation: replace them); repeat "
+        "for several. " + registry.peer_help() + ".",
+    ),
+]
+ExplanationOpt = Annotated[
+    bool, typer.Option("--explanation/--no-explanation", help="Include the explanation's descriptor (off: peers only).")
+]
+PeerLayerOpt = Annotated[
+    list[str] | None,
+    typer.Option("--peer-layer", help="Layer LID and Mahalanobis read (early, middle, late, logits or a module path); repeat. "
+                 "Default: all four."),
+]  # fmt: skip
+SqueezerOpt = Annotated[
+    list[str] | None,
+    typer.Option("--squeezer", help="Feature squeezing's squeezers: bits:N, median:K, nlm:S-P-H; repeat. "
+                 "Default: bits:5, median:2, nlm:11-3-4 (the paper's ImageNet set)."),
+]  # fmt: skip
+LidKOpt = Annotated[int, typer.Option("--lid-k", help="LID's nearest neighbours among the clean references.")]
+MahaNoiseOpt = Annotated[
+    float, typer.Option("--maha-noise", help="Mahalanobis' input pre-processing step on [0,1] pixels (0: none).")
+]
+
+
+def feature_config(
+    descriptors: list[str] | None,
+    quantiles: int,
+    peers: list[str] | None = None,
+    explanation: bool = True,
+    peer_layers: list[str] | None = None,
+    squeezers: list[str] | None = None,
+    lid_k: int = FeatureConfig.lid_k,
+    maha_noise: float = FeatureConfig.maha_noise,
+) -> FeatureConfig:
+    given = {
+        "descriptors": tuple(descriptors or ()), "peers": tuple(peers or ()), "peer_layers": tuple(peer_layers or ()),
+        "squeezers": tuple(squeezers or ()),
+    }  # fmt: skip
+    return FeatureConfig(
+        quantiles=quantiles, explanation=explanation, lid_k=lid_k, maha_noise=maha_noise, **{k: v for k, v in given.items() if v}
+    ).validate()
 
 
 CalibrationOpt = Annotated[
@@ -457,6 +497,12 @@ def features(
     layer: LayerOpt = None,
     quantiles: QuantilesOpt = 64,
     descriptor: DescriptorsOpt = None,
+    peer: PeerOpt = None,
+    explanation: ExplanationOpt = True,
+    peer_layer: PeerLayerOpt = None,
+    squeezer: SqueezerOpt = None,
+    lid_k: LidKOpt = FeatureConfig.lid_k,
+    maha_noise: MahaNoiseOpt = FeatureConfig.maha_noise,
     maps_fraction: Annotated[
         float, typer.Option("--maps-fraction", help="Share of rows that keep their raw attribution map (for figures).")
     ] = 0.0,
@@ -474,7 +520,7 @@ def features(
     pair_column: PairColOpt = "pair_id",
     label_column: LabelColOpt = "label",
 ) -> None:
-    """Explain every clean and adversarial image with Integrated Gradients; write descriptor vectors.
+    """Explain every clean and adversarial image with Integrated Gradients; write descriptor vectors (and peers').
 
     Input: the output of `raydetect attack`, or adversarial images made elsewhere with their clean originals
     (--clean DIR --adversarial [NAME=]DIR), paired by relative path or id, or unpaired (--pairing none).
@@ -492,7 +538,7 @@ def features(
     attribution = attribution_config(
         explainer, ig_steps, "pair" if protocol == "paper" else baseline, layer, blur_sigma, view, jitter
     )
-    fcfg = feature_config(descriptor, quantiles)
+    fcfg = feature_config(descriptor, quantiles, peer, explanation, peer_layer, squeezer, lid_k, maha_noise)
     if spec is not None:
         job: runner.Job = runner.ExternalFeatureJob(out, mcfg, spec, attribution, fcfg, maps_fraction)
     else:
@@ -900,6 +946,16 @@ def audit(
     typer.echo(f"report: {report}")
 
 
+CompareOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--compare",
+        help="Another bundle (same model) scoring the same images, e.g. a peer detector; repeat. One table, attack by "
+        "attack; attacks that know a detector run against each.",
+    ),
+]
+
+
 @app.command()
 @handle_errors
 def evaluate(
@@ -908,6 +964,7 @@ def evaluate(
     out: Annotated[
         str, typer.Option("--out", "-o", help="Output directory: rows (Parquet), report.md, report.html, results.json.")
     ],
+    compare: CompareOpt = None,
     eps: EpsOpt = None,
     mode: Annotated[str, typer.Option("--mode", help="Attack mode: untargeted, random or second.")] = "untargeted",
     adaptive_steps: Annotated[int, typer.Option("--adaptive-steps", help="Steps of squeeze_eot and adaptive.")] = 100,
@@ -949,13 +1006,14 @@ def evaluate(
         for a in robustness_suite(e, mcfg.name, mode, adaptive_steps, restarts, eot, smooth, adaptive=not no_adaptive)  # type: ignore[arg-type]
     ]
     _, rows = run_evaluation(src, store.join(out, "rows"), detector, suite, resource_config(batch_size, actors,
-                                   gpus_per_actor, cpus_per_actor), address=address, device=device)  # fmt: skip
+                             gpus_per_actor, cpus_per_actor), address=address, device=device, compare=compare or ())  # fmt: skip
     images = rows[0]["n_clean"] if rows else 0
     key = key_note(det.configs()[1].jitter, det.views_key == PUBLIC_KEY, eot)
     report = evaluation_report(detector, input, rows, images, key)
     path = write_report(out, report, {"bundle": detector, "robustness": rows, "views_key": key})
     for r in rows:
-        typer.echo(f"{r['attack']}: fools {r['success_rate']:.0%}, ROC AUC {r['auc']:.3f}, evaded {r['evaded']:.0%}")
+        who = f"[{r['detector']}] " if "detector" in r else ""
+        typer.echo(f"{who}{r['attack']}: fools {r['success_rate']:.0%}, ROC AUC {r['auc']:.3f}, evaded {r['evaded']:.0%}")
     typer.echo(f"report: {path}")
 
 

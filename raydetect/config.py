@@ -322,8 +322,46 @@ class FeatureConfig:
     # study's best set (the logits are free, the map adds what they miss; see STUDY.md).
     descriptors: tuple[DescriptorName, ...] = DESCRIPTORS  # type: ignore[assignment]
     quantiles: int = 64
+    # The field's reference detectors (registry.PEERS) whose features join the vector; with
+    # ``explanation=False`` a detector reads only theirs (no explanation, no IG passes).
+    peers: tuple[str, ...] = ()
+    explanation: bool = True
+    # Layers LID and Mahalanobis read (the model's aliases or module paths; "logits": the output).
+    peer_layers: tuple[str, ...] = ("early", "middle", "late", "logits")
+    squeezers: tuple[str, ...] = ("bits:5", "median:2", "nlm:11-3-4")  # Xu et al.'s ImageNet set
+    lid_k: int = 20  # Ma et al.'s neighbours
+    maha_noise: float = 0.0014  # Lee et al.'s input pre-processing step (in [0,1] pixels)
+
+    @property
+    def peer_passes(self) -> int:
+        """Passes through the model the peers add per scored image (forward, or forward and backward)."""
+        return sum(registry.PEERS[p].passes(self) for p in self.peers)
+
+    def audit_passes(self, attribution: AttributionConfig) -> int:
+        """Passes one scored image costs: the explanation's (else one forward pass) and the peers'."""
+        return (attribution.audit_passes if self.explanation else 1) + self.peer_passes
+
+    @property
+    def needs_references(self) -> bool:
+        """Whether a peer estimates its statistics from clean reference images."""
+        return any(registry.PEERS[p].references for p in self.peers)
 
     def validate(self) -> FeatureConfig:
+        for p in self.peers:
+            _choice("peer detector", p, tuple(registry.PEERS))
+        if len(set(self.peers)) != len(self.peers):
+            raise RaydetectError("peers must not repeat")
+        if not self.explanation and not self.peers:
+            raise RaydetectError("a detector without the explanation needs at least one --peer")
+        if self.needs_references and not self.peer_layers:
+            raise RaydetectError("LID and Mahalanobis need at least one --peer-layer")
+        for sq in self.squeezers:
+            registry.squeezer(sq)
+        if self.lid_k < 2:
+            raise RaydetectError(f"LID's k must be >= 2; got {self.lid_k}")
+        _positive("Mahalanobis noise", self.maha_noise, allow_zero=True)
+        if not self.explanation:
+            return self
         if not self.descriptors:
             raise RaydetectError("at least one descriptor is needed")
         for d in self.descriptors:

@@ -213,6 +213,71 @@ def explainer_help() -> str:
     return "; ".join(f"{s.name}: {s.summary}" for s in EXPLAINERS.values())
 
 
+# -- reference detectors (peers) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    """One of the field's reference detectors, as features a head reads (``detect/peers/``).
+
+    ``passes(cfg)``: passes through the model per scored image (a forward pass, or a forward and backward pass,
+    each count one, as in ``AttributionConfig.audit_passes``); ``references``: it estimates statistics from
+    clean reference images, drawn like GradientShap's (``stages.references``) and kept in the bundle.
+    """
+
+    name: str
+    impl: str
+    summary: str
+    paper: str
+    names: Callable[[Any], list[str]]  # feature columns it adds, from the FeatureConfig
+    passes: Callable[[Any], int]
+    references: bool = False
+
+    def load(self) -> type:
+        return _load(self.impl)
+
+
+PEERS: dict[str, PeerSpec] = {
+    s.name: s
+    for s in (
+        PeerSpec("squeeze", "raydetect.detect.peers.squeeze:FeatureSqueezing",
+                 "feature squeezing: largest L1 change of the softmax under --squeezer (bits, median, nlm)",
+                 "Xu, Evans and Qi, NDSS 2018", lambda c: ["squeeze_max_l1"],
+                 lambda c: 1 + len(c.squeezers)),
+        PeerSpec("lid", "raydetect.detect.peers.lid:LID",
+                 "local intrinsic dimensionality of --peer-layer activations against clean references (k = --lid-k)",
+                 "Ma et al., ICLR 2018", lambda c: [f"lid_{la}" for la in c.peer_layers], lambda c: 1,
+                 references=True),
+        PeerSpec("mahalanobis", "raydetect.detect.peers.mahalanobis:Mahalanobis",
+                 "Mahalanobis distance of --peer-layer features to the clean references' Gaussian, after a "
+                 "--maha-noise input step (class-agnostic: one Gaussian)",
+                 "Lee et al., NeurIPS 2018", lambda c: [f"maha_{la}" for la in c.peer_layers], lambda c: 2 * len(c.peer_layers),
+                 references=True),
+    )
+}  # fmt: skip
+
+
+def squeezer(spec: str) -> tuple[str, tuple[int, ...]]:
+    """Parse ``bits:N`` (1-7), ``median:K`` (2-7) or ``nlm:SEARCH-PATCH-H`` (odd windows)."""
+    kind, _, param = spec.partition(":")
+    try:
+        values = tuple(int(v) for v in param.split("-"))
+    except ValueError:
+        values = ()
+    ok = {
+        "bits": len(values) == 1 and 1 <= values[0] <= 7,
+        "median": len(values) == 1 and 2 <= values[0] <= 7,
+        "nlm": len(values) == 3 and values[0] % 2 == 1 and values[1] % 2 == 1 and values[1] <= values[0] and values[2] > 0,
+    }.get(kind, False)
+    if not ok:
+        raise RaydetectError(f"a squeezer is bits:N (1-7), median:K (2-7) or nlm:SEARCH-PATCH-H (odd windows); got {spec!r}")
+    return kind, values
+
+
+def peer_help() -> str:
+    return "; ".join(f"{s.name}: {s.summary} ({s.paper})" for s in PEERS.values())
+
+
 # -- input readers ---------------------------------------------------------------------------
 
 
@@ -264,6 +329,7 @@ __all__ = [
     "FGSM",
     "PAPER_ATTACK",
     "PAPER_BIM",
+    "PEERS",
     "PGD",
     "READERS",
     "SOURCE_KINDS",
@@ -271,10 +337,13 @@ __all__ = [
     "SQUEEZE_EOT",
     "AttackSpec",
     "ExplainerSpec",
+    "PeerSpec",
     "ReaderSpec",
     "attack",
     "attack_help",
     "explainer_help",
     "knows_detector",
+    "peer_help",
     "reader_help",
+    "squeezer",
 ]  # fmt: skip

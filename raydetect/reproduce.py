@@ -37,11 +37,12 @@ from raydetect.config import (
     to_dict,
 )
 from raydetect.detect import Detector
+from raydetect.detect.features import Featurizer
 from raydetect.detect.fit import fit_and_evaluate
 from raydetect.detect.splits import pair_split
 from raydetect.detect.training import MIN_PAIRS, calibration_fields
 from raydetect.errors import RaydetectError
-from raydetect.explain import Explainer, describe, feature_names
+from raydetect.explain import Explainer, feature_names
 from raydetect.images import LocalImages, batches, load_digits_images, load_image_folder
 from raydetect.models import ImageClassifier, load_model
 from raydetect.report import write_report
@@ -152,9 +153,8 @@ def run_attack(
 
 
 def explain_all(
-    explainer: Explainer,
+    featurizer: Featurizer,
     images: torch.Tensor,
-    fcfg: FeatureConfig,
     batch_size: int,
     progress: Progress,
     stage: str,
@@ -164,9 +164,9 @@ def explain_all(
     """Descriptors (N, D) and explained classes (N,) for images, batch by batch."""
     feats, preds = [], []
     for sl in batches(len(images), batch_size):
-        e = explainer(images[sl], keys=keys[sl], twins=None if twins is None else twins[sl])
-        feats.append(describe(e, fcfg).cpu().numpy())
-        preds.append(e.targets.cpu().numpy())
+        f = featurizer(images[sl], keys=keys[sl], twins=None if twins is None else twins[sl])
+        feats.append(f.features.cpu().numpy())
+        preds.append(f.targets.cpu().numpy())
         progress(stage, sl.stop, len(images))
     return np.concatenate(feats), np.concatenate(preds)
 
@@ -203,14 +203,17 @@ def reproduce_local(
         raise RaydetectError(f"only {len(idx)} images are classified correctly; need at least 4 to attack and split")
     x, y = x_all[idx], y_all[idx]
     result = ReproResult(protocol, model_cfg.name, len(x_all), len(idx))
-    explainer = Explainer(model, attribution)
+    if features.needs_references:
+        raise RaydetectError("LID and Mahalanobis draw references from attacked clean images: run `raydetect attack`, "
+                             "then `raydetect features` (reproduce cannot)")  # fmt: skip
+    featurizer = Featurizer(model, attribution, features)
 
     figures = Figures()
     examples: dict[str, list[tuple[int, torch.Tensor]]] = {}  # attack -> (index into x, adversarial) for Figure 1
     clean_feats: tuple[np.ndarray, np.ndarray] | None = None
     if attribution.baseline != "pair":
         # Clean explanations do not depend on the attack: compute them once.
-        clean_feats = explain_all(explainer, x, features, batch_size, progress, "explain clean", idx)
+        clean_feats = explain_all(featurizer, x, batch_size, progress, "explain clean", idx)
 
     for cfg in attacks:
         # The corrected protocol judges the 8-bit image an auditor receives; the paper's, the float one.
@@ -236,13 +239,11 @@ def reproduce_local(
             log.warning("attack %s succeeded on %d images only (< %d); no detector of its own", cfg.name, len(ok), MIN_PAIRS)
             continue
         if clean_feats is None:  # paper protocol: explain against the twin
-            cf, cp = explain_all(
-                explainer, x[ok], features, batch_size, progress, f"explain clean ({cfg.name})", idx[ok], twins=adv[ok]
-            )
+            cf, cp = explain_all(featurizer, x[ok], batch_size, progress, f"explain clean ({cfg.name})", idx[ok], twins=adv[ok])
             clean_ids = idx[ok]
         else:  # every correctly classified image, also where this attack failed
             (cf, cp), clean_ids = clean_feats, idx
-        af, ap = explain_all(explainer, adv[ok], features, batch_size, progress, f"explain {cfg.name}", idx[ok], twins=x[ok])
+        af, ap = explain_all(featurizer, adv[ok], batch_size, progress, f"explain {cfg.name}", idx[ok], twins=x[ok])
         pf = PairFeatures(
             attack=cfg,
             X=np.concatenate([cf, af]),
@@ -270,6 +271,7 @@ def reproduce_local(
         pick = np.array([i for _, (i, _) in shown])
         adv_shown = torch.stack([a for _, (_, a) in shown]).numpy()
         names = [Path(images.ids[i]).name for i in idx[pick]]
+        explainer = featurizer.explainer or Explainer(model, attribution)  # figures show maps even for peers
         figures.pairs = explain_pairs(explainer, [a for a, _ in shown], x[pick].numpy(), adv_shown, idx[pick], idx[pick], names)
     result.figures = figures
     result.seconds = time.perf_counter() - start

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from raydetect import registry
 from raydetect.config import AttributionConfig, FeatureConfig, ModelConfig, from_dict, json_default
 from raydetect.detect import signing
 from raydetect.detect.heads import HEADS, Head, LinearHead
@@ -90,7 +91,7 @@ class Detector:
     metrics: dict[str, Any]
     params: dict[str, Any]
     calibration: dict[str, Any] = field(default_factory=dict)  # see metrics.Calibration.to_dict
-    references: np.ndarray | None = None  # (R, C, H, W) in [0,1], for GradientShap's 'train' baseline
+    references: np.ndarray | None = None  # (R, C, H, W) in [0,1]: GradientShap's 'train' baseline, the peers' statistics
     provenance: str = ""  # set by load: who signed it, as far as was checked
     # For heads without gradients: an LR fitted to the same features, which a white-box attacker
     # differentiates instead (BPDA); the detector's own head and threshold still judge its iterates.
@@ -109,6 +110,32 @@ class Detector:
     @property
     def kind(self) -> str:
         return self.head.kind
+
+    def reads(self) -> str:
+        """What the head reads, for reports: the explanation and/or the peers (``registry.PEERS``)."""
+        _, acfg, fcfg = self.configs()
+        explained = f"`{acfg.explainer}` attributions (baseline `{acfg.baseline}`, {acfg.n_steps} steps)"
+        parts = [explained] if fcfg.explanation else []
+        parts += [f"{registry.PEERS[p].summary.split(':')[0]} ({registry.PEERS[p].paper})" for p in fcfg.peers]
+        return " + ".join(parts)
+
+    def audit_passes(self) -> int:
+        """Passes one audited image costs with this detector."""
+        _, acfg, fcfg = self.configs()
+        return fcfg.audit_passes(acfg)
+
+    def views(self) -> list[View]:
+        """The transformed views of an image this detector classifies (what squeeze_eot attacks)."""
+        _, acfg, fcfg = self.configs()
+        return views(acfg) if fcfg.explanation else []
+
+    @property
+    def label(self) -> str:
+        """A short name for comparison tables: ig, squeeze, lid, mahalanobis (class-agnostic), ig+lid..."""
+        _, acfg, fcfg = self.configs()
+        names = [acfg.explainer] if fcfg.explanation else []
+        names += ["mahalanobis (class-agnostic)" if p == "mahalanobis" else p for p in fcfg.peers]
+        return "+".join(names)
 
     # -- persistence -------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
@@ -271,10 +298,6 @@ class Detector:
         _, acfg, fcfg = self.configs()
         refs = None if self.references is None else torch.from_numpy(np.asarray(self.references, np.float32))
         return Scorer(model, acfg, fcfg, self.head, refs, self.views_key)
-
-    def views(self) -> list[View]:
-        """The transformed views of an image this detector classifies (what squeeze_eot attacks)."""
-        return views(self.configs()[1])
 
     def attack_logit(self, model: ImageClassifier) -> AttackLogit:
         """The differentiable detector logit a white-box attacker uses (the surrogate for tree heads). An

@@ -3,7 +3,9 @@
 Computed from rows of clean and adversarial images scored by the detector itself (the
 evaluation job): ROC AUC and TPR at fixed FPR compare the attack's successful adversarials with
 the clean images of the same set; "evaded" is the share of attacked images that fool the model
-*and* pass the detector at the bundle's own threshold, what an attacker who plants images gets.
+*and* pass the detector at the bundle's own threshold, what an attacker who plants images gets;
+"evaded at 1% FPR" the same at the threshold that flags 1% of *these* clean images (their 99th
+percentile: an auditor's stricter operating point, defined from 100 clean images on).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from raydetect.detect.metrics import roc_auc, tpr_at_fpr
 def robustness_rows(rows: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]]:
     """One summary per attack from evaluation rows (see ``stages.evaluate``)."""
     clean = np.array([r["score"] for r in rows if r["kind"] == "clean" and r["status"] == "ok" and r["correct"]])
+    strict = float(np.quantile(clean, 0.99, method="higher")) if len(clean) >= 100 else float("nan")
     out = []
     for name in sorted({r["attack"] for r in rows if r["kind"] == "adversarial"}):
         adv = [r for r in rows if r["attack"] == name and r["kind"] == "adversarial"]
@@ -35,6 +38,8 @@ def robustness_rows(rows: list[dict[str, Any]], threshold: float) -> list[dict[s
                 "flagged": float((s > threshold).mean()) if len(s) else float("nan"),
                 "clean_fpr": float((clean > threshold).mean()) if len(clean) else float("nan"),
                 "evaded": float((ok & (np.array([r["score"] for r in adv]) <= threshold)).mean()) if len(adv) else float("nan"),
+                "evaded_at_1fpr": float((ok & (np.array([r["score"] for r in adv]) <= strict)).mean())
+                if adv and strict == strict else float("nan"),
                 "passes": float(np.mean([r["passes"] for r in adv])) if adv else 0.0,
             }
         )  # fmt: skip

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from raydetect.config import AttributionConfig, FeatureConfig
+from raydetect.detect.features import Featurizer
 from raydetect.detect.heads import Head
-from raydetect.explain import Explainer, Explanation, describe
+from raydetect.explain import Explanation
 from raydetect.explain.views import PUBLIC_KEY, keyed_draws, secret, view_specs
 from raydetect.models import ImageClassifier
 from raydetect.models.runtime import seeded_uniform
@@ -25,9 +26,11 @@ from raydetect.models.runtime import seeded_uniform
 class Scored:
     """One batch through the scorer; tensors on the model's device."""
 
-    explanation: Explanation
+    explanation: Explanation | None  # None for a peers-only detector
     features: torch.Tensor  # (N, D) float32 descriptors, as stored and as the head reads them
     logit: torch.Tensor  # (N,) float64 log-odds of "adversarial"
+    targets: torch.Tensor  # (N,) the model's predicted class
+    logits: torch.Tensor  # (N, K) the model's logits
 
     @property
     def score(self) -> torch.Tensor:
@@ -35,15 +38,16 @@ class Scored:
 
 
 class Scorer:
-    """A classifier, the explainer and descriptor a detector was trained with, and its head."""
+    """A classifier, the features a detector was trained with (explanation and/or peers), and its head."""
 
     def __init__(
         self, model: ImageClassifier, attribution: AttributionConfig, features: FeatureConfig, head: Head,
         references: torch.Tensor | None = None, key: bytes | None = None,
     ) -> None:  # fmt: skip
         self.model = model
-        # references: GradientShap's 'train' baseline; key: the auditor's, for the views' strengths
-        self.explainer = Explainer(model, attribution, references, key)
+        # references: GradientShap's 'train' baseline and the peers' statistics; key: the auditor's, for the views
+        self.featurizer = Featurizer(model, attribution, features, references, key)
+        self.explainer = self.featurizer.explainer  # None for a peers-only detector
         self.features = features
         self.head = head.to(model.device)
 
@@ -57,9 +61,8 @@ class Scorer:
     ) -> Scored:
         """Score a batch (N, C, H, W) in [0,1]; ``head`` swaps in another head (an attacker's surrogate),
         ``draws`` the views' random strengths (an attacker's guess; default: the auditor's keyed draws)."""
-        expl = self.explainer(images, keys=keys, create_graph=create_graph, draws=draws)
-        feats = describe(expl, self.features)
-        return Scored(expl, feats, (head or self.head).logit(feats))
+        f = self.featurizer(images, keys=keys, create_graph=create_graph, draws=draws)
+        return Scored(f.explanation, f.features, (head or self.head).logit(f.features), f.targets, f.logits)
 
     def __call__(self, images: torch.Tensor, keys: np.ndarray | None = None) -> torch.Tensor:
         """P(adversarial) (N,) float64."""
@@ -84,16 +87,19 @@ class AttackLogit:
             raise ValueError(f"a {self.head.kind} head has no gradient; give a differentiable surrogate")
         t = min(max(threshold, 1e-12), 1 - 1e-12)
         self.threshold_logit = math.log(t / (1 - t))
-        self.passes = self.scorer.explainer.cfg.audit_passes
-        key = scorer.explainer.key or secret()  # what the audit draws with (None: this process's secret)
+        self.passes = scorer.featurizer.audit_passes
+        key = scorer.featurizer.key or secret()  # what the audit draws with (None: this process's secret)
         self.known_key = key if key == PUBLIC_KEY else None
-        self.random = bool(view_specs(scorer.explainer.cfg)) and scorer.explainer.cfg.jitter > 0 and self.known_key is None
+        acfg = scorer.featurizer.attribution
+        self.count = len(view_specs(acfg)) if acfg else 0
+        self.random = self.count > 0 and acfg is not None and acfg.jitter > 0 and self.known_key is None
 
     def _draws(self, x: torch.Tensor, draw: int, keys: np.ndarray) -> torch.Tensor:
-        count = len(view_specs(self.scorer.explainer.cfg))
+        if self.count == 0:
+            return torch.zeros(len(x), 0, device=x.device)
         if self.known_key is not None:
-            return keyed_draws(x, count, self.known_key)  # (N, views): the audit's own
-        return seeded_uniform(keys, draw, (count,), x.device)  # (N, views): a guess, per image as in any batch
+            return keyed_draws(x, self.count, self.known_key)  # (N, views): the audit's own
+        return seeded_uniform(keys, draw, (self.count,), x.device)  # (N, views): a guess, per image as in any batch
 
     def __call__(self, x: torch.Tensor, draw: int, keys: np.ndarray | None = None) -> torch.Tensor:
         """(N,) logits with the graph kept; ``keys`` (N,) key each image's guessed draws (default: its position)."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from raydetect import registry
 from raydetect.config import AttributionConfig, FeatureConfig
 from raydetect.explain.explainers import Explanation
 
@@ -159,11 +160,14 @@ def _view_descriptors(cfg: FeatureConfig) -> list[str]:
 
 
 def feature_names(cfg: FeatureConfig, attribution: AttributionConfig | None = None) -> list[str]:
-    """Column names of :func:`describe`'s output, in order (extra views prefixed v1_, v2_, ...)."""
-    names = [name for d in cfg.descriptors for name in DESCRIPTORS[d].names(cfg)]
-    for k in range(len(attribution.views) if attribution else 0):
-        names += [f"v{k + 1}_{name}" for d in _view_descriptors(cfg) for name in DESCRIPTORS[d].names(cfg)]
-    return names
+    """Column names of a detector's features, in order: :func:`describe`'s output (extra views prefixed
+    v1_, v2_, ...) unless the explanation is off, then each peer's (``registry.PEERS``)."""
+    names = []
+    if cfg.explanation:
+        names = [name for d in cfg.descriptors for name in DESCRIPTORS[d].names(cfg)]
+        for k in range(len(attribution.views) if attribution else 0):
+            names += [f"v{k + 1}_{name}" for d in _view_descriptors(cfg) for name in DESCRIPTORS[d].names(cfg)]
+    return names + [name for p in cfg.peers for name in registry.PEERS[p].names(cfg)]
 
 
 def _describe(expl: Explanation, cfg: FeatureConfig, descriptors: list[str]) -> torch.Tensor:

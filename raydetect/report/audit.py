@@ -217,11 +217,12 @@ def _thumbs(rows: list[dict[str, Any]], det: Detector, load_model: Callable[[], 
         part = idx[start : start + batch_size]
         x = torch.from_numpy(np.stack([images[i] for i in part]).astype(np.float32))
         scored = scorer.run(x, keys=np.array([stable_key(rows[i]["id"]) for i in part]))  # type: ignore[union-attr]
-        maps = scored.explanation.attributions.sum(1).cpu().numpy()
+        maps = None if scored.explanation is None else scored.explanation.attributions.sum(1).cpu().numpy()
         again = scored.score.cpu().numpy()
         for j, i in enumerate(part):
             files[f"thumbs/{i + 1:03d}-image.png"] = thumbnail(images[i])
-            files[f"thumbs/{i + 1:03d}-map.png"] = heatmap_thumbnail(images[i], maps[j])
+            if maps is not None:  # a peers-only detector explains nothing
+                files[f"thumbs/{i + 1:03d}-map.png"] = heatmap_thumbnail(images[i], maps[j])
             if abs(float(again[j]) - rows[i]["score"]) > 0.01:
                 notes[i] = f"scores {again[j]:.3f} when read again now: the file may have changed"
     cards = []
@@ -260,7 +261,6 @@ def _generic_table(value: Any) -> Block:
 def quality_blocks(det: Detector, bundle: str) -> list[Block]:
     """What the detector was measured to catch, at which cost, and what was never measured."""
     m = det.metrics
-    attr = det.attribution
     rows = []
     for name, ev in [("all trained attacks", m.get("overall", {})), *m.get("per_attack", {}).items()]:
         if ev:
@@ -269,8 +269,7 @@ def quality_blocks(det: Detector, bundle: str) -> list[Block]:
     blocks: list[Block] = [
         Heading("The detector: measured quality and limits"),
         Paragraph(
-            f"Bundle `{bundle}`: a {det.kind} detector on `{attr.get('explainer', '?')}` attributions "
-            f"(baseline `{attr.get('baseline', '?')}`, {attr.get('n_steps', '?')} steps) of model "
+            f"Bundle `{bundle}`: a {det.kind} detector on {det.reads()} of model "
             f"`{det.model_config.get('name', '?')}`. Trained on {len(det.trained_on)} attack(s) (method-mode-eps): "
             + ", ".join(f"`{a}`" for a in det.trained_on)
             + f". Threshold {det.threshold:.4f}, chosen to flag {pct(det.target_fpr, 0)} of clean images"

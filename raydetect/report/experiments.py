@@ -8,7 +8,14 @@ from typing import Any
 from raydetect.config import AttributionConfig, FeatureConfig
 from raydetect.report.document import Heading, Paragraph, Report, Table
 from raydetect.report.figures import Figures, figure_blocks
-from raydetect.report.tables import FOOTNOTE, ROBUSTNESS_NOTE, pct, results_section, robustness_table
+from raydetect.report.tables import (
+    FOOTNOTE,
+    ROBUSTNESS_NOTE,
+    comparison_table,
+    pct,
+    results_section,
+    robustness_table,
+)
 
 
 def _add_figures(report: Report, figures: Figures | None, prefix: str = "") -> None:
@@ -93,8 +100,20 @@ def robustness_section(rows: list[dict[str, Any]], images: int) -> list[Any]:
 
 
 def evaluation_report(bundle: str, source: str, rows: list[dict[str, Any]], images: int, key: str = "") -> Report:
-    """``key``: what the attackers knew of the views' random strengths (see ``key_note``)."""
+    """``key``: what the attackers knew of the views' random strengths (see ``key_note``). Rows with a
+    ``detector`` (``evaluate --compare``) make one comparison table."""
     report = Report("raydetect evaluation")
+    if rows and "detector" in rows[0]:
+        bundles = ", ".join(f"`{r['detector']}` = `{r['bundle']}`" for r in {r["detector"]: r for r in rows}.values())
+        return report.add(
+            Paragraph(f"Detectors {bundles} on `{source}`, scoring the same clean and adversarial images."),
+            Heading("Detectors compared, attack by attack", 3),
+            Paragraph(f"{images} held-out correctly classified images (never used to fit or calibrate any bundle)."),
+            comparison_table(rows),
+            ROBUSTNESS_NOTE,
+            Paragraph("*Evaded at 1% FPR* uses the threshold that flags 1% of these clean images (needs 100 of them). "
+                      "Passes per audited image: what each detector costs an audit."),
+        )  # fmt: skip
     report.add(Paragraph(f"Detector `{bundle}` on `{source}`." + (f" {key}" if key else "")))
     return report.add(*robustness_section(rows, images))
 

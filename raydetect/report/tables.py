@@ -216,6 +216,22 @@ def robustness_table(rows: Sequence[dict[str, Any]]) -> Table:
     return Table(headers, body)
 
 
+def comparison_table(rows: Sequence[dict[str, Any]]) -> Table:
+    """Per attack, one line per detector (``evaluate --compare``): the same images, each bundle's own threshold."""
+    order = sorted(rows, key=lambda r: (r["eps"], r["attack"]))
+    body = [
+        [
+            r["attack"], knows(r), r["detector"], f"{r['n_success']}/{r['n_attacked']}", num(r["auc"]),
+            pct(r["tpr_at_1fpr"]), pct(r["tpr_at_5fpr"]), f"**{pct(r['evaded'])}**", pct(r.get("evaded_at_1fpr")),
+            f"{r['audit_passes']}",
+        ]
+        for r in order
+    ]  # fmt: skip
+    headers = ["Attack", "Knows the detector?", "Detector", "Fool the model", "ROC AUC", "TPR@1%FPR", "TPR@5%FPR",
+               "Evaded (bundle threshold)", "Evaded at 1% FPR", "Passes per audited image"]  # fmt: skip
+    return Table(headers, body)
+
+
 ROBUSTNESS_NOTE = Paragraph(
     "ROC AUC and TPR compare each attack's successful adversarials with the clean images of the same held-out set. "
     "*Evaded* is the share of attacked images that fool the model **and** pass the detector at the bundle's threshold: "

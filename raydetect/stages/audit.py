@@ -46,8 +46,8 @@ class AuditStage:
             idx = ok[start : start + self.batch_size]
             x = torch.from_numpy(np.asarray(batch["image"][idx], dtype=np.float32))
             scored = self.scorer.run(x, keys=np.array([stable_key(rows[i]["id"]) for i in idx]))
-            targets = scored.explanation.targets.cpu()
-            probs = scored.explanation.logits.softmax(1).cpu()
+            targets = scored.targets.cpu()
+            probs = scored.logits.softmax(1).cpu()
             scores = scored.score.cpu().numpy()
             for j, i in enumerate(idx):
                 t = int(targets[j])

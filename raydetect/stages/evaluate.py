@@ -22,38 +22,63 @@ from raydetect.stages.attack import build_attacks, judged_on
 from raydetect.stages.rows import rows_to_table
 
 
+def detector_labels(detectors: Sequence[Detector]) -> list[str]:
+    """One distinct label per detector (its ``label``; repeats numbered), the ``detector`` of its rows."""
+    labels: list[str] = []
+    for d in detectors:
+        base = d.label
+        labels.append(base if base not in labels else f"{base}#{len(labels) + 1}")
+    return labels
+
+
 class EvaluateStage:
+    """Attacks each batch once and scores every image with each detector (``--compare``): attacks that know
+    no detector are shared, each attack that knows one runs against every detector and is scored by it alone."""
+
     def __init__(
         self,
         model_loader: Callable[[], ImageClassifier],
-        detector: Detector,
+        detectors: Sequence[Detector],
         attacks: Sequence[AttackConfig],
         threads: int | None = None,
         batch_size: int = 16,
     ) -> None:
         self.threads = threads  # set in __call__, not here: see set_threads
         self.model = model_loader()
-        self.scorer = detector.scorer(self.model)
-        self.threshold = detector.threshold
-        self.attacks = build_attacks(self.model, attacks, detector)
+        self.scorers = [d.scorer(self.model) for d in detectors]
+        self.thresholds = [d.threshold for d in detectors]
+        self.labels = detector_labels(detectors)
+        blind = [c for c in attacks if not c.spec.knows_detector]
+        knowing = [c for c in attacks if c.spec.knows_detector]
+        # (index of the one detector that judges it, or None for all; config; attack)
+        self.attacks: list[tuple[int | None, AttackConfig, Any]] = [
+            (None, c, a) for c, a in build_attacks(self.model, blind, None)
+        ]
+        for k, d in enumerate(detectors):
+            self.attacks += [(k, c, a) for c, a in build_attacks(self.model, knowing, d)]
         self.batch_size = batch_size
 
-    def _scores(self, x: torch.Tensor, keys: np.ndarray) -> np.ndarray:
+    def _scores(self, k: int, x: torch.Tensor, keys: np.ndarray) -> np.ndarray:
         return np.concatenate(
             [
-                self.scorer(x[i : i + self.batch_size], keys[i : i + self.batch_size]).cpu().numpy()
+                self.scorers[k](x[i : i + self.batch_size], keys[i : i + self.batch_size]).cpu().numpy()
                 for i in range(0, len(x), self.batch_size)
             ]
         )
 
+    def _judged(self, k: int | None) -> list[int]:
+        return list(range(len(self.scorers))) if k is None else [k]
+
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         set_threads(self.threads)
-        rows: list[dict[str, Any]] = [
+        base: list[dict[str, Any]] = [
             {"id": str(i), "pair_id": str(i), "kind": "clean", "attack": "", "method": "", "mode": "", "eps": 0.0,
              "status": str(s), "error": str(e), "label": int(lb), "pred": -1, "correct": False, "success": False,
              "score": float("nan"), "flagged": False, "passes": 0.0, "linf": 0.0}
             for i, lb, s, e in zip(batch["id"], batch["label"], batch["status"], batch["error"], strict=True)
         ]  # fmt: skip
+        # One clean row per image and detector.
+        rows = [{**r, "detector": label} for label in self.labels for r in base]
         ok = np.flatnonzero(batch["status"] == "ok")
         if len(ok) == 0:
             return rows_to_table(rows)
@@ -63,27 +88,35 @@ class EvaluateStage:
             pred = self.model(x.to(self.model.device)).argmax(1).cpu()
         ref = torch.where(labels >= 0, labels, pred)
         correct = (pred == ref).numpy()
-        scores = self._scores(x, np.array([stable_key(rows[i]["id"]) for i in ok]))
         for j, i in enumerate(ok):
-            rows[i].update(
-                pred=int(pred[j]), correct=bool(correct[j]), score=float(scores[j]), flagged=bool(scores[j] > self.threshold)
-            )
+            base[i].update(pred=int(pred[j]), correct=bool(correct[j]))
+        clean_keys = np.array([stable_key(base[i]["id"]) for i in ok])
+        n = len(base)
+        for k in range(len(self.scorers)):
+            scores = self._scores(k, x, clean_keys)
+            for j, i in enumerate(ok):
+                rows[k * n + i].update(pred=int(pred[j]), correct=bool(correct[j]), score=float(scores[j]),
+                                       flagged=bool(scores[j] > self.thresholds[k]))  # fmt: skip
         sel = np.flatnonzero(correct)
         if len(sel) == 0:
             return rows_to_table(rows)
-        xs, keys = x[sel], np.array([stable_key(rows[ok[s]]["id"]) for s in sel])
-        for cfg, attack in self.attacks:
+        xs = x[sel]
+        keys = np.array([stable_key(base[ok[s]]["id"]) for s in sel])
+        for target, cfg, attack in self.attacks:
             res = judged_on(self.model, cfg, attack(xs, ref[sel], keys))
             adv, adv_pred, success = res.adversarial, res.adv_pred, res.success.numpy()
-            ids = [f"{rows[ok[s]]['id']}|{cfg.name}" for s in sel]
-            adv_scores = self._scores(adv, np.array([stable_key(i) for i in ids]))
+            ids = [f"{base[ok[s]]['id']}|{cfg.name}" for s in sel]
+            adv_keys = np.array([stable_key(i) for i in ids])
             linf = (adv - xs).flatten(1).abs().max(1).values
-            for j, s in enumerate(sel):
-                base = rows[ok[s]]
-                rows.append({
-                    **base, "id": ids[j], "kind": "adversarial", "attack": cfg.name, "method": cfg.method, "mode": cfg.mode,
-                    "eps": cfg.eps, "pred": int(adv_pred[j]), "success": bool(success[j]), "score": float(adv_scores[j]),
-                    "flagged": bool(adv_scores[j] > self.threshold), "passes": float(res.passes[j]), "linf": float(linf[j]),
-                })  # fmt: skip
+            suffix = f"@{self.labels[target]}" if target is not None and len(self.labels) > 1 else ""
+            for k in self._judged(target):
+                adv_scores = self._scores(k, adv, adv_keys)
+                for j, s in enumerate(sel):
+                    rows.append({
+                        **base[ok[s]], "id": ids[j] + suffix, "kind": "adversarial", "attack": cfg.name, "method": cfg.method,
+                        "mode": cfg.mode, "eps": cfg.eps, "pred": int(adv_pred[j]), "success": bool(success[j]),
+                        "score": float(adv_scores[j]), "flagged": bool(adv_scores[j] > self.thresholds[k]),
+                        "passes": float(res.passes[j]), "linf": float(linf[j]), "detector": self.labels[k],
+                    })  # fmt: skip
         trim_heap()
         return rows_to_table(rows)

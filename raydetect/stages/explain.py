@@ -1,4 +1,4 @@
-"""Explain actor: each row's image -> its explanation -> its descriptor vector (``features``).
+"""Explain actor: each row's image -> its explanation and/or peers' features -> its vector (``features``).
 
 Input: rows of the attack job (a lossless ``png`` per row) or of the reader (an ``image``
 array). Output: one row per input row, descriptor in ``features``.
@@ -15,7 +15,8 @@ import torch
 
 from raydetect.attacks import stable_key
 from raydetect.config import AttributionConfig, FeatureConfig
-from raydetect.explain import Explainer, describe, feature_names
+from raydetect.detect.features import Featurizer
+from raydetect.explain import feature_names
 from raydetect.images import decode_png
 from raydetect.models import ImageClassifier
 from raydetect.models.runtime import set_threads, trim_heap
@@ -66,7 +67,7 @@ class FeatureStage:
         # key: the views' key, resolved by the job's driver (None: this process's RAYDETECT_SECRET); actors on
         # other nodes do not see the driver's environment.
         refs = None if references is None else torch.from_numpy(references)
-        self.explainer = Explainer(self.model, attribution, refs, key)
+        self.featurizer = Featurizer(self.model, attribution, features, refs, key)
         self.attribution = attribution
         self.cfg = features
         self.maps_fraction = maps_fraction
@@ -136,15 +137,15 @@ class FeatureStage:
             x = torch.from_numpy(np.stack([img for _, img, _ in chunk]))
             twins = None if chunk[0][2] is None else torch.from_numpy(np.stack([t for _, _, t in chunk]))  # type: ignore[misc]
             keys = np.array([row_key(r) for r, _, _ in chunk])
-            expl = self.explainer(x, keys=keys, twins=twins)
-            feats = describe(expl, self.cfg).cpu().numpy()
-            targets = expl.targets.cpu()
-            probs = expl.logits.softmax(1).cpu()
+            f = self.featurizer(x, keys=keys, twins=twins)
+            expl, feats = f.explanation, f.features.cpu().numpy()
+            targets = f.targets.cpu()
+            probs = f.logits.softmax(1).cpu()
             for j, (row, _, _) in enumerate(chunk):
                 row["features"] = feats[j]
                 row["pred"] = int(targets[j])
                 row["conf"] = float(probs[j, targets[j]])
-                if self.maps_fraction > 0 and (keys[j] % 10_000) < self.maps_fraction * 10_000:
+                if expl is not None and self.maps_fraction > 0 and (keys[j] % 10_000) < self.maps_fraction * 10_000:
                     row["map"] = _npy_bytes(expl.attributions[j].sum(0).cpu().numpy())
                 out.append(row)
         trim_heap()

@@ -1,8 +1,10 @@
-"""Reference images for GradientShap's ``train`` baseline, drawn from an attack job's clean images.
+"""Reference images, drawn from an attack job's clean images: GradientShap's ``train`` baseline and
+the peers' statistics (LID's neighbours, Mahalanobis' Gaussian).
 
 GradientShap explains an image against baselines drawn from clean images. The feature job picks
 a fixed, seeded sample of the attack output's correctly classified clean images (at most
-``MAX_REFERENCES``, at most a tenth of them) and keeps those images out of everything else: their
+``MAX_REFERENCES``, at most a tenth of them; for peers at most ``MAX_PEER_REFERENCES``, a quarter:
+LID needs k + 1 neighbours and a covariance wants more) and keeps those images out of everything else: their
 rows are written as ``skipped``, so a reference never becomes a fitted, calibration or test row,
 and no evaluated image is explained against itself. The sample is saved beside the features
 (``_references.npz``), reused on resume, and carried into the detector bundle (the audit must
@@ -20,27 +22,44 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from raydetect.config import AttributionConfig, FeatureConfig, from_dict
 from raydetect.errors import RaydetectError
 from raydetect.images import decode_png
 from raydetect.store import join, open_filesystem, output_files, read_bytes, read_output, write_bytes
 
 REFERENCE_FILE = "_references.npz"
 MAX_REFERENCES = 32
-SKIP_REASON = "reference image of the gradient_shap 'train' baseline; kept out of fitting and evaluation"
+MAX_PEER_REFERENCES = 100
+SKIP_REASON = "clean reference image (gradient_shap 'train' baseline, LID, Mahalanobis); kept out of fitting and evaluation"
 
 
-def choose_references(attacks_dir: str, seed: int = 0, n_max: int = MAX_REFERENCES) -> tuple[list[str], np.ndarray]:
+def reference_budget(attribution: AttributionConfig, features: FeatureConfig) -> tuple[int, int] | None:
+    """(most references, 1/share of the clean images they may take), or None when nothing needs them."""
+    if features.needs_references:
+        return MAX_PEER_REFERENCES, 4
+    return (MAX_REFERENCES, 10) if attribution.baseline == "train" else None
+
+
+def uses_references(job: dict[str, Any]) -> bool:
+    """Whether a feature job's recorded configuration explained or described against references."""
+    acfg = from_dict(AttributionConfig, job.get("attribution", {}))
+    return reference_budget(acfg, from_dict(FeatureConfig, job.get("features", {}))) is not None
+
+
+def choose_references(
+    attacks_dir: str, seed: int = 0, n_max: int = MAX_REFERENCES, share: int = 10
+) -> tuple[list[str], np.ndarray]:
     """(ids, images (R, C, H, W) float32 in [0,1]) of a seeded sample of correctly classified clean images."""
     table = read_output(attacks_dir, columns=["id", "kind", "status", "correct"])
     if table is None:
         raise RaydetectError(f"no attack output under {attacks_dir}")
     keep = pc.and_(pc.and_(pc.equal(table["kind"], "clean"), pc.equal(table["status"], "ok")), table["correct"])
     candidates = table.filter(keep).column("id").to_pylist()
-    n = min(n_max, len(candidates) // 10)
+    n = min(n_max, len(candidates) // share)
     if n < 1:
         raise RaydetectError(
-            f"baseline 'train' draws references from clean images, but {attacks_dir} has only {len(candidates)} correctly "
-            "classified ones (need at least 10: a tenth become references)"
+            f"references are drawn from clean images, but {attacks_dir} has only {len(candidates)} correctly "
+            f"classified ones (need at least {share}: one in {share} becomes a reference)"
         )
     order = sorted(candidates, key=lambda i: hashlib.blake2b(f"{seed}:ref:{i}".encode(), digest_size=8).digest())
     ids = sorted(order[:n])

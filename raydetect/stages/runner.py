@@ -32,13 +32,19 @@ from raydetect.report.audit import audit_report
 from raydetect.stages.attack import AttackStage
 from raydetect.stages.audit import AuditStage
 from raydetect.stages.console import Progress
-from raydetect.stages.evaluate import EvaluateStage
+from raydetect.stages.evaluate import EvaluateStage, detector_labels
 from raydetect.stages.explain import FeatureStage
 from raydetect.stages.external import ExternalImages, read_external
 from raydetect.stages.fused import AttackFeatureStage
 from raydetect.stages.plan import Plan, init_ray, map_actors, plan_resources
 from raydetect.stages.read import DatasetSource, read_dataset, read_inputs
-from raydetect.stages.references import MarkReferences, choose_references, load_references, save_references
+from raydetect.stages.references import (
+    MarkReferences,
+    choose_references,
+    load_references,
+    reference_budget,
+    save_references,
+)
 from raydetect.stages.sink import WriteParts
 from raydetect.store import (
     SUMMARY_FILE,
@@ -230,9 +236,9 @@ class FusedJob(AttackJob):
     def __init__(self, out: str, model: ModelConfig, source: Source, attacks: Sequence[AttackConfig],
                  attribution: AttributionConfig, features: FeatureConfig, only_correct: bool = True,
                  keep_png: bool = False) -> None:  # fmt: skip
-        if attribution.baseline == "train":
+        if reference_budget(attribution, features):
             raise RaydetectError(
-                "baseline 'train' draws GradientShap references from attacked clean images: run `raydetect attack`, "
+                "baseline 'train', LID and Mahalanobis draw references from attacked clean images: run `raydetect attack`, "
                 "then `raydetect features` (the fused job and reproduce cannot)"
             )
         super().__init__(out, model, source, attacks, only_correct)
@@ -266,9 +272,10 @@ class FeatureJob(Job):
         self.attacks_dir, self.attribution, self.features = attacks_dir, attribution, features
         self.references, self.maps_fraction = references, maps_fraction
         self.reference_ids: list[str] = []
-        if attribution.baseline == "train" and references is None:
+        budget = reference_budget(attribution, features)
+        if budget and references is None:
             saved = load_references(out)  # a resumed job keeps the references its rows were explained against
-            self.reference_ids, self.references = saved or choose_references(attacks_dir, attribution.seed)
+            self.reference_ids, self.references = saved or choose_references(attacks_dir, attribution.seed, *budget)
         # The paper protocol's output ids are per (pair, attack): resume whole pairs.
         self.resume_key = self.progress_key = "pair_id" if attribution.baseline == "pair" else "id"
         self.unit = "pairs" if attribution.baseline == "pair" else "images"
@@ -313,9 +320,9 @@ class ExternalFeatureJob(FeatureJob):
         Job.__init__(self, out, model)
         if attribution.baseline == "pair" and not external.paired:
             raise RaydetectError("the paper protocol explains each image against its twin: it needs paired images")
-        if attribution.baseline == "train":
-            raise RaydetectError("baseline 'train' draws references from an attack job's clean images; "
-                                 "with imported images use --baseline blur or black")  # fmt: skip
+        if reference_budget(attribution, features):
+            raise RaydetectError("baseline 'train', LID and Mahalanobis draw references from an attack job's clean images; "
+                                 "with imported images use --baseline blur or black, and squeeze as the only peer")  # fmt: skip
         self.external, self.attribution, self.features = external.validate().resolved(), attribution, features
         self.references, self.maps_fraction = None, maps_fraction
         self.reference_ids = []
@@ -370,14 +377,15 @@ class EvaluateJob(_FromSource):
 
     name = "evaluate"
 
-    def __init__(self, out: str, model: ModelConfig, source: Source, detector: Detector, bundle: str,
+    def __init__(self, out: str, model: ModelConfig, source: Source, detectors: Sequence[Detector], bundles: Sequence[str],
                  attacks: Sequence[AttackConfig], ids: set[str] | None = None) -> None:  # fmt: skip
         super().__init__(out, model, source)
-        self.detector, self.bundle, self.attacks, self.ids = detector, bundle, tuple(attacks), ids
+        self.detectors, self.bundles, self.attacks, self.ids = list(detectors), list(bundles), tuple(attacks), ids
 
     def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
         ids = sorted(self.ids) if self.ids is not None else None
-        return {"source": self.source_config(), "bundle": self.bundle, "model": to_dict(model),
+        many = {"compare": self.bundles[1:]} if len(self.bundles) > 1 else {}  # a one-bundle job's record is as before
+        return {"source": self.source_config(), "bundle": self.bundles[0], **many, "model": to_dict(model),
                 "attacks": [to_dict(a) for a in self.attacks], "ids": ids}  # fmt: skip
 
     def read(self, model: ModelConfig, done: set[str]) -> Any:
@@ -385,7 +393,7 @@ class EvaluateJob(_FromSource):
         return ds
 
     def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
-        args = (ConfiguredLoader(model), self.detector, self.attacks, plan.threads, plan.batch_size)
+        args = (ConfiguredLoader(model), self.detectors, self.attacks, plan.threads, plan.batch_size)
         return map_actors(ds, EvaluateStage, args, plan)
 
 
@@ -447,9 +455,23 @@ def run_evaluation(
     ids: set[str] | None = None,
     address: str | None = None,
     device: str = "auto",
+    compare: Sequence[str] = (),
 ) -> tuple[JobSummary, list[dict[str, Any]]]:
     """Attack and score ``source`` (or its ``ids``) against the bundle on ``device`` (``auto``: the plan
-    decides); returns the accounting and one robustness summary per attack (``detect.evaluation.robustness_rows``)."""
+    decides); returns the accounting and one robustness summary per attack (``detect.evaluation.robustness_rows``).
+    ``compare``: more bundles (same model) that score the same clean and adversarial images; then one summary
+    per (detector, attack), each with its ``detector`` label and ``audit_passes``."""
     det, mcfg = load_for_audit(bundle, device=device)
-    summary = run_job(EvaluateJob(out, mcfg, source, det, bundle, attacks, ids), resources, address)
-    return summary, robustness_rows(read_output(out).to_pylist(), det.threshold)
+    dets = [det]
+    for other in compare:
+        d, _ = load_for_audit(other, model=mcfg.name, device=device)
+        dets.append(d)
+    summary = run_job(EvaluateJob(out, mcfg, source, dets, [bundle, *compare], attacks, ids), resources, address)
+    rows = read_output(out).to_pylist()
+    if not compare:
+        return summary, robustness_rows(rows, det.threshold)
+    return summary, [
+        {"detector": label, "bundle": b, "audit_passes": d.audit_passes(), **r}
+        for label, b, d in zip(detector_labels(dets), [bundle, *compare], dets, strict=True)
+        for r in robustness_rows([r for r in rows if r.get("detector") == label], d.threshold)
+    ]

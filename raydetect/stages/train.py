@@ -54,7 +54,7 @@ from raydetect.report.figures import (
     round_robin,
 )
 from raydetect.stages.read import decode_cell, is_parquet
-from raydetect.stages.references import load_references
+from raydetect.stages.references import load_references, uses_references
 from raydetect.store import is_remote, job_config, join, open_filesystem, output_files, read_bytes, read_output
 
 
@@ -93,10 +93,10 @@ def run_training(
         raise RaydetectError(f"no feature output under {features_uri}; run the feature job first")
     job = job_config(features_uri) or {}
     references = None
-    if job.get("attribution", {}).get("baseline") == "train":
+    if uses_references(job):
         saved = load_references(features_uri)
         if saved is None:
-            raise RaydetectError(f"{features_uri} was explained against GradientShap references that were not saved with it")
+            raise RaydetectError(f"{features_uri} was made against clean reference images that were not saved with it")
         references = saved[1]
     fitter: Callable[[Sequence[FitJob]], list[Head]] = fit_local
     if use_ray:
