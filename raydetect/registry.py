@@ -230,6 +230,7 @@ class PeerSpec:
     summary: str
     paper: str
     names: Callable[[Any], list[str]]  # feature columns it adds, from the FeatureConfig
+    label: str  # in tables (e.g. "mahalanobis (class-agnostic)": the variant is part of its name)
     passes: Callable[[Any], int]
     references: bool = False
 
@@ -242,16 +243,17 @@ PEERS: dict[str, PeerSpec] = {
     for s in (
         PeerSpec("squeeze", "raydetect.detect.peers.squeeze:FeatureSqueezing",
                  "feature squeezing: largest L1 change of the softmax under --squeezer (bits, median, nlm)",
-                 "Xu, Evans and Qi, NDSS 2018", lambda c: ["squeeze_max_l1"],
+                 "Xu, Evans and Qi, NDSS 2018", lambda c: ["squeeze_max_l1"], "squeeze",
                  lambda c: 1 + len(c.squeezers)),
         PeerSpec("lid", "raydetect.detect.peers.lid:LID",
                  "local intrinsic dimensionality of --peer-layer activations against clean references (k = --lid-k)",
-                 "Ma et al., ICLR 2018", lambda c: [f"lid_{la}" for la in c.peer_layers], lambda c: 1,
+                 "Ma et al., ICLR 2018", lambda c: [f"lid_{la}" for la in c.peer_layers], "lid", lambda c: 1,
                  references=True),
         PeerSpec("mahalanobis", "raydetect.detect.peers.mahalanobis:Mahalanobis",
                  "Mahalanobis distance of --peer-layer features to the clean references' Gaussian, after a "
                  "--maha-noise input step (class-agnostic: one Gaussian)",
-                 "Lee et al., NeurIPS 2018", lambda c: [f"maha_{la}" for la in c.peer_layers], lambda c: 2 * len(c.peer_layers),
+                 "Lee et al., NeurIPS 2018", lambda c: [f"maha_{la}" for la in c.peer_layers], "mahalanobis (class-agnostic)",
+                 lambda c: 2 * len(c.peer_layers),
                  references=True),
     )
 }  # fmt: skip

@@ -27,7 +27,7 @@ from typing import Any
 from raydetect.config import AttributionConfig, FeatureConfig
 from raydetect.report.document import Table, markdown_table, to_markdown
 from raydetect.report.experiments import reproduction_report
-from raydetect.report.tables import pct, robustness_table
+from raydetect.report.tables import attack_rank, pct, robustness_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -148,17 +148,6 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(t.headers, t.rows)
 
 
-ATTACK_ORDER = ["bim", "pgd", "bim-stop", "deepfool", "cw_l2", "square", "jpeg", "transfer", "squeeze_eot", "adaptive"]
-
-
-def attack_rank(r: dict[str, Any]) -> tuple[int, float, str]:
-    """Robustness rows in the order the docs show them: trained-on strengths first, then unseen, then
-    attacks that know the detector; larger budgets first."""
-    name = r["attack"]
-    kind = "jpeg" if "-jpeg" in name else "bim-stop" if "-stop" in name else "transfer" if "-from-" in name else r["method"]
-    return ATTACK_ORDER.index(kind), -r["eps"], name
-
-
 def evaluate_digits(file: str) -> str:
     rows = read_jsonl(file)
     return f"```bash\n{rows[0]['command']}\n```\n\n{_table(sorted(rows, key=attack_rank))}\n"
@@ -233,6 +222,8 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "evaluate-digits": lambda: evaluate_digits("evaluate-digits.jsonl"),
     "evaluate-digits-secret": lambda: evaluate_digits("evaluate-digits-secret.jsonl"),
     "default-detector": lambda: evaluate_digits("default-detector-heldback.jsonl"),
+    "peers-compare": lambda: _bench("peers").compare_markdown(read_jsonl("peers-compare.jsonl")),
+    "peers-compare-full": lambda: _bench("peers").full_markdown(read_jsonl("peers-compare.jsonl")),
     "hardening": lambda: _hardening().summary_markdown(),  # bench/hardening.py reads bench/results/hardening.jsonl
     "readme-robust": lambda: hardening_readme("hardening.jsonl", *README_DESIGN),
     "bench-audit": lambda: bench_audit("throughput"),

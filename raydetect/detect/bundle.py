@@ -116,7 +116,7 @@ class Detector:
         _, acfg, fcfg = self.configs()
         explained = f"`{acfg.explainer}` attributions (baseline `{acfg.baseline}`, {acfg.n_steps} steps)"
         parts = [explained] if fcfg.explanation else []
-        parts += [f"{registry.PEERS[p].summary.split(':')[0]} ({registry.PEERS[p].paper})" for p in fcfg.peers]
+        parts += [f"{registry.PEERS[p].label} ({registry.PEERS[p].paper})" for p in fcfg.peers]
         return " + ".join(parts)
 
     def audit_passes(self) -> int:
@@ -134,7 +134,7 @@ class Detector:
         """A short name for comparison tables: ig, squeeze, lid, mahalanobis (class-agnostic), ig+lid..."""
         _, acfg, fcfg = self.configs()
         names = [acfg.explainer] if fcfg.explanation else []
-        names += ["mahalanobis (class-agnostic)" if p == "mahalanobis" else p for p in fcfg.peers]
+        names += [registry.PEERS[p].label for p in fcfg.peers]
         return "+".join(names)
 
     # -- persistence -------------------------------------------------------------------------
@@ -356,7 +356,8 @@ def load_for_audit(
     det.check_compatible(model)
     det.views_key = secret()
     _warn_once(bundle, warning)
-    if det.configs()[1].jitter > 0 and det.views_key == PUBLIC_KEY and not is_default(bundle):
+    _, acfg, fcfg = det.configs()
+    if fcfg.explanation and acfg.jitter > 0 and det.views_key == PUBLIC_KEY and not is_default(bundle):
         _warn_once(f"{bundle}#key", (
             f"detector bundle {bundle} draws its views' strengths per image from a keyed hash, and RAYDETECT_SECRET is "
             "not set: the public key is used, so anyone who reads raydetect can compute every draw (set RAYDETECT_SECRET "

@@ -66,6 +66,9 @@ class EvaluateStage:
             ]
         )
 
+    def _suffix(self, k: int) -> str:
+        return f"@{self.labels[k]}" if k else ""
+
     def _judged(self, k: int | None) -> list[int]:
         return list(range(len(self.scorers))) if k is None else [k]
 
@@ -77,8 +80,8 @@ class EvaluateStage:
              "score": float("nan"), "flagged": False, "passes": 0.0, "linf": 0.0}
             for i, lb, s, e in zip(batch["id"], batch["label"], batch["status"], batch["error"], strict=True)
         ]  # fmt: skip
-        # One clean row per image and detector.
-        rows = [{**r, "detector": label} for label in self.labels for r in base]
+        # One clean row per image and detector; ids stay unique (the first detector's are the image ids, which resume reads).
+        rows = [{**r, "id": r["id"] + self._suffix(k), "detector": label} for k, label in enumerate(self.labels) for r in base]
         ok = np.flatnonzero(batch["status"] == "ok")
         if len(ok) == 0:
             return rows_to_table(rows)
@@ -108,15 +111,15 @@ class EvaluateStage:
             ids = [f"{base[ok[s]]['id']}|{cfg.name}" for s in sel]
             adv_keys = np.array([stable_key(i) for i in ids])
             linf = (adv - xs).flatten(1).abs().max(1).values
-            suffix = f"@{self.labels[target]}" if target is not None and len(self.labels) > 1 else ""
             for k in self._judged(target):
                 adv_scores = self._scores(k, adv, adv_keys)
                 for j, s in enumerate(sel):
                     rows.append({
-                        **base[ok[s]], "id": ids[j] + suffix, "kind": "adversarial", "attack": cfg.name, "method": cfg.method,
-                        "mode": cfg.mode, "eps": cfg.eps, "pred": int(adv_pred[j]), "success": bool(success[j]),
-                        "score": float(adv_scores[j]), "flagged": bool(adv_scores[j] > self.thresholds[k]),
-                        "passes": float(res.passes[j]), "linf": float(linf[j]), "detector": self.labels[k],
+                        **base[ok[s]], "id": ids[j] + self._suffix(k), "kind": "adversarial", "attack": cfg.name,
+                        "method": cfg.method, "mode": cfg.mode, "eps": cfg.eps, "pred": int(adv_pred[j]),
+                        "success": bool(success[j]), "score": float(adv_scores[j]),
+                        "flagged": bool(adv_scores[j] > self.thresholds[k]), "passes": float(res.passes[j]),
+                        "linf": float(linf[j]), "detector": self.labels[k],
                     })  # fmt: skip
         trim_heap()
         return rows_to_table(rows)

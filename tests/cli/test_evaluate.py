@@ -52,3 +52,37 @@ def test_attack_adaptive_needs_and_uses_the_bundle(ray_cluster, digits_bundle, t
     assert config["bundle"] == str(digits_bundle)
     # The default bundle draws its views' strengths at random: the attack takes EOT over them unasked.
     assert [a["eot"] for a in config["attacks"]] == [2]
+
+
+def test_a_peer_detector_trains_through_the_jobs_and_compares_beside_the_bundle(ray_cluster, digits_bundle, tmp_path) -> None:
+    """attack -> features --peer (no explanation) -> train -> evaluate --compare, all through the CLI."""
+    attacks, feats, trained, out = (tmp_path / n for n in ("a", "f", "t", "eval"))
+    steps = [
+        ["attack", "digits", "--model", "digits_cnn", "--eps", "0.3", "--steps", "5", "--limit", "160", "--out", str(attacks)],
+        ["features", str(attacks), "--model", "digits_cnn", "--peer", "lid", "--peer", "squeeze", "--no-explanation",
+         "--peer-layer", "early", "--peer-layer", "logits", "--lid-k", "5", "--squeezer", "bits:1", "--out", str(feats)],
+        ["train", str(feats), "--out", str(trained)],
+    ]  # fmt: skip
+    for args in steps:
+        r = runner.invoke(app, args, catch_exceptions=False)
+        assert r.exit_code == 0, (args[0], r.output)
+    peer = trained / "detector"
+    manifest = json.loads((peer / "manifest.json").read_text())
+    assert manifest["feature_names"] == ["lid_early", "lid_logits", "squeeze_max_l1"]
+    assert manifest["references_file"] == "references.npy"  # LID's neighbours travel with the bundle
+    args = ["evaluate", "digits", "--detector", str(digits_bundle), "--compare", str(peer), "--out", str(out), "--eps", "0.3",
+            "--offset", "300", "--limit", "12", "--adaptive-steps", "4"]  # fmt: skip
+    r = runner.invoke(app, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    rows = json.loads((out / "results.json").read_text())["robustness"]
+    by = {(row["detector"], row["attack"]): row for row in rows}
+    labels = {row["detector"] for row in rows}
+    assert labels == {"ig", "lid+squeeze"}
+    for attack in {row["attack"] for row in rows}:
+        a, b = by[("ig", attack)], by[("lid+squeeze", attack)]
+        assert a["n_clean"] == b["n_clean"] > 0
+        if a["method"] not in ("adaptive", "squeeze_eot"):  # blind attacks: the very same adversarials for both
+            assert (a["n_attacked"], a["n_success"]) == (b["n_attacked"], b["n_success"])
+    assert by[("lid+squeeze", "bim-untargeted-0.3")]["audit_passes"] == 1 + 1 + 2
+    assert "Detectors compared" in (out / "report.md").read_text()
+    assert "[lid+squeeze] adaptive" in r.output

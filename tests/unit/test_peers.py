@@ -198,3 +198,27 @@ def test_a_peer_bundle_scores_the_same_after_loading_and_through_the_attackers_g
     assert grad.abs().sum() > 0  # the adaptive attack has a gradient to follow
     expected = {"squeeze": 1 + 1 + len(cfg.squeezers), "lid": 1 + 1, "mahalanobis": 1 + 2 * len(cfg.peer_layers)}
     assert back.audit_passes() == expected[peer]
+
+
+class ToyPeer:
+    """A peer defined outside raydetect: the mean brightness of the image."""
+
+    def __init__(self, model, cfg, references=None) -> None:
+        pass
+
+    def features(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        return x.double().mean((1, 2, 3))[:, None]
+
+
+def test_a_new_peer_is_one_class_and_one_registry_entry(monkeypatch, digits_model, digits_test) -> None:
+    from raydetect import registry
+
+    toy = registry.PeerSpec("toy", "tests.unit.test_peers:ToyPeer", "mean brightness", "nobody", lambda c: ["toy_mean"],
+                            "toy", lambda c: 1)  # fmt: skip
+    monkeypatch.setitem(registry.PEERS, "toy", toy)
+    cfg = FeatureConfig(peers=("toy", "squeeze"), explanation=False, squeezers=("bits:1",)).validate()
+    assert feature_names(cfg) == ["toy_mean", "squeeze_max_l1"]
+    x = _x(digits_test)[:4]
+    f = Featurizer(digits_model, ACFG, cfg)(x).features
+    assert torch.allclose(f[:, 0], x.mean((1, 2, 3)))
+    assert cfg.audit_passes(ACFG) == 1 + 1 + 2

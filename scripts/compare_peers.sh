@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The reference detectors beside the shipped default (issue 34), on the shared ImageNet sample: every detector
+# trained on files [0,300) sorted by path (the attack rows the default was trained on), all scored on the same
+# attacks of files [300,500), which none of them saw. Resumable; about 2 h on 2 cores. Then:
+#   python bench/peers.py record && python scripts/tables.py
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+DATA=${RAYDETECT_DATA:-../shared/data/imagenet-sample}
+OUT=${RAYDETECT_OUT:-runs/peers}
+EVAL=(--eps 4/255 --no-adaptive --offset 300 --limit 200)
+set -x
+raydetect attack "$DATA" --eps 0.1 --eps 4/255 --limit 300 --out "$OUT/attacks"
+for p in squeeze lid mahalanobis; do
+  raydetect features "$OUT/attacks" --peer $p --no-explanation --out "$OUT/$p/features"
+  raydetect train "$OUT/$p/features" --detector lr --out "$OUT/$p/train"
+done
+raydetect evaluate "$DATA" --detector raydetect/resources/detector --compare "$OUT/squeeze/train/detector" \
+  --compare "$OUT/lid/train/detector" --compare "$OUT/mahalanobis/train/detector" "${EVAL[@]}" --out "$OUT/compare"
+# The combination: the default's explanation descriptor and feature squeezing in one head (chosen on the selection
+# half's rows of attacks not held out: the only peer that sees minimal adversarials; STUDY.md); its blind attacks are
+# the same keyed adversarials of the same images.
+raydetect features "$OUT/attacks" --peer squeeze --out "$OUT/ig-squeeze/features"
+raydetect train "$OUT/ig-squeeze/features" --detector lr --out "$OUT/ig-squeeze/train"
+# On the confirmation half only (files [400,500)): the half that chose nothing.
+raydetect evaluate "$DATA" --detector "$OUT/ig-squeeze/train/detector" --eps 4/255 --no-adaptive --offset 400 --limit 100 \
+  --out "$OUT/ig-squeeze/eval"
