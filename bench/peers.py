@@ -75,7 +75,8 @@ def _pivot(rows: list[dict[str, Any]], cell: Any) -> tuple[list[str], list[list[
         [r["attack"], knows(r), *(cell(by[(d, r["attack"])]) if (d, r["attack"]) in by else "" for d in dets)] for r in firsts
     ]
     passes = {d: next(r["audit_passes"] for r in rows if r["detector"] == d) for d in dets}
-    return ["Attack", "Knows the detector?", *(f"{d} ({passes[d]} passes)" for d in dets)], body
+    shown = {"ig": "raydetect default (ig)"}
+    return ["Attack", "Knows the detector?", *(f"{shown.get(d, d)} ({passes[d]} passes)" for d in dets)], body
 
 
 def compare_markdown(rows: list[dict[str, Any]]) -> str:
