@@ -1,7 +1,9 @@
 """The field's reference detectors beside raydetect's, on the same images and attacks (issue 34).
 
     python bench/peers.py record [--jsonl bench/results/peers-compare.jsonl]
+    python bench/peers.py record-digits   # after scripts/compare_peers_digits.sh
     python bench/peers.py cost [--images 16 --repeats 3]   # seconds per scored image of each detector
+    python bench/peers.py promise BUNDLE [--offset 300 --limit 200]   # its false-alarm promise on unseen files
 
 Reads the rows of the two ``raydetect evaluate`` runs of ``scripts/compare_peers.sh`` (the shipped default
 and the three peers with ``--compare``; the explanation + feature squeezing combination alone, whose blind attacks
@@ -122,6 +124,57 @@ def full_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+DIGITS_COMMAND = "bash scripts/compare_peers_digits.sh && python bench/peers.py record-digits"
+
+
+def record_digits(jsonl: Path) -> int:
+    """The digits comparison (attackers who know each detector included) as ``evaluate --compare`` summarised it."""
+    run = json.loads((ROOT / "runs" / "peers-digits" / "compare" / "results.json").read_text())
+    lines = [{"command": DIGITS_COMMAND, "images": "all", "views_key": run.get("views_key", ""), **r} for r in run["robustness"]]
+    jsonl.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    print(f"peers: {len(lines)} rows -> {jsonl}")
+    return 0
+
+
+def digits_markdown(rows: list[dict[str, Any]]) -> str:
+    from raydetect.report.document import markdown_table
+    from raydetect.report.tables import comparison_table
+
+    t = comparison_table(rows)
+    return f"```bash\n{rows[0]['command']}\n```\n\n{markdown_table(t.headers, t.rows)}\n"
+
+
+def promise(bundle: str, jsonl: Path, offset: int, limit: int) -> int:
+    """Does a bundle's false-alarm promise hold? Flag the correctly classified clean files [offset, offset+limit) of
+    the sample (which it never saw) and compare with its calibration's stated range (``train --target-fpr``)."""
+    import torch
+
+    from raydetect.detect import Detector
+    from raydetect.detect.metrics import Calibration
+    from raydetect.images import load_image_folder
+
+    det = Detector.load(ROOT / bundle)
+    model = det.load_model("cpu")
+    data = load_image_folder(str(ROOT.parent / "shared" / "data" / "imagenet-sample"), model.info.preprocess,
+                             offset=offset, limit=limit)  # fmt: skip
+    x = torch.from_numpy(data.images)
+    with torch.no_grad():
+        ok = model(x).argmax(1).numpy() == data.labels
+    scores = det.score(x[ok], model=model)
+    cal = Calibration.from_dict(det.calibration)
+    flagged = int((scores > det.threshold).sum())
+    lo, hi = cal.flagged_range(len(scores), 0.95)
+    line = {"bench": "promise", "bundle": bundle, "target_fpr": det.target_fpr, "files": [offset, offset + limit],
+            "clean": len(scores), "flagged": flagged, "fpr": flagged / len(scores),
+            "promised_range": det.calibration.get("fpr_range"),
+            "flagged_range_95": [lo, hi], "holds": bool(lo <= flagged <= hi),
+            "command": f"python bench/peers.py promise {bundle} --offset {offset} --limit {limit}"}  # fmt: skip
+    with jsonl.open("a") as f:
+        f.write(json.dumps(line) + "\n")
+    print(json.dumps(line))
+    return 0
+
+
 COST_DESIGNS = {  # name -> (FeatureConfig fields, needs references)
     "ig (default)": {},
     "squeeze": {"peers": ("squeeze",), "explanation": False},
@@ -180,11 +233,18 @@ def cost_markdown(rows: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("cmd", choices=["record", "cost"])
+    ap.add_argument("cmd", choices=["record", "record-digits", "cost", "promise"])
+    ap.add_argument("bundle", nargs="?", help="promise: the bundle to check")
+    ap.add_argument("--offset", type=int, default=300)
+    ap.add_argument("--limit", type=int, default=200)
     ap.add_argument("--jsonl", type=Path, default=None)
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
+    if a.cmd == "record-digits":
+        return record_digits(a.jsonl or ROOT / "bench" / "results" / "peers-digits.jsonl")
+    if a.cmd == "promise":
+        return promise(a.bundle, a.jsonl or ROOT / "bench" / "results" / "promise.jsonl", a.offset, a.limit)
     if a.cmd == "cost":
         return cost(a.jsonl or ROOT / "bench" / "results" / "peer-cost.jsonl", a.images, a.repeats)
     return record(a.jsonl or ROOT / "bench" / "results" / "peers-compare.jsonl")

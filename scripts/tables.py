@@ -224,6 +224,8 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "default-detector": lambda: evaluate_digits("default-detector-heldback.jsonl"),
     "peers-compare": lambda: _bench("peers").compare_markdown(read_jsonl("peers-compare.jsonl")),
     "peers-compare-full": lambda: _bench("peers").full_markdown(read_jsonl("peers-compare.jsonl")),
+    "peers-digits": lambda: _bench("peers").digits_markdown(read_jsonl("peers-digits.jsonl")),
+    "peer-cost": lambda: _bench("peers").cost_markdown(read_jsonl("peer-cost.jsonl")),
     "hardening": lambda: _hardening().summary_markdown(),  # bench/hardening.py reads bench/results/hardening.jsonl
     "readme-robust": lambda: hardening_readme("hardening.jsonl", *README_DESIGN),
     "bench-audit": lambda: bench_audit("throughput"),

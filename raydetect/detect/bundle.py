@@ -125,9 +125,11 @@ class Detector:
         return fcfg.audit_passes(acfg)
 
     def views(self) -> list[View]:
-        """The transformed views of an image this detector classifies (what squeeze_eot attacks)."""
+        """The transformed views of an image this detector classifies (what squeeze_eot attacks): the explanation's
+        and the peers' (feature squeezing's squeezers)."""
         _, acfg, fcfg = self.configs()
-        return views(acfg) if fcfg.explanation else []
+        peer_views = [v for p in fcfg.peers for v in registry.PEERS[p].load().views(fcfg)]
+        return (views(acfg) if fcfg.explanation else []) + peer_views
 
     @property
     def label(self) -> str:

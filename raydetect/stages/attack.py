@@ -7,6 +7,7 @@ to the explainer as arrays, without the PNG round trip.)
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -22,6 +23,8 @@ from raydetect.images import encode_png
 from raydetect.models import ImageClassifier, load_model
 from raydetect.models.runtime import set_threads, trim_heap
 from raydetect.stages.rows import rows_to_batch
+
+log = logging.getLogger(__name__)
 
 
 def clean_row(image_id: str, path: str, label: int, status: str, error: str) -> dict[str, Any]:
@@ -43,6 +46,9 @@ def build_attacks(
     sources: dict[str, ImageClassifier] = {}
     out = []
     for cfg in configs:
+        if cfg.spec.needs == "views" and detector is not None and not views:
+            log.info("%s skipped against a detector that computes no views of the image", cfg.name)
+            continue
         on = model
         if cfg.source_model:  # a black-box attacker's own model
             on = sources.setdefault(cfg.source_model, load_model(ModelConfig(name=cfg.source_model, device=str(model.device))))

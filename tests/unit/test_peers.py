@@ -196,6 +196,11 @@ def test_a_peer_bundle_scores_the_same_after_loading_and_through_the_attackers_g
     (grad,) = torch.autograd.grad(out.sum(), xg)
     assert np.allclose(torch.sigmoid(out).detach().numpy(), before, atol=1e-5)
     assert grad.abs().sum() > 0  # the adaptive attack has a gradient to follow
+    # squeeze_eot attacks the views a detector computes: squeezing's squeezers; LID and Mahalanobis have none
+    views = back.views()
+    assert len(views) == (len(cfg.squeezers) if peer == "squeeze" else 0)
+    for view, spec in zip(views, cfg.squeezers if peer == "squeeze" else (), strict=True):
+        assert torch.equal(view(x, torch.zeros(len(x))), squeeze(x, spec))
     expected = {"squeeze": 1 + 1 + len(cfg.squeezers), "lid": 1 + 1, "mahalanobis": 1 + 2 * len(cfg.peer_layers)}
     assert back.audit_passes() == expected[peer]
 

@@ -30,6 +30,11 @@ class Peer:
     def features(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         raise NotImplementedError
 
+    @staticmethod
+    def views(cfg: FeatureConfig) -> list:
+        """Transformed copies of the image the peer classifies, (x, u) -> view, for ``squeeze_eot`` (none by default)."""
+        return []
+
 
 def layer_outputs(model: ImageClassifier, x: torch.Tensor, layers: Sequence[str]) -> list[torch.Tensor]:
     """The outputs of ``layers`` (aliases, module paths or "logits") for a batch, by forward hooks."""

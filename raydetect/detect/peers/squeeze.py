@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from raydetect import registry
+from raydetect.config import FeatureConfig
 from raydetect.detect.peers import Peer
 from raydetect.explain.views import bit_depth
 
@@ -58,6 +59,11 @@ def squeeze(x: torch.Tensor, spec: str) -> torch.Tensor:
 
 
 class FeatureSqueezing(Peer):
+    @staticmethod
+    def views(cfg: FeatureConfig) -> list:
+        """Each squeezer: what squeeze_eot makes adversarial too (the known attack on squeezing, He et al. 2017)."""
+        return [lambda x, u, s=s: squeeze(x, s) for s in cfg.squeezers]
+
     def features(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         with torch.set_grad_enabled(create_graph):
             p = self.model(x).double().softmax(1)
