@@ -65,7 +65,7 @@ def evaluate(det: Detector, model: Any, imgs: LocalImages, steps: int, restarts:
         AttackConfig(method="bim", eps=EPS, steps=40, alpha=EPS / 8, stop_margin=0.0),
         adaptive(steps, seed=7, det=det, restarts=restarts),
     ]
-    stage = EvaluateStage(lambda: model, det, attacks)
+    stage = EvaluateStage(lambda: model, [det], attacks)
     n = len(imgs.ids)
     batch = {"id": np.array(imgs.ids), "label": imgs.labels, "status": np.full(n, "ok"), "error": np.full(n, ""),
              "image": imgs.images}  # fmt: skip

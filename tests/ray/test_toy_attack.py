@@ -47,7 +47,7 @@ def test_a_toy_attack_runs_through_attack_evaluate_and_a_report(toy, digits_mode
     assert (attacked["passes"][adv] == 0).all()  # what the toy spends, as its entry says
 
     det = Detector.load(str(digits_bundle))
-    rows = EvaluateStage(lambda: digits_model, det, [toy])(batch).to_pylist()
+    rows = EvaluateStage(lambda: digits_model, [det], [toy])(batch).to_pylist()
     summary = robustness_rows(rows, det.threshold)
     assert [r["attack"] for r in summary] == [toy.name] and summary[0]["method"] == TOY.name
     assert attack_label(summary[0]) == "Untargeted, sign noise, eps=0.3"  # the label its entry gives

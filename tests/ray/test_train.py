@@ -92,10 +92,10 @@ def test_adaptive_attack_evades_the_detector_more_often_than_bim(ray_cluster, di
              "error": np.array([""] * n, dtype=object)}  # fmt: skip
     eot = default_eot(det.configs()[1].jitter)  # the bundle's views draw random strengths: EOT over them
     suite = {a.method: a for a in robustness_suite(0.3, "digits_cnn", adaptive_steps=60, eot=eot, smooth=10.0)}
-    rows = EvaluateStage(lambda: model, det, [suite["bim"], suite["adaptive"]])(batch).to_pylist()
+    rows = EvaluateStage(lambda: model, [det], [suite["bim"], suite["adaptive"]])(batch).to_pylist()
     by = {r["method"]: r for r in robustness_rows(rows, det.threshold)}
     # The same attack with the detector's term switched off (lam 0): what the detector's gradient adds.
-    blind_rows = EvaluateStage(lambda: model, det, [replace(suite["adaptive"], lam=0.0)])(batch).to_pylist()
+    blind_rows = EvaluateStage(lambda: model, [det], [replace(suite["adaptive"], lam=0.0)])(batch).to_pylist()
     (blind,) = robustness_rows(blind_rows, det.threshold)
     assert by["adaptive"]["evaded"] > by["bim"]["evaded"] + 0.3, by
     assert by["adaptive"]["evaded"] > blind["evaded"] + 0.2, (by["adaptive"], blind)
