@@ -619,61 +619,22 @@ def reproduce(
     twin), so the gap between them is visible. Writes a detector bundle per protocol for `raydetect audit`.
     """
     from raydetect.attacks.suite import default_eot, mixed_strengths  # Ray and torch: only once a command runs
-    from raydetect.reproduce import Robustness, run_reproduction
+    from raydetect.stages.reproduce import Reproduction, Robustness, run_reproduction
 
-    if protocol not in ("corrected", "paper", "both"):
-        raise RaydetectError(f"protocol must be corrected, paper or both; got {protocol!r}")
-    if engine not in ("ray", "local"):
-        raise RaydetectError(f"engine must be ray or local; got {engine!r}")
-    if adaptive and engine != "ray":
-        raise RaydetectError("--adaptive runs through Ray; drop --engine local")
-    if adaptive_images < 1 or adaptive_steps < 1:
-        raise RaydetectError("--adaptive-images and --adaptive-steps must be >= 1")
-    detectors = tuple(detector or ["lr", "rf"])
-    for d in detectors:
-        if d not in ("lr", "rf", "xgboost"):
-            raise RaydetectError(f"detector must be lr, rf or xgboost; got {d!r}")
-    DetectorConfig(calibration=calibration).validate()  # type: ignore[arg-type]
-    mcfg = model_config(model, weights, random_weights, device)
-    if data is None:
-        if model != "digits_cnn":
-            raise RaydetectError("--data is required for ImageNet models: an ImageNet-style folder (<wnid>/<file>)")
-        data = "digits"
-    if data != "digits" and not is_remote(data) and not Path(data).expanduser().is_dir():
-        raise RaydetectError(f"data folder does not exist: {data}")
-    Source(data, limit=limit, offset=offset).validate()
     eps_list = parse_eps_list(eps, [4 / 255])
-    extra = mixed_strengths(strengths, eps_list, seed, steps=steps)
     attribution = attribution_config(explainer, ig_steps, baseline, layer, blur_sigma, view, jitter)
-    key = None
-    if sign_key is not None:
-        from raydetect.detect.signing import load_private_key  # cryptography: only once a command runs
-
-        key = load_private_key(sign_key)
-    path = run_reproduction(
-        data=data,
-        out=out,
-        model_cfg=mcfg,
-        protocols=("paper", "corrected") if protocol == "both" else (protocol,),  # type: ignore[arg-type]
-        eps=eps_list,
-        steps=steps,
-        extra_attacks=tuple(extra),
-        attribution=attribution,
-        features=feature_config(descriptor, quantiles),
-        detectors=detectors,
-        limit=limit,
-        offset=offset,
-        batch_size=batch_size,
-        seed=seed,
-        engine=engine,
+    robustness = Robustness(adaptive_images, adaptive_steps, restarts, default_eot(attribution.jitter, eot), smooth)
+    cfg = Reproduction(
+        out=str(out), model=model_config(model, weights, random_weights, device), data=data,
+        protocols=("paper", "corrected") if protocol == "both" else (protocol,), eps=tuple(eps_list), steps=steps,
+        extra_attacks=tuple(mixed_strengths(strengths, eps_list, seed, steps=steps)), attribution=attribution,
+        features=feature_config(descriptor, quantiles), detectors=tuple(detector or ["lr", "rf"]),
+        calibration=calibration, limit=limit, offset=offset, engine=engine,  # type: ignore[arg-type]
+        robustness=robustness if adaptive else None, address=address, seed=seed,
         resources=resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor),
-        address=address,
-        robustness=Robustness(adaptive_images, adaptive_steps, restarts, default_eot(attribution.jitter, eot), smooth)
-        if adaptive
-        else None,
-        signing_key=key,
-        calibration=calibration,  # type: ignore[arg-type]
-    )
+        sign_key=None if sign_key is None else str(sign_key),
+    )  # fmt: skip
+    path = run_reproduction(cfg)
     typer.echo(f"report: {path}")
 
 
@@ -778,86 +739,31 @@ def train(
     and fits again (rounds resume under OUT/rounds/). Set RAYDETECT_SECRET as your audits will. Measure the final
     bundle with `raydetect evaluate` on images it never saw: it attacks that bundle afresh.
     """
-    from raydetect.stages.plan import init_ray  # matplotlib, Ray and torch: only once a command runs
-    from raydetect.stages.train import run_adversarial_training, write_training_report
+    from raydetect.stages.train import Training, train_detector  # matplotlib, Ray and torch: once a command runs
 
-    kinds = tuple(detector or ["lr"])
-    for k in (*kinds, bundle_detector or kinds[0]):
-        if k not in ("lr", "rf", "xgboost"):
-            raise RaydetectError(f"detector must be lr, rf or xgboost; got {k!r}")
-    if bootstrap < 0:
-        raise RaydetectError("--bootstrap must be >= 0")
-    if workers < 1:
-        raise RaydetectError("--workers must be >= 1")
     spec = external_images(clean, adversarial, pairing, group_regex)
-    if (spec is None) == (features_dir is None):
-        raise RaydetectError("give either FEATURES_DIR (from `raydetect features`) or --clean and --adversarial, not both")
-    rounds = AdversarialRounds(adversarial_rounds, round_steps, parse_eps(round_eps) if round_eps else None,
-                               round_restarts).validate()  # fmt: skip
-    if rounds.rounds and spec is not None:
-        raise RaydetectError("--adversarial-rounds attacks the images FEATURES_DIR came from; with --clean/--adversarial "
-                             "there are none to attack")  # fmt: skip
-    resources = resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor)
-    features = str(out / "features") if spec is not None else str(features_dir)
-    if spec is None and not is_remote(features) and not Path(features).expanduser().is_dir():
-        raise RaydetectError(f"features directory does not exist: {features}")
-    mcfg = model_config(model, weights, False, "auto") if spec is not None else None
-    cfg = DetectorConfig(
-        kind=kinds[0],
-        target_fpr=target_fpr,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        seed=seed,
-        params=parse_params(param),
-        calibration=calibration,  # type: ignore[arg-type]
-    ).validate()  # type: ignore[arg-type]
-    key = None
-    if sign_key is not None:
-        from raydetect.detect.signing import load_private_key  # cryptography: only once a command runs
-
-        key = load_private_key(sign_key)  # fail before hours of fitting, not after
-    if not no_ray or spec is not None or rounds.rounds:
-        init_ray(address)
-    if mcfg is not None:  # explain them first, with the default explainer and descriptor, into <out>/features
-        from raydetect.stages.runner import ExternalFeatureJob, run_job  # Ray and torch: only once a command runs
-
-        attribution = attribution_config(AttributionConfig.explainer, AttributionConfig.n_steps, AttributionConfig.baseline, None)
-        job = ExternalFeatureJob(features, mcfg, spec, attribution, feature_config(None, FeatureConfig.quantiles))
-        print_summary(run_job(job, resources, address))
-    trained = run_adversarial_training(
-        features,
-        str(out),
-        rounds,
-        resources,
-        address,
-        logging.getLogger("raydetect").info,
-        kinds=kinds,
-        cfg=cfg,
-        attacks=attack,
-        bundle_kind=bundle_detector,
-        use_ray=not no_ray,
-        n_boot=bootstrap,
-        workers=workers,
-        figures=True,
-        signing_key=key,
-    )
+    req = Training(
+        out=str(out), features=None if features_dir is None else str(features_dir), external=spec,
+        model=model_config(model, weights, False, "auto") if spec is not None else None,
+        kinds=tuple(detector or ["lr"]), bundle_kind=bundle_detector, attacks=tuple(attack) if attack else None,
+        detector=DetectorConfig(target_fpr=target_fpr, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                                params=parse_params(param), calibration=calibration),  # type: ignore[arg-type]
+        rounds=AdversarialRounds(adversarial_rounds, round_steps, parse_eps(round_eps) if round_eps else None,
+                                 round_restarts),
+        resources=resource_config(batch_size, actors, gpus_per_actor, cpus_per_actor), address=address,
+        use_ray=not no_ray, bootstrap=bootstrap, workers=workers, sign_key=None if sign_key is None else str(sign_key),
+    )  # fmt: skip
+    trained, path = train_detector(req, logging.getLogger("raydetect").info)
     rep = trained.result
     cal = rep.detector.calibration
-    path = write_training_report(features, str(out), trained)
     overall = rep.bundle_metrics["overall"]
-    signed = f", signed by key {_key_id(key)}" if key is not None else ", unsigned"
+    signed = f", signed by key {trained.signed_by}" if trained.signed_by else ", unsigned"
     typer.echo(
         f"bundle: {trained.bundle} (held-out ROC AUC {overall['auc']:.3f}, TPR {overall['tpr']:.1%} at FPR {overall['fpr']:.1%}; "
         f"threshold for {cal['target_fpr']:.0%} FPR: expected {cal['expected_fpr']:.1%}, 95% range "
         f"{cal['fpr_range'][0]:.1%}-{cal['fpr_range'][1]:.1%} from {cal['rows']} clean images{signed})"
     )
     typer.echo(f"report: {path}")
-
-
-def _key_id(key: Any) -> str:
-    from raydetect.detect.signing import key_id  # cryptography: only once a command runs
-
-    return key_id(key.public_key())
 
 
 @app.command()

@@ -43,7 +43,7 @@ DETECTORS: tuple[str, ...] = get_args(DetectorKind)
 CALIBRATIONS: tuple[str, ...] = get_args(CalibrationMethod)
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise RaydetectError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
@@ -200,8 +200,8 @@ class AttackConfig:
         return (kind, value) if ok else None
 
     def validate(self) -> AttackConfig:
-        _choice("attack method", self.method, tuple(registry.ATTACKS))
-        _choice("attack mode", self.mode, ATTACK_MODES)
+        check_choice("attack method", self.method, tuple(registry.ATTACKS))
+        check_choice("attack mode", self.mode, ATTACK_MODES)
         _positive("eps", self.eps)
         if self.eps > 1:
             raise RaydetectError(f"eps is an L-inf bound on [0,1] pixels and must be <= 1; got {self.eps}")
@@ -275,9 +275,9 @@ class AttributionConfig:
         return self.passes_per_image + 2 + len(self.views)
 
     def validate(self) -> AttributionConfig:
-        _choice("explainer", self.explainer, EXPLAINERS)
-        _choice("baseline", self.baseline, BASELINES)
-        _choice("integration method", self.integration, INTEGRATIONS)
+        check_choice("explainer", self.explainer, EXPLAINERS)
+        check_choice("baseline", self.baseline, BASELINES)
+        check_choice("integration method", self.integration, INTEGRATIONS)
         if self.n_steps < 1:
             raise RaydetectError(f"IG steps must be >= 1; got {self.n_steps}")
         if self.samples < 1:
@@ -348,7 +348,7 @@ class FeatureConfig:
 
     def validate(self) -> FeatureConfig:
         for p in self.peers:
-            _choice("peer detector", p, tuple(registry.PEERS))
+            check_choice("peer detector", p, tuple(registry.PEERS))
         if len(set(self.peers)) != len(self.peers):
             raise RaydetectError("peers must not repeat")
         if not self.explanation and not self.peers:
@@ -365,7 +365,7 @@ class FeatureConfig:
         if not self.descriptors:
             raise RaydetectError("at least one descriptor is needed")
         for d in self.descriptors:
-            _choice("descriptor", d, DESCRIPTORS)
+            check_choice("descriptor", d, DESCRIPTORS)
         if len(set(self.descriptors)) != len(self.descriptors):
             raise RaydetectError("descriptors must not repeat")
         if not 2 <= self.quantiles <= 4096:
@@ -396,8 +396,8 @@ class DetectorConfig:
     calibration: CalibrationMethod = "crossfit"
 
     def validate(self) -> DetectorConfig:
-        _choice("detector", self.kind, DETECTORS)
-        _choice("calibration", self.calibration, CALIBRATIONS)
+        check_choice("detector", self.kind, DETECTORS)
+        check_choice("calibration", self.calibration, CALIBRATIONS)
         if not 0 < self.target_fpr < 1:
             raise RaydetectError(f"target FPR must be in (0, 1); got {self.target_fpr}")
         for name, frac in (("validation fraction", self.val_fraction), ("test fraction", self.test_fraction)):
@@ -473,7 +473,7 @@ class Source:
     offset: int = 0
 
     def validate(self) -> Source:
-        _choice("source kind", self.kind, SOURCE_KINDS)
+        check_choice("source kind", self.kind, SOURCE_KINDS)
         if self.limit is not None and self.limit < 1:
             raise RaydetectError(f"limit must be >= 1; got {self.limit}")
         if self.offset < 0:

@@ -32,17 +32,19 @@ MODE_ORDER = ATTACK_MODES
 def attack_table(table: Any) -> list[dict[str, Any]]:
     """Table 1 rows from feature (or attack) output: success over correctly classified images."""
     rows: dict[str, dict[str, Any]] = {}
-    cols = [c for c in ("kind", "attack", "method", "mode", "eps", "steps", "status", "success") if c in table.column_names]
+    cols = [c for c in ("kind", "attack", "method", "mode", "eps", "steps", "status", "success", "linf")
+            if c in table.column_names]  # fmt: skip
     for r in table.select(cols).to_pylist():
         if r["kind"] != "adversarial":
             continue
         row = rows.setdefault(
             r["attack"],
             {"attack": r["attack"], "method": r["method"], "mode": r["mode"], "eps": r["eps"], "steps": r.get("steps", 0),
-             "n_correct": 0, "n_success": 0},
+             "n_correct": 0, "n_success": 0, "max_linf": 0.0},
         )  # fmt: skip
         row["n_correct"] += 1
         row["n_success"] += int(bool(r["success"]))
+        row["max_linf"] = max(row["max_linf"], float(r.get("linf") or 0.0))  # the stored (8-bit) perturbation
     out = sorted(
         rows.values(), key=lambda r: (r["eps"], r["method"], MODE_ORDER.index(r["mode"]) if r["mode"] in MODE_ORDER else 9)
     )

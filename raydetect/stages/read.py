@@ -117,6 +117,23 @@ def read_source(
     return read_inputs(source, pre, skip_ids, parallelism, keep_ids)[0]
 
 
+def _work_items(
+    source: Source, skip_ids: set[str] | None, keep_ids: set[str] | None
+) -> tuple[str, type[Reader], list[dict[str, Any]]]:
+    """The source's kind, reader class and the work items left to read (``keep_ids`` only; not ``skip_ids``)."""
+    kind, items = plan_inputs(source)
+    if not items:
+        raise RaydetectError(f"no input files under {source.uri}")
+    cls = registry.READERS[kind].load()
+    if keep_ids is not None:
+        if cls.per_row_skip:
+            raise RaydetectError(f"selecting images by id needs a folder input, not {kind}")
+        items = [it for it in items if it["item"] in keep_ids]
+    if skip_ids and not cls.per_row_skip:
+        items = [it for it in items if it["item"] not in skip_ids]
+    return kind, cls, items
+
+
 def read_inputs(
     source: Source,
     pre: Preprocess,
@@ -129,16 +146,7 @@ def read_inputs(
 
     ``decode=False``: image rows carry encoded bytes, for a stage that calls :func:`decode_rows`
     (sklearn's digits are arrays and stay decoded)."""
-    kind, items = plan_inputs(source)
-    if not items:
-        raise RaydetectError(f"no input files under {source.uri}")
-    cls = registry.READERS[kind].load()
-    if keep_ids is not None:
-        if cls.per_row_skip:
-            raise RaydetectError(f"selecting images by id needs a folder input, not {kind}")
-        items = [it for it in items if it["item"] in keep_ids]
-    if skip_ids and not cls.per_row_skip:
-        items = [it for it in items if it["item"] not in skip_ids]
+    kind, cls, items = _work_items(source, skip_ids, keep_ids)
     if not items:
         return None, 0
     # Small blocks: decoding is cheap, but images are big; keep blocks near 32 images.
@@ -152,7 +160,31 @@ def read_inputs(
     return ds, cls.count(items, skip_ids)
 
 
+def read_here(
+    source: Source, pre: Preprocess, batch_size: int, skip_ids: set[str] | None = None
+) -> tuple[Iterator[dict[str, np.ndarray]], int | None]:
+    """The rows :func:`read_inputs` yields, read in this process (no Ray) in batches of ``batch_size``,
+    and how many inputs that is: the same readers, the same error rows, the same resume."""
+    kind, cls, items = _work_items(source, skip_ids, None)
+    reader = make_reader(source, kind, pre)
+
+    def batches() -> Iterator[dict[str, np.ndarray]]:
+        rows: list[dict[str, Any]] = []
+        for item in items:
+            for row in reader.rows(item):
+                if skip_ids and row["id"] in skip_ids:
+                    continue
+                rows.append(row)
+                if len(rows) == batch_size:
+                    yield rows_to_batch(rows)
+                    rows = []
+        if rows:
+            yield rows_to_batch(rows)
+
+    return batches(), cls.count(items, skip_ids) if items else 0
+
+
 __all__ = [
     "DatasetSource", "ReadImages", "decode_cell", "decode_rows", "detect_kind", "encoded_bytes", "is_parquet", "make_reader",
-    "plan_inputs", "read_dataset", "read_inputs", "read_source",
+    "plan_inputs", "read_dataset", "read_here", "read_inputs", "read_source",
 ]  # fmt: skip

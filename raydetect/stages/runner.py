@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -36,8 +36,8 @@ from raydetect.stages.evaluate import EvaluateStage, detector_labels
 from raydetect.stages.explain import FeatureStage
 from raydetect.stages.external import ExternalImages, read_external
 from raydetect.stages.fused import AttackFeatureStage
-from raydetect.stages.plan import Plan, init_ray, map_actors, plan_resources
-from raydetect.stages.read import DatasetSource, read_dataset, read_inputs
+from raydetect.stages.plan import HEAD, Plan, init_ray, map_actors, plan_resources
+from raydetect.stages.read import DatasetSource, read_dataset, read_here, read_inputs
 from raydetect.stages.references import (
     MarkReferences,
     choose_references,
@@ -106,26 +106,40 @@ class Job:
         """The input dataset without the inputs already done; None when nothing is left."""
         raise NotImplementedError
 
-    def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
+    def read_here(self, model: ModelConfig, done: set[str], batch_size: int) -> Iterator[dict[str, np.ndarray]] | None:
+        """:meth:`read` in this process, as numpy batches (``run_job(..., here=True)``)."""
+        raise RaydetectError(f"the {self.name} job runs through Ray only")
+
+    def stage(self, model: ModelConfig, plan: Plan) -> tuple[type, tuple[Any, ...]]:
+        """The stage class that maps the inputs, and its constructor's arguments."""
         raise NotImplementedError
+
+    def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
+        return map_actors(ds, *self.stage(model, plan), plan)
 
     def inputs(self) -> int:
         """Inputs accounted for in the output once the job has run."""
         return count_distinct(self.out, self.resume_key)
 
 
-def run_job(job: Job, resources: ResourceConfig = ResourceConfig(), address: str | None = None) -> JobSummary:
+def run_job(job: Job, resources: ResourceConfig = ResourceConfig(), address: str | None = None, here: bool = False) -> JobSummary:
+    """Run ``job`` on the Ray cluster at ``address`` (or a local one); ``here``: in this process without
+    Ray, one stage instance on this machine's CPUs (or its GPUs), the same rows, parts and resume
+    (development and tests)."""
     start = time.perf_counter()
-    job.model.validate(ray=True)
-    init_ray(address)
-    plan = plan_resources(resources, device=job.model.device)
+    job.model.validate(ray=not here)
+    if here:
+        plan = plan_resources(resources, [this_machine()], device=job.model.device)
+    else:
+        init_ray(address)
+        plan = plan_resources(resources, device=job.model.device)
     model = plan.model_config(job.model)
     # The config records the device the job asked for (what a bundle trained on these rows inherits
     # nothing of); the plan records where it ran.
     config = {**job.config(job.model, plan), "plan": asdict(plan)}
     claim_output(job.out, config)
     done = done_ids(job.out, job.resume_key)
-    ds = job.read(model, done)
+    ds = job.read_here(model, done, plan.batch_size) if here else job.read(model, done)
     written = 0
     if ds is None:
         log.info("%s job: all %d inputs already done in %s", job.name, len(done), job.out)
@@ -133,7 +147,7 @@ def run_job(job: Job, resources: ResourceConfig = ResourceConfig(), address: str
         log.info("%s job: %d actors x %d threads on %s, batch %d; %d inputs already done", job.name, plan.num_actors,
                  plan.threads, plan.device, plan.batch_size, len(done))  # fmt: skip
         t_write = time.perf_counter()
-        written = _write(job, job.map(ds, model, plan))
+        written = _write_here(job, ds, model, plan) if here else _write(job, job.map(ds, model, plan))
         log.debug("%s job: %.2f s to plan and read the resume state, %.2f s to run", job.name, t_write - start,
                   time.perf_counter() - t_write)  # fmt: skip
     t_sum = time.perf_counter()
@@ -156,6 +170,33 @@ def _write(job: Job, ds: Any) -> int:
         progress.close()
     if log.isEnabledFor(logging.DEBUG):  # where a job's time went, per operator (bench/audit.py --stats)
         log.debug("%s job, Ray Data stats:\n%s", job.name, counts.stats())
+    return written
+
+
+def this_machine() -> dict[str, float]:
+    """This machine as a one-node cluster's resources (what ``plan_resources`` sizes a plan to)."""
+    import os
+
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count()), HEAD: 1.0}
+
+
+def _write_here(job: Job, batches: Iterator[dict[str, np.ndarray]], model: ModelConfig, plan: Plan) -> int:
+    """:func:`_write` in this process: one instance of the job's stage maps each batch."""
+    make_dir(job.out)
+    cls, args = job.stage(model, plan)
+    stage, sink = cls(*args), WriteParts(job.out, job.progress_key)
+    progress = Progress(job.name, job.pending, job.unit)
+    written = 0
+    try:
+        for batch in batches:
+            out = stage(batch)
+            counts = sink(out if isinstance(out, pa.Table) else pa.table(out))
+            written += sum(counts["rows"])
+            progress.update(sum(counts["inputs"]))
+    finally:
+        progress.close()
     return written
 
 
@@ -195,6 +236,12 @@ class _FromSource(Job):
         ds, self.pending = read_inputs(self.source, pre, skip_ids=done, decode=not self.decode_in_actor(model))
         return ds
 
+    def read_here(self, model: ModelConfig, done: set[str], batch_size: int) -> Iterator[dict[str, np.ndarray]] | None:
+        if isinstance(self.source, DatasetSource):
+            raise RaydetectError("a Ray Dataset is read through Ray only")
+        batches, self.pending = read_here(self.source, model_info(model.name).preprocess, batch_size, skip_ids=done)
+        return batches if self.pending != 0 else None
+
     def decode_in_actor(self, model: ModelConfig) -> bool:
         """Whether the model actor decodes the images (``read.decode_rows``): on CPUs, where read
         tasks would decode beside the actor's threads on the same cores; a GPU actor leaves decoding
@@ -223,9 +270,8 @@ class AttackJob(_FromSource):
         out = {"source": self.source_config(), "model": to_dict(model), "attacks": [to_dict(a) for a in self.attacks]}
         return {**out, "bundle": self.bundle} if self.bundle else out
 
-    def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
-        args = (ConfiguredLoader(model), self.attacks, self.only_correct, plan.threads, self.detector)
-        return map_actors(ds, AttackStage, args, plan)
+    def stage(self, model: ModelConfig, plan: Plan) -> tuple[type, tuple[Any, ...]]:
+        return AttackStage, (ConfiguredLoader(model), self.attacks, self.only_correct, plan.threads, self.detector)
 
 
 class FusedJob(AttackJob):
@@ -247,10 +293,9 @@ class FusedJob(AttackJob):
     def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
         return {**super().config(model, plan), "attribution": to_dict(self.attribution), "features": to_dict(self.features)}
 
-    def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
-        args = (ConfiguredLoader(model), self.attacks, self.attribution, self.features, self.only_correct, plan.threads,
-                plan.batch_size, self.keep_png, secret())  # fmt: skip
-        return map_actors(ds, AttackFeatureStage, args, plan)
+    def stage(self, model: ModelConfig, plan: Plan) -> tuple[type, tuple[Any, ...]]:
+        return AttackFeatureStage, (ConfiguredLoader(model), self.attacks, self.attribution, self.features,
+                                    self.only_correct, plan.threads, plan.batch_size, self.keep_png, secret())  # fmt: skip
 
 
 class FeatureJob(Job):
@@ -297,11 +342,14 @@ class FeatureJob(Job):
             ds = ds.map_batches(_DropDone(ray.put(done), self.resume_key), batch_format="pyarrow")
         return ds
 
+    def stage(self, model: ModelConfig, plan: Plan) -> tuple[type, tuple[Any, ...]]:
+        return FeatureStage, (ConfiguredLoader(model), self.attribution, self.features, self.references,
+                              self.maps_fraction, plan.threads, plan.batch_size, secret())  # fmt: skip
+
     def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
-        args = (ConfiguredLoader(model), self.attribution, self.features, self.references, self.maps_fraction, plan.threads,
-                plan.batch_size, secret())  # fmt: skip
         if self.attribution.baseline != "pair":
-            return map_actors(ds, FeatureStage, args, plan)
+            return super().map(ds, model, plan)
+        _, args = self.stage(model, plan)
         # The paper's protocol needs each clean image beside its twins: one group per pair.
         return ds.groupby("pair_id").map_groups(
             FeatureStage, fn_constructor_args=args, batch_format="numpy", num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
@@ -367,8 +415,8 @@ class AuditJob(_FromSource):
             **({"views_key": key_fingerprint(self.detector.views_key or secret())} if keyed else {}),
         }
 
-    def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
-        return map_actors(ds, AuditStage, (ConfiguredLoader(model), self.detector, plan.threads, plan.batch_size), plan)
+    def stage(self, model: ModelConfig, plan: Plan) -> tuple[type, tuple[Any, ...]]:
+        return AuditStage, (ConfiguredLoader(model), self.detector, plan.threads, plan.batch_size)
 
 
 class EvaluateJob(_FromSource):
@@ -392,9 +440,8 @@ class EvaluateJob(_FromSource):
         ds, self.pending = read_inputs(self.source, model_info(model.name).preprocess, skip_ids=done, keep_ids=self.ids)
         return ds
 
-    def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
-        args = (ConfiguredLoader(model), self.detectors, self.attacks, plan.threads, plan.batch_size)
-        return map_actors(ds, EvaluateStage, args, plan)
+    def stage(self, model: ModelConfig, plan: Plan) -> tuple[type, tuple[Any, ...]]:
+        return EvaluateStage, (ConfiguredLoader(model), self.detectors, self.attacks, plan.threads, plan.batch_size)
 
 
 class _DropDone:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from raydetect import registry
 from raydetect.attacks import make_attack, quantize, stable_key
 from raydetect.attacks.suite import default_eot
 from raydetect.config import (
+    DETECTORS,
     AdversarialRounds,
     AttackConfig,
     AttributionConfig,
@@ -23,6 +25,7 @@ from raydetect.config import (
     ModelConfig,
     ResourceConfig,
     Source,
+    check_choice,
     from_dict,
 )
 from raydetect.detect.dataset import FeatureSet
@@ -64,6 +67,7 @@ class Trained:
     bundle: str  # where the bundle was saved
     figures: Figures | None = None
     rounds: list[dict[str, Any]] = field(default_factory=list)  # adversarial training: detect.training.round_record
+    signed_by: str | None = None  # the id of the key that signed the bundle
 
 
 def run_training(
@@ -190,6 +194,84 @@ def _round_inputs(
         raise RaydetectError(f"{features_uri} records no attack budget: give the rounds' eps")
     model = replace(from_dict(ModelConfig, job["model"]), device="auto")
     return from_dict(Source, src), model, attribution, from_dict(FeatureConfig, job["features"]), eps
+
+
+@dataclass(frozen=True)
+class Training:
+    """What ``raydetect train`` asks for: descriptor rows (``features``, a feature job's output) or
+    images made elsewhere (``external``, explained first with ``model`` into ``<out>/features``),
+    the detector kinds to fit and compare, and the adversarial rounds."""
+
+    out: str
+    features: str | None = None
+    external: Any = None  # stages.external.ExternalImages
+    model: ModelConfig | None = None  # explains ``external``
+    kinds: tuple[str, ...] = ("lr",)
+    bundle_kind: str | None = None
+    attacks: tuple[str, ...] | None = None
+    detector: DetectorConfig = DetectorConfig()
+    rounds: AdversarialRounds = AdversarialRounds()
+    resources: ResourceConfig = ResourceConfig()
+    address: str | None = None
+    use_ray: bool = True
+    bootstrap: int = 1000
+    workers: int = 1
+    sign_key: str | None = None  # Ed25519 private key file
+
+    def validate(self) -> Training:
+        for k in (*self.kinds, self.bundle_kind or self.kinds[0]):
+            check_choice("detector", k, DETECTORS)
+        replace(self.detector, kind=self.kinds[0]).validate()  # type: ignore[arg-type]
+        self.rounds.validate()
+        self.resources.validate()
+        if self.bootstrap < 0:
+            raise RaydetectError("--bootstrap must be >= 0")
+        if self.workers < 1:
+            raise RaydetectError("--workers must be >= 1")
+        if (self.external is None) == (self.features is None):
+            raise RaydetectError("give either FEATURES_DIR (from `raydetect features`) or --clean and --adversarial, not both")
+        if self.external is not None and self.model is None:
+            raise RaydetectError("images made elsewhere need a model to explain them with")
+        if self.rounds.rounds and self.external is not None:
+            raise RaydetectError("--adversarial-rounds attacks the images FEATURES_DIR came from; with --clean/--adversarial "
+                                 "there are none to attack")  # fmt: skip
+        if self.features is not None and not is_remote(self.features) and not Path(self.features).expanduser().is_dir():
+            raise RaydetectError(f"features directory does not exist: {self.features}")
+        return self
+
+    @property
+    def features_uri(self) -> str:
+        return join(self.out, "features") if self.features is None else self.features
+
+
+def train_detector(req: Training, progress: Callable[[str], None] | None = None) -> tuple[Trained, str]:
+    """``raydetect train``: explain images made elsewhere (if given), fit, run the adversarial rounds,
+    write the report. Returns what was trained and the report's path. The signing key is read
+    before any fitting: a bad key fails in a second, not after hours."""
+    from raydetect.stages.plan import init_ray  # Ray: only where the request needs it
+    from raydetect.stages.runner import ExternalFeatureJob, run_job  # the jobs import this module's siblings
+
+    req = req.validate()
+    key = None
+    if req.sign_key is not None:
+        from raydetect.detect.signing import key_id, load_private_key  # cryptography: only where a key is given
+
+        key = load_private_key(req.sign_key)
+    if req.use_ray or req.external is not None or req.rounds.rounds:
+        init_ray(req.address)
+    if req.external is not None:  # explained with the default explainer and descriptor, as the audit will
+        assert req.model is not None
+        run_job(ExternalFeatureJob(req.features_uri, req.model, req.external, AttributionConfig(), FeatureConfig()),
+                req.resources, req.address)  # fmt: skip
+    trained = run_adversarial_training(
+        req.features_uri, req.out, req.rounds, req.resources, req.address, progress,
+        kinds=req.kinds, cfg=replace(req.detector, kind=req.kinds[0]),
+        attacks=None if req.attacks is None else list(req.attacks), bundle_kind=req.bundle_kind,
+        use_ray=req.use_ray, n_boot=req.bootstrap, workers=req.workers, figures=True, signing_key=key,
+    )  # fmt: skip
+    if key is not None:
+        trained.signed_by = key_id(key.public_key())
+    return trained, write_training_report(req.features_uri, req.out, trained)
 
 
 def training_results(t: Trained) -> dict[str, Any]:

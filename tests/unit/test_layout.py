@@ -30,7 +30,7 @@ LAYER = {
     "detect": 5,
     "report": 6,
     "stages": 7,
-    "reproduce": 8, "submit": 8,
+    "submit": 8,
     "cli": 9,
     "__main__": 10,
 }  # fmt: skip

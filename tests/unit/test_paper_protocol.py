@@ -16,23 +16,27 @@ import torch
 
 from raydetect.attacks import make_attack
 from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig, ModelConfig
-from raydetect.reproduce import protocol_attacks, reproduce_local
+from raydetect.stages.reproduce import Reproduction, reproduce
 
 DESCRIPTOR = FeatureConfig(descriptors=("signed_quantiles",), quantiles=64)
 pytestmark = pytest.mark.slow  # about a minute: 353 digits, 16-step IG, both protocols
 
 
-def _run(protocol, digits_model, digits_test):
-    attribution = AttributionConfig(n_steps=16, baseline="black")
-    return reproduce_local(
-        digits_test, ModelConfig(name="digits_cnn"), protocol_attacks(protocol, 0.1), attribution,
-        DESCRIPTOR, detectors=("lr",), protocol=protocol, model=digits_model, n_boot=100, progress=lambda *a: None,
-    )  # fmt: skip
+def _run(protocol, out):
+    cfg = Reproduction(out=str(out), model=ModelConfig(name="digits_cnn"), protocols=(protocol,), eps=(0.1,),
+                       attribution=AttributionConfig(n_steps=16, baseline="black"), features=DESCRIPTOR, detectors=("lr",),
+                       engine="local", bootstrap=100)  # fmt: skip
+    return reproduce(cfg)[0]
+
+
+def _auc_by_mode(result):
+    mode = {r["attack"]: r["mode"] for r in result.attack_rows}
+    return {mode[r["attack"]]: r["auc"] for r in result.detection_rows}
 
 
 @pytest.fixture(scope="module")
-def paper(digits_model, digits_test):
-    return _run("paper", digits_model, digits_test)
+def paper(digits_model, tmp_path_factory):
+    return _run("paper", tmp_path_factory.mktemp("paper"))
 
 
 def test_paper_attack_success_matches_the_documented_rates(paper) -> None:
@@ -56,10 +60,10 @@ def test_paper_bim_is_one_fgsm_step(digits_model, digits_test) -> None:
     assert torch.equal(paper.adversarial, fgsm.adversarial)
 
 
-def test_twin_baseline_detection_is_weak_and_the_corrected_protocol_is_not(paper, digits_model, digits_test) -> None:
-    auc = {r["mode"]: r["auc"] for r in paper.detection_rows}
+def test_twin_baseline_detection_is_weak_and_the_corrected_protocol_is_not(paper, tmp_path) -> None:
+    auc = _auc_by_mode(paper)
     assert 0.55 <= auc["untargeted"] <= 0.85
-    corrected = _run("corrected", digits_model, digits_test)
-    fixed = {r["mode"]: r["auc"] for r in corrected.detection_rows}
+    corrected = _run("corrected", tmp_path)
+    fixed = _auc_by_mode(corrected)
     assert fixed["untargeted"] >= 0.9
     assert fixed["untargeted"] > auc["untargeted"] + 0.1
