@@ -587,7 +587,7 @@ def reproduce(
     limit: LimitOpt = None,
     offset: OffsetOpt = 0,
     engine: Annotated[
-        str, typer.Option("--engine", help="ray (Ray Data jobs and Ray Train) or local (one process, no Ray).")
+        str, typer.Option("--engine", help="ray (Ray Data jobs and Ray Train) or local (the same jobs in this process, no Ray).")
     ] = "ray",
     adaptive: Annotated[
         bool,

@@ -29,6 +29,7 @@ from raydetect.attacks import stable_key
 from raydetect.detect import Detector
 from raydetect.errors import RaydetectError
 from raydetect.models import ImageClassifier
+from raydetect.outputs import AUDIT_ROWS
 from raydetect.report.document import Block, Cell, Gallery, Heading, Image, Paragraph, Report, Table, Thumb
 from raydetect.report.figures import heatmap_thumbnail, reread_image, shown_path, thumbnail
 from raydetect.report.tables import ROBUSTNESS_NOTE, calibration_rows, cross_fitted, interval, num, pct, robustness_table
@@ -40,7 +41,7 @@ SUMMARY_CSV = "summary.csv"  # the verdict's figures, beside rows.csv
 TABLE_ROWS = 50_000  # flagged rows the HTML table holds (the browser stays usable); the CSV has all
 RUN_BATCH = 512  # rows per record batch of a sorted run: the CSV merge holds one batch per run
 HIST_EDGES = np.linspace(0, 1, 41)  # the score histogram's bins
-CSV_COLUMNS = ["id", "shown_path", "path", "label", "pred", "pred_name", "conf", "score", "adversarial", "status", "error"]
+CSV_COLUMNS = ["id", "shown_path", *AUDIT_ROWS.names[1:]]  # the audit rows, and where the report shows each image
 
 
 def score_histogram(counts: np.ndarray, threshold: float, target_fpr: float, flagged: int) -> bytes:

@@ -21,19 +21,11 @@ from raydetect.config import AttackConfig, ModelConfig
 from raydetect.detect import Detector
 from raydetect.images import encode_png
 from raydetect.models import ImageClassifier, load_model
-from raydetect.models.runtime import set_threads, trim_heap
-from raydetect.stages.rows import rows_to_batch
+from raydetect.models.runtime import set_threads
+from raydetect.outputs import ATTACK_ROWS
+from raydetect.stages.rows import Stage
 
 log = logging.getLogger(__name__)
-
-
-def clean_row(image_id: str, path: str, label: int, status: str, error: str) -> dict[str, Any]:
-    return {
-        "id": image_id, "pair_id": image_id, "kind": "clean", "path": path, "label": label, "status": status,
-        "error": error, "attack": "", "method": "", "mode": "", "eps": 0.0, "alpha": 0.0, "steps": 0, "target": -1,
-        "clean_pred": -1, "clean_conf": 0.0, "pred": -1, "conf": 0.0, "correct": False, "success": False,
-        "success_float": False, "linf": 0.0, "passes": 0.0, "png": b"",
-    }  # fmt: skip
 
 
 def build_attacks(
@@ -66,13 +58,15 @@ def judged_on(model: ImageClassifier, cfg: AttackConfig, res: AttackResult) -> A
     return replace(res, adv_pred=pred.cpu(), adv_conf=conf.cpu(), success=success, success_float=success)
 
 
-class AttackStage:
+class AttackStage(Stage):
     """Loads the model once (``model_loader``), then attacks each batch with every configured attack.
 
     ``only_correct`` skips attacks on images the model already gets wrong (the paper's protocol;
     unlabeled images count as correct). Attacks that know the detector (squeeze_eot, adaptive)
     attack ``detector``. Call it directly on a numpy batch to test it without Ray.
     """
+
+    output = ATTACK_ROWS
 
     def __init__(
         self,
@@ -82,25 +76,23 @@ class AttackStage:
         threads: int | None = None,
         detector: Detector | None = None,
     ) -> None:
-        self.threads = threads  # set in __call__, not here: see set_threads
-        self.model = model_loader()
+        super().__init__(model_loader, threads)
         self.attacks = build_attacks(self.model, attacks, detector)
         self.only_correct = only_correct
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def rows(self, batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         rows, images = self.attack_rows(batch)
         for row, image in zip(rows, images, strict=True):
             if image is not None:
                 row["png"] = encode_png(image)
-        trim_heap()
-        return rows_to_batch(rows)
+        return rows
 
     def attack_rows(self, batch: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], list[np.ndarray | None]]:
         """(rows, each row's 8-bit image as a float (C, H, W) array, or None for rows without one);
         the rows' ``png`` is left empty for the caller to fill or skip."""
-        set_threads(self.threads)
+        set_threads(self.threads)  # also when the fused stage calls it
         rows = [
-            clean_row(str(i), str(p), int(lb), str(s), str(e))
+            ATTACK_ROWS.row(id=str(i), pair_id=str(i), path=str(p), label=int(lb), status=str(s), error=str(e))
             for i, p, lb, s, e in zip(batch["id"], batch["path"], batch["label"], batch["status"], batch["error"], strict=True)
         ]
         images: list[np.ndarray | None] = [None] * len(rows)

@@ -12,35 +12,34 @@ from raydetect.attacks import stable_key
 from raydetect.detect import Detector
 from raydetect.images import class_name
 from raydetect.models import ImageClassifier
-from raydetect.models.runtime import set_threads, trim_heap
+from raydetect.outputs import AUDIT_ROWS
 from raydetect.stages.read import decode_rows
-from raydetect.stages.rows import rows_to_table
+from raydetect.stages.rows import Stage
 
 
-class AuditStage:
+class AuditStage(Stage):
     """Loads the model once; scores each image with the detector's own :class:`Scorer`.
 
     ``detector`` is a loaded (checksum-verified) :class:`Detector`; it travels to the actors as an
     object, so workers never read bundle files themselves.
     """
 
+    output = AUDIT_ROWS
+
     def __init__(
         self, model_loader: Callable[[], ImageClassifier], detector: Detector, threads: int | None = None, batch_size: int = 16
     ) -> None:
-        self.threads = threads  # set in __call__, not here: see set_threads
-        self.model = model_loader()
+        super().__init__(model_loader, threads)
         self.scorer = detector.scorer(self.model)
         self.threshold = detector.threshold
         self.batch_size = batch_size
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> Any:
-        set_threads(self.threads)
+    def rows(self, batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         batch = decode_rows(batch, self.model.info.preprocess)  # encoded bytes on CPU jobs: see decode_rows
-        rows: list[dict[str, Any]] = [
-            {"id": str(i), "path": str(p), "label": int(lb), "pred": -1, "pred_name": "", "conf": 0.0, "score": float("nan"),
-             "adversarial": False, "status": str(s), "error": str(e)}
+        rows = [
+            AUDIT_ROWS.row(id=str(i), path=str(p), label=int(lb), status=str(s), error=str(e))
             for i, p, lb, s, e in zip(batch["id"], batch["path"], batch["label"], batch["status"], batch["error"], strict=True)
-        ]  # fmt: skip
+        ]
         ok = np.flatnonzero(batch["status"] == "ok")
         for start in range(0, len(ok), self.batch_size):
             idx = ok[start : start + self.batch_size]
@@ -53,5 +52,4 @@ class AuditStage:
                 t = int(targets[j])
                 rows[i].update(pred=t, pred_name=class_name(t, self.model.num_classes), conf=float(probs[j, t]),
                                score=float(scores[j]), adversarial=bool(scores[j] > self.threshold))  # fmt: skip
-        trim_heap()
-        return rows_to_table(rows)
+        return rows

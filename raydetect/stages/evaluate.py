@@ -17,9 +17,9 @@ from raydetect.attacks import quantize, stable_key
 from raydetect.config import AttackConfig
 from raydetect.detect import Detector
 from raydetect.models import ImageClassifier
-from raydetect.models.runtime import set_threads, trim_heap
+from raydetect.outputs import EVALUATION_ROWS
 from raydetect.stages.attack import build_attacks, judged_on
-from raydetect.stages.rows import rows_to_table
+from raydetect.stages.rows import Stage
 
 
 def detector_labels(detectors: Sequence[Detector]) -> list[str]:
@@ -31,9 +31,11 @@ def detector_labels(detectors: Sequence[Detector]) -> list[str]:
     return labels
 
 
-class EvaluateStage:
+class EvaluateStage(Stage):
     """Attacks each batch once and scores every image with each detector (``--compare``): attacks that know
     no detector are shared, each attack that knows one runs against every detector and is scored by it alone."""
+
+    output = EVALUATION_ROWS
 
     def __init__(
         self,
@@ -43,8 +45,7 @@ class EvaluateStage:
         threads: int | None = None,
         batch_size: int = 16,
     ) -> None:
-        self.threads = threads  # set in __call__, not here: see set_threads
-        self.model = model_loader()
+        super().__init__(model_loader, threads)
         self.scorers = [d.scorer(self.model) for d in detectors]
         self.thresholds = [d.threshold for d in detectors]
         self.labels = detector_labels(detectors)
@@ -72,19 +73,16 @@ class EvaluateStage:
     def _judged(self, k: int | None) -> list[int]:
         return list(range(len(self.scorers))) if k is None else [k]
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> Any:
-        set_threads(self.threads)
-        base: list[dict[str, Any]] = [
-            {"id": str(i), "pair_id": str(i), "kind": "clean", "attack": "", "method": "", "mode": "", "eps": 0.0,
-             "status": str(s), "error": str(e), "label": int(lb), "pred": -1, "correct": False, "success": False,
-             "score": float("nan"), "flagged": False, "passes": 0.0, "linf": 0.0}
+    def rows(self, batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        base = [
+            EVALUATION_ROWS.row(id=str(i), pair_id=str(i), status=str(s), error=str(e), label=int(lb))
             for i, lb, s, e in zip(batch["id"], batch["label"], batch["status"], batch["error"], strict=True)
-        ]  # fmt: skip
+        ]
         # One clean row per image and detector; ids stay unique (the first detector's are the image ids, which resume reads).
         rows = [{**r, "id": r["id"] + self._suffix(k), "detector": label} for k, label in enumerate(self.labels) for r in base]
         ok = np.flatnonzero(batch["status"] == "ok")
         if len(ok) == 0:
-            return rows_to_table(rows)
+            return rows
         x = quantize(torch.from_numpy(np.asarray(batch["image"][ok], dtype=np.float32)))  # what an auditor receives
         labels = torch.from_numpy(np.asarray(batch["label"][ok], dtype=np.int64))
         with torch.no_grad():
@@ -102,7 +100,7 @@ class EvaluateStage:
                                        flagged=bool(scores[j] > self.thresholds[k]))  # fmt: skip
         sel = np.flatnonzero(correct)
         if len(sel) == 0:
-            return rows_to_table(rows)
+            return rows
         xs = x[sel]
         keys = np.array([stable_key(base[ok[s]]["id"]) for s in sel])
         for target, cfg, attack in self.attacks:
@@ -121,5 +119,4 @@ class EvaluateStage:
                         "flagged": bool(adv_scores[j] > self.thresholds[k]), "passes": float(res.passes[j]),
                         "linf": float(linf[j]), "detector": self.labels[k],
                     })  # fmt: skip
-        trim_heap()
-        return rows_to_table(rows)
+        return rows

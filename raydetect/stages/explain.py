@@ -19,8 +19,11 @@ from raydetect.detect.features import Featurizer
 from raydetect.explain import feature_names
 from raydetect.images import decode_png
 from raydetect.models import ImageClassifier
-from raydetect.models.runtime import set_threads, trim_heap
-from raydetect.stages.rows import cell, rows_to_table
+from raydetect.outputs import FEATURE_ROWS
+from raydetect.stages.rows import Stage, cell
+
+# What a feature row keeps of its input row (an attack row, or a reader's image row).
+KEPT = ("kind", "path", "label", "attack", "method", "mode", "eps", "steps", "status", "error", "correct", "success")
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
@@ -42,7 +45,7 @@ def row_key(row: dict[str, Any]) -> int:
 Job = tuple[dict[str, Any], np.ndarray, "np.ndarray | None"]  # (row, image, twin or None)
 
 
-class FeatureStage:
+class FeatureStage(Stage):
     """Loads the model once, explains each row's image and writes its descriptor.
 
     Adversarial rows whose attack failed are passed through as ``skipped`` (nothing to detect);
@@ -50,6 +53,8 @@ class FeatureStage:
     ``pair_id`` within the batch (use ``groupby('pair_id')`` upstream) and every clean image is
     explained once per attack, against that attack's adversarial twin.
     """
+
+    output = FEATURE_ROWS
 
     def __init__(
         self,
@@ -62,8 +67,7 @@ class FeatureStage:
         batch_size: int = 16,
         key: bytes | None = None,
     ) -> None:
-        self.threads = threads  # set in __call__, not here: see set_threads
-        self.model = model_loader()
+        super().__init__(model_loader, threads)
         # key: the views' key, resolved by the job's driver (None: this process's RAYDETECT_SECRET); actors on
         # other nodes do not see the driver's environment.
         refs = None if references is None else torch.from_numpy(references)
@@ -75,16 +79,12 @@ class FeatureStage:
         self.dim = len(feature_names(features, attribution))
 
     def _base_row(self, batch: dict[str, np.ndarray], i: int) -> dict[str, Any]:
-        return {
-            "id": str(batch["id"][i]), "pair_id": str(cell(batch, "pair_id", i, batch["id"][i])),
-            "kind": str(cell(batch, "kind", i, "clean")), "path": str(cell(batch, "path", i, "")),
-            "label": int(cell(batch, "label", i, -1)), "attack": str(cell(batch, "attack", i, "")),
-            "method": str(cell(batch, "method", i, "")), "mode": str(cell(batch, "mode", i, "")),
-            "eps": float(cell(batch, "eps", i, 0.0)), "steps": int(cell(batch, "steps", i, 0)),
-            "status": str(cell(batch, "status", i, "ok")), "error": str(cell(batch, "error", i, "")), "pred": -1,
-            "conf": 0.0, "correct": bool(cell(batch, "correct", i, False)), "success": bool(cell(batch, "success", i, False)),
-            "features": np.zeros(self.dim, np.float32), "map": b"",
-        }  # fmt: skip
+        """The input row's columns that a feature row keeps (the reader's rows lack the attack's)."""
+        kept = {c: cell(batch, c, i, None) for c in KEPT}
+        row = FEATURE_ROWS.row(**{c: v for c, v in kept.items() if v is not None}, features=np.zeros(self.dim, np.float32))
+        row["id"] = str(batch["id"][i])
+        row["pair_id"] = str(cell(batch, "pair_id", i, batch["id"][i]))
+        return row
 
     def _jobs(self, batch: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], list[Job]]:
         """(rows that pass through unexplained, rows to explain with image and optional twin)."""
@@ -128,9 +128,7 @@ class FeatureStage:
                 todo.append((rows[i], adv_img, clean_img))
         return passthrough, todo
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> Any:
-        """Numpy batch in, pyarrow Table out (``features`` as a fixed-size list column)."""
-        set_threads(self.threads)
+    def rows(self, batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         out, todo = self._jobs(batch)
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
@@ -148,5 +146,4 @@ class FeatureStage:
                 if expl is not None and self.maps_fraction > 0 and (keys[j] % 10_000) < self.maps_fraction * 10_000:
                     row["map"] = _npy_bytes(expl.attributions[j].sum(0).cpu().numpy())
                 out.append(row)
-        trim_heap()
-        return rows_to_table(out)
+        return out

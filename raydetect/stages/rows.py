@@ -1,10 +1,38 @@
-"""Row dicts <-> the batch formats Ray Data moves between stages."""
+"""The actors' base class, and row dicts <-> the batch formats Ray Data moves between stages."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from raydetect.models import ImageClassifier
+from raydetect.models.runtime import set_threads, trim_heap
+from raydetect.outputs import Output
+
+
+class Stage:
+    """A Ray Data actor (or, called directly, a stage run in this process): loads the model once, then
+    maps each numpy batch to rows of its ``output`` (``raydetect.outputs``). Each call runs on the
+    plan's torch threads (set per call: Ray may run ``__init__`` on another thread) and trims the
+    heap after (glibc keeps the freed image buffers of a batch otherwise)."""
+
+    output: Output
+
+    def __init__(self, model_loader: Callable[[], ImageClassifier], threads: int | None = None) -> None:
+        self.threads = threads
+        self.model = model_loader()
+
+    def rows(self, batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Any:
+        set_threads(self.threads)
+        try:
+            return self.output.table(self.rows(batch))
+        finally:
+            trim_heap()
 
 
 def rows_to_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -47,3 +75,8 @@ def cell(batch: dict[str, np.ndarray], col: str, i: int, default: Any) -> Any:
         return default
     value = batch[col][i]
     return value.item() if isinstance(value, np.generic) else value
+
+
+def table_to_batch(table: Any) -> dict[str, np.ndarray]:
+    """A pyarrow Table as the numpy batch Ray Data hands the next stage (strings and bytes as objects)."""
+    return {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}

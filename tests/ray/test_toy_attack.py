@@ -10,11 +10,13 @@ from raydetect import registry
 from raydetect.config import AttackConfig
 from raydetect.detect import Detector
 from raydetect.detect.evaluation import robustness_rows
+from raydetect.outputs import EVALUATION_ROWS
 from raydetect.report.document import to_markdown
 from raydetect.report.experiments import evaluation_report
 from raydetect.report.tables import attack_label
 from raydetect.stages.attack import AttackStage
 from raydetect.stages.evaluate import EvaluateStage
+from raydetect.stages.rows import table_to_batch
 
 TOY = registry.AttackSpec(
     "toy_sign_noise",
@@ -41,13 +43,15 @@ def digit_batch(digits_test, n: int = 12) -> dict[str, np.ndarray]:
 
 def test_a_toy_attack_runs_through_attack_evaluate_and_a_report(toy, digits_model, digits_test, digits_bundle) -> None:
     batch = digit_batch(digits_test)
-    attacked = AttackStage(lambda: digits_model, [toy])(batch)
+    attacked = table_to_batch(AttackStage(lambda: digits_model, [toy])(batch))
     adv = attacked["kind"] == "adversarial"
     assert adv.sum() > 0 and set(attacked["attack"][adv]) == {toy.name}
     assert (attacked["passes"][adv] == 0).all()  # what the toy spends, as its entry says
 
     det = Detector.load(str(digits_bundle))
-    rows = EvaluateStage(lambda: digits_model, [det], [toy])(batch).to_pylist()
+    table = EvaluateStage(lambda: digits_model, [det], [toy])(batch)
+    assert table.schema.equals(EVALUATION_ROWS.schema())
+    rows = table.to_pylist()
     summary = robustness_rows(rows, det.threshold)
     assert [r["attack"] for r in summary] == [toy.name] and summary[0]["method"] == TOY.name
     assert attack_label(summary[0]) == "Untargeted, sign noise, eps=0.3"  # the label its entry gives

@@ -11,6 +11,7 @@ from raydetect.detect.dataset import FeatureSet
 from raydetect.detect.fit import fit_head
 from raydetect.errors import RaydetectError
 from raydetect.explain import feature_names
+from raydetect.outputs import AUDIT_ROWS
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +176,9 @@ def test_one_score_serves_the_api_the_audit_and_the_gradient(data, digits_model,
     batch = {"id": np.array([f"i{i}" for i in range(12)], dtype=object), "path": np.array([""] * 12, dtype=object),
              "label": np.full(12, -1), "image": x, "status": np.array(["ok"] * 12, dtype=object),
              "error": np.array([""] * 12, dtype=object)}  # fmt: skip
-    audit = np.array(AuditStage(lambda: digits_model, det)(batch).column("score").to_pylist())
+    table = AuditStage(lambda: digits_model, det)(batch)
+    assert table.schema.equals(AUDIT_ROWS.schema())  # what the report, rows.csv and scans read
+    audit = np.array(table.column("score").to_pylist())
     xt = torch.from_numpy(x).requires_grad_(True)
     scored = det.scorer(digits_model).run(xt, create_graph=True)
     np.testing.assert_allclose(audit, api, atol=1e-6)

@@ -24,7 +24,7 @@ LAYER = {
     "errors": 0, "_ray_workers": 0,
     "registry": 0.5,  # names and metadata only: what config validates against
     "config": 1,
-    "raydetect": 2, "images": 2, "store": 2, "resources": 2,
+    "raydetect": 2, "images": 2, "store": 2, "resources": 2, "outputs": 2,
     "models": 3,
     "attacks": 4, "explain": 4,
     "detect": 5,

@@ -9,8 +9,10 @@ import pytest
 from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig
 from raydetect.explain import feature_names
 from raydetect.images import decode_png
+from raydetect.outputs import ATTACK_ROWS, FEATURE_ROWS, Output
 from raydetect.stages.attack import AttackStage
 from raydetect.stages.explain import FeatureStage
+from raydetect.stages.rows import table_to_batch
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +33,12 @@ def image_batch(digits_test) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def attacked(digits_model, image_batch) -> dict[str, np.ndarray]:
     attacks = [AttackConfig(eps=0.3, steps=10), AttackConfig(mode="second", eps=0.3, steps=10)]
-    return AttackStage(lambda: digits_model, attacks)(image_batch)
+    return table_to_batch(AttackStage(lambda: digits_model, attacks)(image_batch))
 
 
-def test_attack_stage_rows(attacked, image_batch) -> None:
+def test_attack_stage_rows(attacked, image_batch, digits_model) -> None:
+    table = AttackStage(lambda: digits_model, [AttackConfig(eps=0.3, steps=2)])(image_batch)
+    assert table.schema.equals(ATTACK_ROWS.schema())  # the layout the feature job and references read
     kinds = list(attacked["kind"])
     assert kinds.count("clean") == 6
     clean_ids = [i for i, k in zip(attacked["id"], kinds, strict=True) if k == "clean"]
@@ -70,6 +74,7 @@ def test_feature_stage_on_attack_rows(digits_model, attacked) -> None:
     rows = {r["id"]: r for r in out.to_pylist()}
     assert set(rows) == set(attacked["id"])  # every input row accounted for
     dim = len(feature_names(fcfg, acfg))
+    assert out.schema.equals(FEATURE_ROWS.schema(dim))  # the layout every reader of feature rows reads
     assert dim > 2 * len(feature_names(fcfg))
     for r in rows.values():
         assert len(r["features"]) == dim
@@ -120,3 +125,12 @@ def test_feature_stage_draws_with_the_key_its_job_hands_it(digits_model, attacke
     monkeypatch.setenv("RAYDETECT_SECRET", "another node's environment")
     np.testing.assert_array_equal(features(b"the driver's secret"), driver)
     assert not np.allclose(features(None), driver)  # the key decides the draws
+
+
+def test_an_output_row_has_every_column_and_refuses_others() -> None:
+    out = Output("toy", (("id", pa.string(), ""), ("score", pa.float64(), float("nan"))))
+    row = out.row(id="a")
+    assert list(row) == ["id", "score"] and row["id"] == "a" and np.isnan(row["score"])
+    with pytest.raises(KeyError, match="no column scroe"):
+        out.row(id="a", scroe=1.0)  # a misspelt column is a bug, not a new column
+    assert out.table([out.row(id="a", score=1)]).schema.equals(out.schema())  # ints become the declared float
