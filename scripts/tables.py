@@ -215,7 +215,41 @@ def hardening_readme(file: str, design: str, half: str, calibration: str) -> str
     )
 
 
+def _modules() -> list[tuple[Path, str]]:
+    """Every module of the package and the first paragraph of its docstring, on one line."""
+    import ast
+
+    pkg = ROOT / "raydetect"
+    out = []
+    for path in sorted(pkg.rglob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        if not doc.strip():
+            raise SystemExit(f"tables: {path.relative_to(ROOT)} has no docstring for the module map")
+        out.append((path.relative_to(pkg), " ".join(doc.strip().split("\n\n")[0].split())))
+    return out
+
+
+def module_map() -> str:
+    """The guide's module map: every module and what it holds."""
+    rows = [f"| `{p}` | {d.replace('|', '/')} |" for p, d in _modules()]
+    return "\n".join(["| Module | What it holds |", "|---|---|", *rows]) + "\n"
+
+
+def module_names() -> str:
+    """The README's module map: every module by name, one line per package."""
+    by_dir: dict[str, list[str]] = {}
+    for p, _ in _modules():
+        by_dir.setdefault(str(p.parent), []).append(p.stem)
+    lines = []
+    for d, names in by_dir.items():
+        where = "`raydetect/`" if d == "." else f"`{d}/`"
+        lines.append(f"- {where} " + ", ".join(f"`{n}`" for n in names))
+    return "\n".join(lines) + "\n"
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
+    "module-map": module_map,
+    "module-names": module_names,
     "repro-efficientnet_lite0": lambda: reproduction("reproduce-efficientnet_lite0.jsonl"),
     "repro-digits_cnn": lambda: reproduction("reproduce-digits_cnn.jsonl"),
     "repro-summary": lambda: repro_summary("reproduce-efficientnet_lite0.jsonl"),

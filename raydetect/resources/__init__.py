@@ -1,0 +1,1 @@
+"""Package data: the shipped default detector bundle (``detector/``, see ``Detector.default``)."""
