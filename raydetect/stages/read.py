@@ -13,7 +13,7 @@ Python goes through ``readers.dataset``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -67,15 +67,20 @@ class ReadImages:
         self.reader = reader
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        rows: list[dict[str, Any]] = []
-        for j in range(len(batch["item"])):
-            for row in self.reader.rows({k: v[j] for k, v in batch.items()}):
-                rows.append(row)
-                if len(rows) == ROWS_PER_BATCH:
-                    yield rows_to_batch(rows)
-                    rows = []
-        if rows:
-            yield rows_to_batch(rows)
+        items = ({k: v[j] for k, v in batch.items()} for j in range(len(batch["item"])))
+        yield from batched((row for item in items for row in self.reader.rows(item)), ROWS_PER_BATCH)
+
+
+def batched(rows: Iterable[dict[str, Any]], n: int) -> Iterator[dict[str, np.ndarray]]:
+    """Rows as numpy batches of ``n`` (the last one shorter): a shard is never held decoded whole."""
+    chunk: list[dict[str, Any]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == n:
+            yield rows_to_batch(chunk)
+            chunk = []
+    if chunk:
+        yield rows_to_batch(chunk)
 
 
 def decode_rows(batch: dict[str, np.ndarray], pre: Preprocess) -> dict[str, np.ndarray]:
@@ -168,20 +173,8 @@ def read_here(
     kind, cls, items = _work_items(source, skip_ids, None)
     reader = make_reader(source, kind, pre)
 
-    def batches() -> Iterator[dict[str, np.ndarray]]:
-        rows: list[dict[str, Any]] = []
-        for item in items:
-            for row in reader.rows(item):
-                if skip_ids and row["id"] in skip_ids:
-                    continue
-                rows.append(row)
-                if len(rows) == batch_size:
-                    yield rows_to_batch(rows)
-                    rows = []
-        if rows:
-            yield rows_to_batch(rows)
-
-    return batches(), cls.count(items, skip_ids) if items else 0
+    rows = (row for item in items for row in reader.rows(item) if not skip_ids or row["id"] not in skip_ids)
+    return batched(rows, batch_size), cls.count(items, skip_ids) if items else 0
 
 
 __all__ = [
