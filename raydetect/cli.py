@@ -223,6 +223,8 @@ LidKOpt = Annotated[int, typer.Option("--lid-k", help="LID's nearest neighbours 
 MahaNoiseOpt = Annotated[
     float, typer.Option("--maha-noise", help="Mahalanobis' input pre-processing step on [0,1] pixels (0: none).")
 ]
+NoiseDrawsOpt = Annotated[int, typer.Option("--noise-draws", help="The noise peer's Gaussian draws per image.")]
+NoiseSigmaOpt = Annotated[float, typer.Option("--noise-sigma", help="The noise peer's standard deviation on [0,1] pixels.")]
 
 
 def feature_config(
@@ -234,14 +236,17 @@ def feature_config(
     squeezers: list[str] | None = None,
     lid_k: int = FeatureConfig.lid_k,
     maha_noise: float = FeatureConfig.maha_noise,
+    noise_draws: int = FeatureConfig.noise_draws,
+    noise_sigma: float = FeatureConfig.noise_sigma,
 ) -> FeatureConfig:
     given = {
         "descriptors": tuple(descriptors or ()), "peers": tuple(peers or ()), "peer_layers": tuple(peer_layers or ()),
         "squeezers": tuple(squeezers or ()),
     }  # fmt: skip
     return FeatureConfig(
-        quantiles=quantiles, explanation=explanation, lid_k=lid_k, maha_noise=maha_noise, **{k: v for k, v in given.items() if v}
-    ).validate()
+        quantiles=quantiles, explanation=explanation, lid_k=lid_k, maha_noise=maha_noise, noise_draws=noise_draws,
+        noise_sigma=noise_sigma, **{k: v for k, v in given.items() if v},
+    ).validate()  # fmt: skip
 
 
 CalibrationOpt = Annotated[
@@ -503,6 +508,8 @@ def features(
     squeezer: SqueezerOpt = None,
     lid_k: LidKOpt = FeatureConfig.lid_k,
     maha_noise: MahaNoiseOpt = FeatureConfig.maha_noise,
+    noise_draws: NoiseDrawsOpt = FeatureConfig.noise_draws,
+    noise_sigma: NoiseSigmaOpt = FeatureConfig.noise_sigma,
     maps_fraction: Annotated[
         float, typer.Option("--maps-fraction", help="Share of rows that keep their raw attribution map (for figures).")
     ] = 0.0,
@@ -538,7 +545,8 @@ def features(
     attribution = attribution_config(
         explainer, ig_steps, "pair" if protocol == "paper" else baseline, layer, blur_sigma, view, jitter
     )
-    fcfg = feature_config(descriptor, quantiles, peer, explanation, peer_layer, squeezer, lid_k, maha_noise)
+    fcfg = feature_config(descriptor, quantiles, peer, explanation, peer_layer, squeezer, lid_k, maha_noise, noise_draws,
+                          noise_sigma)  # fmt: skip
     if spec is not None:
         job: runner.Job = runner.ExternalFeatureJob(out, mcfg, spec, attribution, fcfg, maps_fraction)
     else:

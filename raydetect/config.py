@@ -331,6 +331,10 @@ class FeatureConfig:
     squeezers: tuple[str, ...] = ("bits:5", "median:2", "nlm:11-3-4")  # Xu et al.'s ImageNet set
     lid_k: int = 20  # Ma et al.'s neighbours
     maha_noise: float = 0.0014  # Lee et al.'s input pre-processing step (in [0,1] pixels)
+    # The noise peer: Gaussian draws per image and their standard deviation (in [0,1] pixels; 0.02
+    # is about 5/255, a minimal adversarial's distance to the boundary at the budgets audited).
+    noise_draws: int = 8
+    noise_sigma: float = 0.02
 
     @property
     def peer_passes(self) -> int:
@@ -360,6 +364,10 @@ class FeatureConfig:
         if self.lid_k < 2:
             raise RaydetectError(f"LID's k must be >= 2; got {self.lid_k}")
         _positive("Mahalanobis noise", self.maha_noise, allow_zero=True)
+        if self.noise_draws < 2:
+            raise RaydetectError(f"the noise peer needs at least 2 draws; got {self.noise_draws}")
+        if not 0 < self.noise_sigma <= 0.5:
+            raise RaydetectError(f"noise sigma must be in (0, 0.5]; got {self.noise_sigma}")
         if not self.explanation:
             return self
         if not self.descriptors:

@@ -245,6 +245,12 @@ PEERS: dict[str, PeerSpec] = {
                  "feature squeezing: largest L1 change of the softmax under --squeezer (bits, median, nlm)",
                  "Xu, Evans and Qi, NDSS 2018", lambda c: ["squeeze_max_l1"], "squeeze",
                  lambda c: 1 + len(c.squeezers)),
+        PeerSpec("noise", "raydetect.detect.peers.noise:NoiseStability",
+                 "stability under --noise-draws Gaussian draws of --noise-sigma, keyed like the views: the logit "
+                 "margin, its mean and spread under noise, the predicted class's probability, the softmax's L1 change",
+                 "Hu et al., NeurIPS 2019; Roth et al., ICML 2019",
+                 lambda c: ["noise_margin", "noise_margin_mean", "noise_margin_std", "noise_p_pred", "noise_l1"], "noise",
+                 lambda c: 1 + c.noise_draws),
         PeerSpec("lid", "raydetect.detect.peers.lid:LID",
                  "local intrinsic dimensionality of --peer-layer activations against clean references (k = --lid-k)",
                  "Ma et al., ICLR 2018", lambda c: [f"lid_{la}" for la in c.peer_layers], "lid", lambda c: 1,

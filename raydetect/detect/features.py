@@ -45,6 +45,8 @@ class Featurizer:
         grad_refs = references if attribution.baseline == "train" else None
         self.explainer = Explainer(model, attribution, grad_refs, key) if features.explanation else None
         self.peers: list[Peer] = [registry.PEERS[p].load()(model, features, references) for p in features.peers]
+        for peer in self.peers:
+            peer.key = key
         self.audit_passes = features.audit_passes(attribution)
 
     @property

@@ -1,4 +1,4 @@
-"""The reference detectors (feature squeezing, LID, Mahalanobis): their formulas on hand-computed cases,
+"""The reference detectors (feature squeezing, LID, Mahalanobis, noise stability): their formulas on hand-computed cases,
 their torch score equal to their bundle's, and detection that a constant or shuffled peer does not have.
 
 Paper check (Ma et al.'s qualitative result on digits): LID separates BIM adversarials from clean digits
@@ -104,6 +104,22 @@ def test_peers_need_references_and_say_so(digits_model, digits_test) -> None:
             FeatureConfig(**bad).validate()
 
 
+def test_noise_margin_and_draws_keyed_per_image_not_per_batch(digits_model, digits_test) -> None:
+    from raydetect.detect.peers.noise import margin
+
+    logits = torch.tensor([[2.0, 5.0, 1.0], [0.0, -1.0, 3.0]])
+    assert torch.equal(margin(logits, torch.tensor([1, 0])), torch.tensor([3.0, -3.0]))  # 5-2; 0-3
+    cfg = FeatureConfig(peers=("noise",), explanation=False).validate()
+    x = quantize(_x(digits_test)[:6])
+    fz = Featurizer(digits_model, ACFG, cfg, key=b"k1")
+    whole = fz(x).features
+    assert torch.allclose(torch.cat([fz(x[:2]).features, fz(x[2:]).features]), whole, atol=1e-6)  # batch-independent
+    other = Featurizer(digits_model, ACFG, cfg, key=b"k2")(x).features
+    assert not torch.allclose(other[:, 1:], whole[:, 1:])  # another key, other noise (the margin at x is the same)
+    assert torch.equal(other[:, 0], whole[:, 0])
+    assert (whole[:, 2] > 0).all() and ((whole[:, 3] >= 0) & (whole[:, 3] <= 1)).all()
+
+
 def test_feature_names_follow_the_registry() -> None:
     cfg = FeatureConfig(descriptors=("stats",), peers=("squeeze", "lid"), peer_layers=LAYERS)
     names = feature_names(cfg, ACFG)
@@ -151,12 +167,15 @@ PEER_CONFIGS = {  # (config, BIM-10 eps, ROC AUC floor)
     "squeeze": (FeatureConfig(peers=("squeeze",), explanation=False, squeezers=("bits:1", "median:2")), 0.1, 0.75),
     "lid": (FeatureConfig(peers=("lid",), explanation=False, peer_layers=EVERY_LAYER), 0.3, 0.75),
     "mahalanobis": (FeatureConfig(peers=("mahalanobis",), explanation=False, peer_layers=LAYERS, maha_noise=0.01), 0.3, 0.9),
+    "noise": (FeatureConfig(peers=("noise",), explanation=False, noise_sigma=0.1), 0.1, 0.9),
 }
 # Measured (digits_cnn, 8-bit BIM-10, LR on 200 training digits' rows, 60 references; held-out ROC AUC):
 # squeeze (Xu et al.'s MNIST squeezers) 0.82 at eps 0.1, but 0.64 at eps 0.3, where the adversarials sit
 # too deep for a squeezer to pull back; LID 0.83 at eps 0.3 on every layer (0.71-0.79 on four);
 # Mahalanobis 0.99-1.00 at eps 0.2 and 0.3. (Fitted on shuffled labels, Mahalanobis' features still
 # separate at 0.99 or 0.09 by the sign LR happens to pick: so the broken case is scores dealt at random.)
+# Noise (sigma 0.05-0.2 alike): 0.99 at eps 0.1 and 0.98-0.99 for BIM stopped at its first success at
+# 0.3, but 0.65-0.68 for full BIM-10 at 0.3: it sees adversarials near the boundary, not deep ones.
 
 
 @pytest.mark.parametrize("peer", list(PEER_CONFIGS))
@@ -201,7 +220,8 @@ def test_a_peer_bundle_scores_the_same_after_loading_and_through_the_attackers_g
     assert len(views) == (len(cfg.squeezers) if peer == "squeeze" else 0)
     for view, spec in zip(views, cfg.squeezers if peer == "squeeze" else (), strict=True):
         assert torch.equal(view(x, torch.zeros(len(x))), squeeze(x, spec))
-    expected = {"squeeze": 1 + 1 + len(cfg.squeezers), "lid": 1 + 1, "mahalanobis": 1 + 2 * len(cfg.peer_layers)}
+    expected = {"squeeze": 1 + 1 + len(cfg.squeezers), "lid": 1 + 1, "mahalanobis": 1 + 2 * len(cfg.peer_layers),
+                "noise": 1 + 1 + cfg.noise_draws}  # fmt: skip
     assert back.audit_passes() == expected[peer]
 
 

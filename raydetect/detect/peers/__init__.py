@@ -21,7 +21,10 @@ LOGITS = "logits"  # the peer-layer name of the model's output
 
 
 class Peer:
-    """Base: ``features(x, create_graph)`` (N, len(names)) float64."""
+    """Base: ``features(x, create_graph)`` (N, len(names)) float64. ``key``: the auditor's key, for
+    peers that draw randomness like the views (None: this process's ``RAYDETECT_SECRET``)."""
+
+    key: bytes | None = None
 
     def __init__(self, model: ImageClassifier, cfg: FeatureConfig, references: torch.Tensor | None = None) -> None:
         self.model = model
