@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -260,15 +260,16 @@ def batches(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, n))
 
 
-def jpeg_roundtrip(x: Any, quality: int) -> Any:
-    """(N, C, H, W) torch images in [0,1] saved as JPEG at ``quality`` and decoded again, as a dataset's
-    own pipeline would store them (on the CPU, PIL's encoder; returned on ``x``'s device)."""
+def jpeg_roundtrip(x: Any, quality: int | Sequence[int]) -> Any:
+    """(N, C, H, W) torch images in [0,1] saved as JPEG at ``quality`` (one, or one per image) and decoded
+    again, as a dataset's own pipeline would store them: on the CPU with PIL's encoder, the batch moved
+    off and back onto ``x``'s device once (not per image: a GPU actor waits on each copy)."""
     import torch  # images.py serves torch-free readers too
 
-    out = torch.empty_like(x)
-    for i, img in enumerate(x.detach().cpu().numpy()):
-        out[i] = torch.from_numpy(decode_png(_encode(img, "JPEG", quality=int(quality))))
-    return out
+    qualities = [int(quality)] * len(x) if isinstance(quality, (int, float)) else [int(q) for q in quality]
+    host = x.detach().cpu().numpy()
+    out = np.stack([decode_png(_encode(img, "JPEG", quality=q)) for img, q in zip(host, qualities, strict=True)])
+    return torch.from_numpy(out).to(x.device, x.dtype)
 
 
 def resize_roundtrip(x: Any, scale: float) -> Any:

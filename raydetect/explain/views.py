@@ -13,6 +13,7 @@ import hashlib
 import math
 import os
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,7 +60,7 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None
 
 
-def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+def jpeg(x: torch.Tensor, quality: int | list[int]) -> torch.Tensor:
     return _StraightThrough.apply(x, jpeg_roundtrip(x, quality))
 
 
@@ -72,26 +73,34 @@ def _scaled(value: float, jitter: float, u: torch.Tensor) -> list[float]:
     return (value * torch.exp(jitter * (2 * u.detach().float().cpu() - 1))).tolist()
 
 
+def by_strength(x: torch.Tensor, strengths: list[Any], fn: Callable[[torch.Tensor, Any], torch.Tensor]) -> torch.Tensor:
+    """``fn(x[i], strengths[i])`` for every image, one call per distinct strength (a median's few kernel
+    sizes are a few batched calls, not one per image); differentiable, in the images' order."""
+    groups: dict[Any, list[int]] = {}
+    for i, v in enumerate(strengths):
+        groups.setdefault(v, []).append(i)
+    if len(groups) == 1:
+        return fn(x, strengths[0])
+    order = [i for idx in groups.values() for i in idx]
+    out = torch.cat([fn(x[idx], v) for v, idx in groups.items()])
+    return out[torch.argsort(torch.tensor(order, device=x.device))]
+
+
 def view_fn(spec: str, jitter: float) -> ViewFn:
     """The view ``kind:parameter`` with per-image strength drawn from ``u``."""
     kind, _, param = spec.partition(":")
     value = float(param)
 
-    def per_image(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> ViewFn:
-        def apply(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-            if jitter == 0:
-                return fn(x, value)
-            return torch.cat([fn(x[i : i + 1], p) for i, p in enumerate(_scaled(value, jitter, u))])
-
-        return apply
+    def strengths(x: torch.Tensor, u: torch.Tensor) -> list[float]:
+        return [value] * len(x) if jitter == 0 else _scaled(value, jitter, u)
 
     if kind == "blur":
-        return per_image(gaussian_blur)
+        return lambda x, u: by_strength(x, strengths(x, u), gaussian_blur)
     if kind == "median":
-        return per_image(lambda x, k: median_filter(x, max(3, 2 * round(k / 2 - 0.5) + 1)))
-    if kind == "jpeg":
-        return per_image(lambda x, q: jpeg(x, min(95, max(5, round(q)))))
-    return per_image(lambda x, b: bit_depth(x, min(7, max(1, round(b)))))
+        return lambda x, u: by_strength(x, [max(3, 2 * round(k / 2 - 0.5) + 1) for k in strengths(x, u)], median_filter)
+    if kind == "jpeg":  # every image's own quality in one encoding pass: one copy off the device and back
+        return lambda x, u: jpeg(x, [min(95, max(5, round(q))) for q in strengths(x, u)])
+    return lambda x, u: by_strength(x, [min(7, max(1, round(b))) for b in strengths(x, u)], bit_depth)
 
 
 def view_specs(cfg: AttributionConfig) -> list[str]:

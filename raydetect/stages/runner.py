@@ -62,6 +62,7 @@ from raydetect.store import (
 )
 
 log = logging.getLogger(__name__)
+ROWS_PER_FEATURE_BLOCK = 64  # rows of attack output per feature task (see FeatureJob.map)
 
 
 @dataclass
@@ -348,6 +349,9 @@ class FeatureJob(Job):
 
     def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
         if self.attribution.baseline != "pair":
+            # An attack output's part is one block of thousands of rows: one actor's task, and no progress
+            # or written part until it ends. Blocks of a few batches spread over the pool and report often.
+            ds = ds.repartition(target_num_rows_per_block=ROWS_PER_FEATURE_BLOCK)
             return super().map(ds, model, plan)
         _, args = self.stage(model, plan)
         # The paper's protocol needs each clean image beside its twins: one group per pair.

@@ -80,3 +80,16 @@ def test_bad_views_are_refused() -> None:
     assert AttributionConfig(n_steps=4, views=("jpeg:60", "median:3")).audit_passes == 12 + 4
     assert AttributionConfig(n_steps=4, views=()).audit_passes == 4 + 2
     np.testing.assert_equal(len(views(AttributionConfig(baseline="black", views=()))), 0)
+
+
+@pytest.mark.parametrize("spec", ["blur:1.0", "median:3", "jpeg:60", "bits:5"])
+def test_jittered_views_batched_equal_each_image_alone(images, spec) -> None:
+    """Each image's view at its own drawn strength, computed for the batch at once (JPEG in one copy off the
+    device, a median per distinct kernel size) equals the view of that image alone at that strength."""
+    fn = view_fn(spec, jitter=0.7)
+    x = images[:8]
+    u = torch.linspace(0.0, 0.99, len(x))
+    batched = fn(x, u)
+    alone = torch.cat([fn(x[i : i + 1], u[i : i + 1]) for i in range(len(x))])
+    assert torch.allclose(batched, alone, atol=1e-6)
+    assert len({round(float(v), 6) for v in u}) == len(x)  # the draws differ, so the strengths do
