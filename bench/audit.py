@@ -290,7 +290,7 @@ def ensure_bundle(data: Path) -> str:
     if (bundle / "manifest.json").exists():
         return str(bundle)
     from raydetect.config import AttributionConfig, FeatureConfig, ModelConfig, ResourceConfig, Source
-    from raydetect.reproduce import protocol_attacks
+    from raydetect.stages.reproduce import protocol_attacks
     from raydetect.stages.runner import FusedJob, run_job
     from raydetect.stages.train import run_training
 

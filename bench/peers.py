@@ -2,6 +2,7 @@
 
     python bench/peers.py record [--jsonl bench/results/peers-compare.jsonl]
     python bench/peers.py record-digits   # after scripts/compare_peers_digits.sh
+    python bench/peers.py record-combo    # the combination beside the default (scripts/compare_peers.sh)
     python bench/peers.py cost [--images 16 --repeats 3]   # seconds per scored image of each detector
     python bench/peers.py promise BUNDLE [--offset 300 --limit 200]   # its false-alarm promise on unseen files
 
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 COMMAND = "bash scripts/compare_peers.sh && python bench/peers.py record"
-RUNS = ("runs/peers/compare", "runs/peers/ig-squeeze/eval")  # the two evaluate outputs scripts/compare_peers.sh makes
+RUNS = ("runs/peers/compare",)  # the comparison's evaluate output (the combination's: record-combo)
 HALF = 100  # files 300-399 select, 400-499 confirm
 
 
@@ -92,16 +93,42 @@ def compare_markdown(rows: list[dict[str, Any]]) -> str:
 
     pooled = [r for r in rows if r["images"] == "all"]
     h1, b1 = _pivot(pooled, cell)
-    confirm = [r for r in rows if r["images"] == "confirmation" and r["detector"] in ("ig", "ig+squeeze")]
-    h2, b2 = _pivot(confirm, lambda r: f"{num(r['auc'])} / {pct(r['tpr_at_5fpr'], 0)} / **{pct(r['evaded'], 0)}**")
     n_clean = pooled[0]["n_clean"]
     return (
         f"```bash\n{rows[0]['command']}\n```\n\n"
         f"Each cell: TPR at 1% FPR / TPR at 5% FPR / **evaded** at the bundle's own threshold ({n_clean} clean images):\n\n"
-        f"{markdown_table(h1, b1)}\n\n"
-        "The combination beside the default on the confirmation half alone (files 400-499; each cell ROC AUC / TPR at "
-        "5% FPR / **evaded**):\n\n"
-        f"{markdown_table(h2, b2)}\n"
+        f"{markdown_table(h1, b1)}\n"
+    )
+
+
+COMBO_RUN = "runs/peers/ig-squeeze/confirm"  # evaluate of the combination --compare the default, files 400-449
+COMBO_COMMAND = ("bash scripts/compare_peers.sh && python bench/peers.py record-combo  # the combination's evaluate: "
+                 "files 400-449, the combination --compare the shipped default")  # fmt: skip
+
+
+def record_combo(jsonl: Path) -> int:
+    """The combination (explanation + feature squeezing in one head) beside the shipped default, scored on the
+    same attacks of the same confirmation-half images in one ``evaluate --compare`` run."""
+    run = json.loads((ROOT / COMBO_RUN / "results.json").read_text())
+    lines = [{"command": COMBO_COMMAND, "images": "confirmation (files 400-449)", **r} for r in run["robustness"]]
+    jsonl.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    print(f"peers: {len(lines)} rows -> {jsonl}")
+    return 0
+
+
+def combo_markdown(rows: list[dict[str, Any]]) -> str:
+    """The combination beside the default: ROC AUC / TPR at 1% / at 5% FPR / evaded, per attack."""
+    from raydetect.report.document import markdown_table
+    from raydetect.report.tables import pct
+
+    def cell(r: dict[str, Any]) -> str:
+        return f"{num(r['auc'])} / {pct(r['tpr_at_1fpr'], 0)} / {pct(r['tpr_at_5fpr'], 0)} / **{pct(r['evaded'], 0)}**"
+
+    h, b = _pivot(rows, cell)
+    return (
+        f"```bash\n{rows[0]['command']}\n```\n\n"
+        f"{rows[0]['images']}, {rows[0]['n_clean']} clean images; each cell ROC AUC / TPR at 1% FPR / TPR at 5% FPR / "
+        f"**evaded** at the bundle's own threshold:\n\n{markdown_table(h, b)}\n"
     )
 
 
@@ -233,7 +260,7 @@ def cost_markdown(rows: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("cmd", choices=["record", "record-digits", "cost", "promise"])
+    ap.add_argument("cmd", choices=["record", "record-digits", "record-combo", "cost", "promise"])
     ap.add_argument("bundle", nargs="?", help="promise: the bundle to check")
     ap.add_argument("--offset", type=int, default=300)
     ap.add_argument("--limit", type=int, default=200)
@@ -241,6 +268,8 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
+    if a.cmd == "record-combo":
+        return record_combo(a.jsonl or ROOT / "bench" / "results" / "peers-combo.jsonl")
     if a.cmd == "record-digits":
         return record_digits(a.jsonl or ROOT / "bench" / "results" / "peers-digits.jsonl")
     if a.cmd == "promise":
