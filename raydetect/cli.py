@@ -762,6 +762,8 @@ def train(
         use_ray=not no_ray, bootstrap=bootstrap, workers=workers, sign_key=None if sign_key is None else str(sign_key),
     )  # fmt: skip
     trained, path = train_detector(req, logging.getLogger("raydetect").info)
+    if trained.explained is not None:
+        print_summary(trained.explained)
     rep = trained.result
     cal = rep.detector.calibration
     overall = rep.bundle_metrics["overall"]

@@ -262,19 +262,17 @@ def reproduce(cfg: Reproduction) -> list[ReproResult]:
 def run_reproduction(cfg: Reproduction) -> Path:
     """:func:`reproduce`, then ``report.md`` and ``results.json`` under ``out``; returns the report's path."""
     results = reproduce(cfg)
-    out, data, model_cfg, attribution, features = Path(cfg.out), cfg.dataset, cfg.model, cfg.attribution, cfg.features
-    limit, offset, engine = cfg.limit, cfg.offset, cfg.engine
     report = write_report(
-        str(out),
-        reproduction_report(results, attribution, features),
+        cfg.out,
+        reproduction_report(results, cfg.attribution, cfg.features),
         {
-            "engine": engine,
-            "model": to_dict(model_cfg),
-            "attribution": to_dict(attribution),
-            "features": to_dict(features),
-            "data": data,
-            "limit": limit,
-            "offset": offset,
+            "engine": cfg.engine,
+            "model": to_dict(cfg.model),
+            "attribution": to_dict(cfg.attribution),
+            "features": to_dict(cfg.features),
+            "data": cfg.dataset,
+            "limit": cfg.limit,
+            "offset": cfg.offset,
             "results": [
                 {
                     "protocol": r.protocol,

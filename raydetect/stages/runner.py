@@ -192,8 +192,7 @@ def _write_here(job: Job, batches: Iterator[dict[str, np.ndarray]], model: Model
     written = 0
     try:
         for batch in batches:
-            out = stage(batch)
-            counts = sink(out if isinstance(out, pa.Table) else pa.table(out))
+            counts = sink(stage(batch))  # every stage returns a pyarrow table
             written += sum(counts["rows"])
             progress.update(sum(counts["inputs"]))
     finally:
@@ -353,10 +352,10 @@ class FeatureJob(Job):
             # or written part until it ends. Blocks of a few batches spread over the pool and report often.
             ds = ds.repartition(target_num_rows_per_block=ROWS_PER_FEATURE_BLOCK)
             return super().map(ds, model, plan)
-        _, args = self.stage(model, plan)
+        cls, args = self.stage(model, plan)
         # The paper's protocol needs each clean image beside its twins: one group per pair.
         return ds.groupby("pair_id").map_groups(
-            FeatureStage, fn_constructor_args=args, batch_format="numpy", num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
+            cls, fn_constructor_args=args, batch_format="numpy", num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
             compute=plan.compute(), runtime_env=actor_runtime_env(plan.pass_memory_mb),
         )  # fmt: skip
 

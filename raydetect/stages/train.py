@@ -68,6 +68,7 @@ class Trained:
     figures: Figures | None = None
     rounds: list[dict[str, Any]] = field(default_factory=list)  # adversarial training: detect.training.round_record
     signed_by: str | None = None  # the id of the key that signed the bundle
+    explained: Any = None  # the JobSummary of explaining images made elsewhere, when there were any
 
 
 def run_training(
@@ -259,16 +260,18 @@ def train_detector(req: Training, progress: Callable[[str], None] | None = None)
         key = load_private_key(req.sign_key)
     if req.use_ray or req.external is not None or req.rounds.rounds:
         init_ray(req.address)
+    explained = None
     if req.external is not None:  # explained with the default explainer and descriptor, as the audit will
         assert req.model is not None
-        run_job(ExternalFeatureJob(req.features_uri, req.model, req.external, AttributionConfig(), FeatureConfig()),
-                req.resources, req.address)  # fmt: skip
+        explained = run_job(ExternalFeatureJob(req.features_uri, req.model, req.external, AttributionConfig(),
+                                               FeatureConfig()), req.resources, req.address)  # fmt: skip
     trained = run_adversarial_training(
         req.features_uri, req.out, req.rounds, req.resources, req.address, progress,
         kinds=req.kinds, cfg=replace(req.detector, kind=req.kinds[0]),
         attacks=None if req.attacks is None else list(req.attacks), bundle_kind=req.bundle_kind,
         use_ray=req.use_ray, n_boot=req.bootstrap, workers=req.workers, figures=True, signing_key=key,
     )  # fmt: skip
+    trained.explained = explained
     if key is not None:
         trained.signed_by = key_id(key.public_key())
     return trained, write_training_report(req.features_uri, req.out, trained)
