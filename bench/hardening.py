@@ -141,6 +141,7 @@ class SecondOpinion:
     Every feature is differentiable, so the white-box attack sees all of it (no masked gradient)."""
 
     def __init__(self, name: str, attribution: AttributionConfig, features: FeatureConfig) -> None:
+        self.name = name
         self.model = load_model(ModelConfig(name=name, device="cpu"))
         self.explainer = Explainer(self.model, attribution)
         self.features, self.size = features, self.model.info.preprocess.crop
@@ -217,6 +218,18 @@ class Images:
         fit = np.array([unit(i, "part") < 0.6 for i in self.ids])
         idx = np.flatnonzero(in_half & (fit if part == "fit" else ~fit))
         return idx[np.argsort([unit(self.ids[i], "order") for i in idx])]
+
+
+def fingerprint(det: Any) -> str:
+    """What a detector-aware attack's result depends on: the head's parameters, the threshold, the views'
+    key and settings (a cached attack on another detector is never reused)."""
+    import pickle
+
+    inner = getattr(det, "first", det)  # a two-model detector: its head, and its second opinion's model
+    second = getattr(getattr(det, "second", None), "name", "")
+    parts = (inner.views_key, float(inner.threshold), json.dumps(inner.attribution, sort_keys=True),
+             json.dumps(inner.features, sort_keys=True), pickle.dumps(inner.head), second)  # fmt: skip
+    return hashlib.sha256(pickle.dumps(parts)).hexdigest()[:16]
 
 
 class Study:
@@ -345,20 +358,46 @@ class Study:
         self, cfg: AttackConfig, det: Detector, idx: np.ndarray, score: Callable[[torch.Tensor], np.ndarray] | None = None
     ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """(8-bit adversarials, success, passes) of an attack that knows ``det``, on images ``idx``. With
-        ``score``, the log counts each batch's evaded images (a run cut short still says how it went)."""
+        ``score``, the log counts each batch's evaded images (a run cut short still says how it went).
+
+        Resumable per batch: each batch's result is saved as it ends, under the attack's settings and the
+        detector's fingerprint, and a later run (another session) attacks only the images not yet there.
+        The attack is keyed per image, so a resumed run gives what an uninterrupted one would."""
         t0 = time.perf_counter()
-        ((_, attack),) = build_attacks(self.model, [cfg], det)
-        res, evaded = [], 0
-        for s in batches(len(idx), self.attack_batch):
-            r = attack(self.images.x[idx[s]], self.images.y[idx[s]], keys=idx[s])
-            res.append(r)
+        path = CACHE / "adaptive" / f"{cfg.name.replace('/', '_')}-e{cfg.eot}-{fingerprint(det)}.npz"
+        have: dict[str, np.ndarray] = {}
+        if path.exists():
+            with np.load(path) as d:
+                have = {k: d[k] for k in d.files}
+        known = {int(i): k for k, i in enumerate(have.get("index", np.zeros(0, int)))}
+        todo = np.array([i for i in idx if int(i) not in known], int)
+        if len(todo) < len(idx):
+            log(f"{cfg.name}: {len(idx) - len(todo)} of {len(idx)} images already attacked ({path.name})")
+        attack = build_attacks(self.model, [cfg], det)[0][1] if len(todo) else None
+        evaded = 0
+        if score is not None and known:
+            mine = [known[int(i)] for i in idx if int(i) in known]
+            ok = have["success"][mine] & (score(torch.from_numpy(have["adv"][mine] / np.float32(255))) <= det.threshold)
+            evaded = int(ok.sum())
+        for s in batches(len(todo), self.attack_batch):
+            r = attack(self.images.x[todo[s]], self.images.y[todo[s]], keys=todo[s])  # type: ignore[misc]
             if score is not None:
                 evaded += int((r.success.numpy() & (score(r.adversarial) <= det.threshold)).sum())
+            new = {"index": todo[s], "adv": np.rint(r.adversarial.numpy() * 255).astype(np.uint8),
+                   "success": r.success.numpy(), "passes": r.passes.numpy()}  # fmt: skip
+            have = {k: np.concatenate([have[k], new[k]]) if have else new[k] for k in new}
+            known = {int(i): k for k, i in enumerate(have["index"])}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # atomic: a kill mid-write loses one batch
+            np.savez(tmp, **have)
+            os.replace(tmp, path)
             so_far = f", {evaded} evaded so far" if score is not None else ""
-            log(f"{cfg.name}: {s.stop} of {len(idx)} images in {time.perf_counter() - t0:.0f} s{so_far}")
+            done = len(idx) - len(todo) + s.stop
+            log(f"{cfg.name}: {done} of {len(idx)} images in {time.perf_counter() - t0:.0f} s{so_far}")
         log(f"{cfg.name} on {len(idx)} images in {time.perf_counter() - t0:.0f} s")
-        return (torch.cat([r.adversarial for r in res]), torch.cat([r.success for r in res]).numpy(),
-                torch.cat([r.passes for r in res]).numpy())  # fmt: skip
+        mine = [known[int(i)] for i in idx]
+        return (torch.from_numpy(have["adv"][mine] / np.float32(255)), have["success"][mine].astype(bool),
+                have["passes"][mine])  # fmt: skip
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self, design: Design, det: Detector, half: str, adaptive_images: int, restarts: int,

@@ -3,6 +3,7 @@
     python bench/peers.py record [--jsonl bench/results/peers-compare.jsonl]
     python bench/peers.py record-digits   # after scripts/compare_peers_digits.sh
     python bench/peers.py record-combo    # the combination beside the default (scripts/compare_peers.sh)
+    python bench/peers.py record-noise    # the noise peer, alone and joined to IG (scripts/noise_study.sh)
     python bench/peers.py cost [--images 16 --repeats 3]   # seconds per scored image of each detector
     python bench/peers.py promise BUNDLE [--offset 300 --limit 200]   # its false-alarm promise on unseen files
 
@@ -130,6 +131,54 @@ def combo_markdown(rows: list[dict[str, Any]]) -> str:
         f"{rows[0]['images']}, {rows[0]['n_clean']} clean images; each cell ROC AUC / TPR at 1% FPR / TPR at 5% FPR / "
         f"**evaded** at the bundle's own threshold:\n\n{markdown_table(h, b)}\n"
     )
+
+
+NOISE_RUNS = {  # one evaluate per half (scripts/noise_study.sh)
+    "selection (files 300-349)": "runs/peers/ig-noise/select",
+    "confirmation (files 400-449)": "runs/peers/ig-noise/confirm",
+}
+NOISE_COMMAND = "bash scripts/noise_study.sh && python bench/peers.py record-noise"
+# The rule scripts/noise_study.sh fixed before any row was read: the attacks that choose (not held out).
+CHOOSING = ("bim-untargeted-4/255", "pgd-untargeted-4/255", "bim-untargeted-4/255-stop", "deepfool-untargeted-4/255")
+
+
+def record_noise(jsonl: Path) -> int:
+    """The noise-stability peer alone and joined to the explanation's descriptor, beside the shipped default:
+    one ``evaluate --compare`` run per half (the same keyed adversarials of the same images for all three)."""
+    lines = []
+    for images, run in NOISE_RUNS.items():
+        path = ROOT / run / "results.json"
+        if not path.exists():
+            print(f"peers: no results under {run} yet; skipped")
+            continue
+        lines += [{"command": NOISE_COMMAND, "images": images, **r} for r in json.loads(path.read_text())["robustness"]]
+    jsonl.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    print(f"peers: {len(lines)} rows -> {jsonl}")
+    return 0
+
+
+def noise_markdown(rows: list[dict[str, Any]]) -> str:
+    """Per half: ROC AUC / TPR at 5% FPR / evaded per attack and detector, then the fixed rule's score on the
+    selection half (mean TPR at 5% FPR over the attacks that choose)."""
+    from statistics import mean
+
+    from raydetect.report.document import markdown_table
+    from raydetect.report.tables import pct
+
+    def cell(r: dict[str, Any]) -> str:
+        return f"{num(r['auc'])} / {pct(r['tpr_at_5fpr'], 0)} / **{pct(r['evaded'], 0)}**"
+
+    out = [f"```bash\n{rows[0]['command']}\n```\n"]
+    for images in dict.fromkeys(r["images"] for r in rows):
+        half = [r for r in rows if r["images"] == images]
+        h, b = _pivot(half, cell)
+        choose = {d: mean(r["tpr_at_5fpr"] for r in half if r["detector"] == d and r["attack"] in CHOOSING)
+                  for d in dict.fromkeys(r["detector"] for r in half)}  # fmt: skip
+        rule = ", ".join(f"{d} {pct(v, 1)}" for d, v in choose.items())
+        out.append(f"{images}, {half[0]['n_clean']} clean images; each cell ROC AUC / TPR at 5% FPR / **evaded** at "
+                   f"the bundle's own threshold; mean TPR at 5% FPR over the choosing attacks: {rule}\n\n"
+                   f"{markdown_table(h, b)}\n")  # fmt: skip
+    return "\n".join(out)
 
 
 def num(v: float) -> str:
@@ -260,7 +309,7 @@ def cost_markdown(rows: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("cmd", choices=["record", "record-digits", "record-combo", "cost", "promise"])
+    ap.add_argument("cmd", choices=["record", "record-digits", "record-combo", "record-noise", "cost", "promise"])
     ap.add_argument("bundle", nargs="?", help="promise: the bundle to check")
     ap.add_argument("--offset", type=int, default=300)
     ap.add_argument("--limit", type=int, default=200)
@@ -270,6 +319,8 @@ def main() -> int:
     a = ap.parse_args()
     if a.cmd == "record-combo":
         return record_combo(a.jsonl or ROOT / "bench" / "results" / "peers-combo.jsonl")
+    if a.cmd == "record-noise":
+        return record_noise(a.jsonl or ROOT / "bench" / "results" / "peers-noise.jsonl")
     if a.cmd == "record-digits":
         return record_digits(a.jsonl or ROOT / "bench" / "results" / "peers-digits.jsonl")
     if a.cmd == "promise":

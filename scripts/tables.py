@@ -260,6 +260,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "peers-compare-full": lambda: _bench("peers").full_markdown(read_jsonl("peers-compare.jsonl")),
     "noise-digits": lambda: _bench("noise").noise_markdown(read_jsonl("noise-digits.jsonl")),
     "peers-combo": lambda: _bench("peers").combo_markdown(read_jsonl("peers-combo.jsonl")),
+    "peers-noise": lambda: _bench("peers").noise_markdown(read_jsonl("peers-noise.jsonl")),
     "peers-digits": lambda: _bench("peers").digits_markdown(read_jsonl("peers-digits.jsonl")),
     "peer-cost": lambda: _bench("peers").cost_markdown(read_jsonl("peer-cost.jsonl")),
     "hardening": lambda: _hardening().summary_markdown(),  # bench/hardening.py reads bench/results/hardening.jsonl

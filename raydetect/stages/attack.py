@@ -1,8 +1,10 @@
 """Attack actor: one input row per image becomes one "clean" row plus one "adversarial" row per attack.
 
 Images travel as lossless 8-bit PNG: the adversarial image an auditor would receive, on which
-the attack judged its own success. (The fused attack+feature stage hands the same 8-bit images
-to the explainer as arrays, without the PNG round trip.)
+the attack judged its own success. Under Ray the model actor (which may hold a GPU and one CPU)
+ships raw 8-bit pixels and :func:`encode_pngs`, a CPU task after it, encodes them (PIL's PNG
+encoder is per-image CPU work the actor would otherwise wait on). (The fused attack+feature stage
+hands the same 8-bit images to the explainer as arrays, without the PNG round trip.)
 """
 
 from __future__ import annotations
@@ -13,19 +15,21 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from raydetect.attacks import Attack, AttackResult, make_attack, quantize, stable_key
 from raydetect.attacks.base import is_success
 from raydetect.config import AttackConfig, ModelConfig
 from raydetect.detect import Detector
-from raydetect.images import encode_png
+from raydetect.images import encode_png, to_uint8
 from raydetect.models import ImageClassifier, load_model
 from raydetect.models.runtime import set_threads
 from raydetect.outputs import ATTACK_ROWS
 from raydetect.stages.rows import Stage
 
 log = logging.getLogger(__name__)
+PIXELS, PIXEL_SHAPE = "pixels", "pixel_shape"  # AttackStage(encode=False) -> encode_pngs, never written
 
 
 def build_attacks(
@@ -63,7 +67,9 @@ class AttackStage(Stage):
 
     ``only_correct`` skips attacks on images the model already gets wrong (the paper's protocol;
     unlabeled images count as correct). Attacks that know the detector (squeeze_eot, adaptive)
-    attack ``detector``. Call it directly on a numpy batch to test it without Ray.
+    attack ``detector``. ``encode``: fill each row's ``png`` here; else the table carries the raw
+    8-bit pixels for :func:`encode_pngs` to encode elsewhere. Call it directly on a numpy batch
+    to test it without Ray.
     """
 
     output = ATTACK_ROWS
@@ -75,17 +81,30 @@ class AttackStage(Stage):
         only_correct: bool = True,
         threads: int | None = None,
         detector: Detector | None = None,
+        encode: bool = True,
     ) -> None:
         super().__init__(model_loader, threads)
         self.attacks = build_attacks(self.model, attacks, detector)
         self.only_correct = only_correct
+        self.encode = encode
 
     def rows(self, batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         rows, images = self.attack_rows(batch)
         for row, image in zip(rows, images, strict=True):
-            if image is not None:
+            if image is not None and self.encode:
                 row["png"] = encode_png(image)
+            elif image is not None:
+                row[PIXELS] = to_uint8(image)  # not an output column: :meth:`table` adds it
         return rows
+
+    def table(self, rows: list[dict[str, Any]]) -> pa.Table:
+        table = super().table(rows)
+        if self.encode or not rows:
+            return table
+        pixels = [r.get(PIXELS) for r in rows]
+        raw = pa.array([b"" if p is None else p.tobytes() for p in pixels], pa.binary())
+        shape = pa.array([None if p is None else list(p.shape) for p in pixels], pa.list_(pa.int32()))
+        return table.append_column(PIXELS, raw).append_column(PIXEL_SHAPE, shape)
 
     def attack_rows(self, batch: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], list[np.ndarray | None]]:
         """(rows, each row's 8-bit image as a float (C, H, W) array, or None for rows without one);
@@ -133,3 +152,14 @@ class AttackStage(Stage):
                 )  # fmt: skip
                 images.append(res.adversarial[j].numpy())
         return rows, images
+
+
+def encode_pngs(table: pa.Table) -> pa.Table:
+    """An :class:`AttackStage` ``encode=False`` table as attack rows: each row's raw 8-bit pixels
+    become its ``png`` (the same bytes the stage would have encoded)."""
+    if PIXELS not in table.column_names:
+        return table
+    raw, shapes = table.column(PIXELS).to_pylist(), table.column(PIXEL_SHAPE).to_pylist()
+    png = [encode_png(np.frombuffer(b, np.uint8).reshape(s)) if s else b"" for b, s in zip(raw, shapes, strict=True)]
+    table = table.drop_columns([PIXELS, PIXEL_SHAPE])
+    return table.set_column(table.schema.get_field_index("png"), "png", pa.array(png, pa.binary()))

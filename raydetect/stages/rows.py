@@ -27,10 +27,14 @@ class Stage:
     def rows(self, batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         raise NotImplementedError
 
+    def table(self, rows: list[dict[str, Any]]) -> Any:
+        """The batch's rows as a pyarrow table of ``output`` (keys it lacks are left out)."""
+        return self.output.table(rows)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         set_threads(self.threads)
         try:
-            return self.output.table(self.rows(batch))
+            return self.table(self.rows(batch))
         finally:
             trim_heap()
 

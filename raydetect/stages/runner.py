@@ -29,7 +29,7 @@ from raydetect.models import ConfiguredLoader, load_model, model_info
 from raydetect.models.runtime import actor_runtime_env
 from raydetect.report import write_report
 from raydetect.report.audit import audit_report
-from raydetect.stages.attack import AttackStage
+from raydetect.stages.attack import AttackStage, encode_pngs
 from raydetect.stages.audit import AuditStage
 from raydetect.stages.console import Progress
 from raydetect.stages.evaluate import EvaluateStage, detector_labels
@@ -270,8 +270,14 @@ class AttackJob(_FromSource):
         out = {"source": self.source_config(), "model": to_dict(model), "attacks": [to_dict(a) for a in self.attacks]}
         return {**out, "bundle": self.bundle} if self.bundle else out
 
-    def stage(self, model: ModelConfig, plan: Plan) -> tuple[type, tuple[Any, ...]]:
-        return AttackStage, (ConfiguredLoader(model), self.attacks, self.only_correct, plan.threads, self.detector)
+    def stage(self, model: ModelConfig, plan: Plan, encode: bool = True) -> tuple[type, tuple[Any, ...]]:
+        return AttackStage, (ConfiguredLoader(model), self.attacks, self.only_correct, plan.threads, self.detector, encode)
+
+    def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
+        # The model actor ships raw pixels; PNG encoding (PIL, per image) runs in CPU tasks after it,
+        # so an actor holding a GPU and one CPU does not wait on it.
+        cls, args = self.stage(model, plan, encode=False)
+        return map_actors(ds, cls, args, plan).map_batches(encode_pngs, batch_size=None, batch_format="pyarrow")
 
 
 class FusedJob(AttackJob):
@@ -293,7 +299,9 @@ class FusedJob(AttackJob):
     def config(self, model: ModelConfig, plan: Plan) -> dict[str, Any]:
         return {**super().config(model, plan), "attribution": to_dict(self.attribution), "features": to_dict(self.features)}
 
-    def stage(self, model: ModelConfig, plan: Plan) -> tuple[type, tuple[Any, ...]]:
+    map = Job.map  # the fused stage writes feature rows (PNG, if kept, in its own actor)
+
+    def stage(self, model: ModelConfig, plan: Plan, encode: bool = True) -> tuple[type, tuple[Any, ...]]:
         return AttackFeatureStage, (ConfiguredLoader(model), self.attacks, self.attribution, self.features,
                                     self.only_correct, plan.threads, plan.batch_size, self.keep_png, secret())  # fmt: skip
 

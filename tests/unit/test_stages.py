@@ -10,7 +10,7 @@ from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig
 from raydetect.explain import feature_names
 from raydetect.images import decode_png
 from raydetect.outputs import ATTACK_ROWS, FEATURE_ROWS, Output
-from raydetect.stages.attack import AttackStage
+from raydetect.stages.attack import PIXELS, AttackStage, encode_pngs
 from raydetect.stages.explain import FeatureStage
 from raydetect.stages.rows import table_to_batch
 
@@ -53,6 +53,17 @@ def test_attack_stage_rows(attacked, image_batch, digits_model) -> None:
         assert np.abs(img - clean).max() <= 0.3 + 1e-6  # the stored 8-bit PNG honours eps
         assert img.min() >= 0 and img.max() <= 1
         assert attacked["id"][i] == f"{attacked['pair_id'][i]}|{attacked['attack'][i]}"
+
+
+def test_png_encoding_after_the_actor_gives_the_same_rows(digits_model, image_batch) -> None:
+    """Under Ray the model actor ships raw pixels and a CPU task encodes them: the same table."""
+    attacks = [AttackConfig(eps=0.3, steps=2)]
+    here = AttackStage(lambda: digits_model, attacks)(image_batch)
+    raw = AttackStage(lambda: digits_model, attacks, encode=False)(image_batch)
+    assert PIXELS in raw.column_names and not any(raw.column("png").to_pylist())  # the actor encoded nothing
+    assert sum(map(bool, raw.column(PIXELS).to_pylist())) == raw.num_rows - 1  # all but the corrupt row's
+    assert encode_pngs(raw).equals(here)
+    assert encode_pngs(pa.table({})).num_rows == 0  # an all-done batch passes through
 
 
 def test_attack_stage_success_is_judged_on_the_png(digits_model, attacked) -> None:
