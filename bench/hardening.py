@@ -364,7 +364,8 @@ class Study:
         detector's fingerprint, and a later run (another session) attacks only the images not yet there.
         The attack is keyed per image, so a resumed run gives what an uninterrupted one would."""
         t0 = time.perf_counter()
-        path = CACHE / "adaptive" / f"{cfg.name.replace('/', '_')}-e{cfg.eot}-{fingerprint(det)}.npz"
+        name = f"{cfg.name.replace('/', '_')}-e{cfg.eot}-s{cfg.seed}-b{cfg.smooth}-{fingerprint(det)}"
+        path = CACHE / "adaptive" / f"{name}.npz"
         have: dict[str, np.ndarray] = {}
         if path.exists():
             with np.load(path) as d:
@@ -395,6 +396,8 @@ class Study:
             done = len(idx) - len(todo) + s.stop
             log(f"{cfg.name}: {done} of {len(idx)} images in {time.perf_counter() - t0:.0f} s{so_far}")
         log(f"{cfg.name} on {len(idx)} images in {time.perf_counter() - t0:.0f} s")
+        if not len(idx):
+            return torch.zeros((0, *self.images.x.shape[1:])), np.zeros(0, bool), np.zeros(0)
         mine = [known[int(i)] for i in idx]
         return (torch.from_numpy(have["adv"][mine] / np.float32(255)), have["success"][mine].astype(bool),
                 have["passes"][mine])  # fmt: skip

@@ -175,9 +175,12 @@ def noise_markdown(rows: list[dict[str, Any]]) -> str:
         choose = {d: mean(r["tpr_at_5fpr"] for r in half if r["detector"] == d and r["attack"] in CHOOSING)
                   for d in dict.fromkeys(r["detector"] for r in half)}  # fmt: skip
         rule = ", ".join(f"{d} {pct(v, 1)}" for d, v in choose.items())
-        out.append(f"{images}, {half[0]['n_clean']} clean images; each cell ROC AUC / TPR at 5% FPR / **evaded** at "
-                   f"the bundle's own threshold; mean TPR at 5% FPR over the choosing attacks: {rule}\n\n"
-                   f"{markdown_table(h, b)}\n")  # fmt: skip
+        n = half[0]["n_clean"]
+        fp = {r["detector"]: round(r["clean_fpr"] * n) for r in half}
+        flagged = ", ".join(f"{d} {k}/{n}" for d, k in fp.items())
+        out.append(f"{images}, {n} clean images (flagged at each bundle's threshold: {flagged}); each cell ROC AUC / "
+                   f"TPR at 5% FPR / **evaded** at the bundle's own threshold; mean TPR at 5% FPR over the choosing "
+                   f"attacks: {rule}\n\n{markdown_table(h, b)}\n")  # fmt: skip
     return "\n".join(out)
 
 
