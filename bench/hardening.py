@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from raydetect.attacks import AttackResult
 from raydetect.attacks.suite import robustness_suite, strength_extras, strength_mix
 from raydetect.config import AttackConfig, AttributionConfig, FeatureConfig, ModelConfig, parse_eps, to_dict
 from raydetect.detect import Detector
@@ -46,7 +47,7 @@ from raydetect.detect.fit import clean_threshold, cross_fitted, fit_head
 from raydetect.detect.splits import pair_split
 from raydetect.explain import Explainer, describe, feature_names
 from raydetect.explain.views import PUBLIC_KEY
-from raydetect.images import batches, load_image_folder
+from raydetect.images import batches, load_image_folder, to_uint8
 from raydetect.models import ImageClassifier, load_model
 from raydetect.models.classifier import smooth_activations
 from raydetect.stages.attack import build_attacks, judged_on
@@ -220,6 +221,41 @@ class Images:
         return idx[np.argsort([unit(self.ids[i], "order") for i in idx])]
 
 
+class AttackCache:
+    """One attack's results per image index in one .npz (8-bit adversarials, success, passes), written
+    atomically on every :meth:`add`: runs may share it, and a killed run loses only what it had not added."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.have = path, {}
+        if path.exists():
+            with np.load(path) as d:
+                self.have = {k: d[k] for k in d.files}
+
+    def missing(self, idx: np.ndarray) -> np.ndarray:
+        known = set(self.have.get("index", np.zeros(0, int)).tolist())
+        return np.array([i for i in idx if int(i) not in known], int)
+
+    def add(self, parts: list[tuple[np.ndarray, AttackResult]]) -> None:
+        new = {
+            "index": np.concatenate([b for b, _ in parts]),
+            "adv": np.concatenate([to_uint8(r.adversarial.numpy()) for _, r in parts]),
+            "success": np.concatenate([r.success.numpy() for _, r in parts]),
+            "passes": np.concatenate([r.passes.numpy() for _, r in parts]),
+        }
+        self.have = {k: np.concatenate([self.have[k], new[k]]) if self.have else new[k] for k in new}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{self.path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, **self.have)
+        os.replace(tmp, self.path)
+
+    def take(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """The results of images ``idx`` (every one added), adversarials as float32 in [0,1]."""
+        pos = {int(i): k for k, i in enumerate(self.have["index"])}
+        t = np.array([pos[int(i)] for i in idx], int)
+        return {"adv": self.have["adv"][t].astype(np.float32) / 255, "success": self.have["success"][t],
+                "passes": self.have["passes"][t]}  # fmt: skip
+
+
 def fingerprint(det: Any) -> str:
     """What a detector-aware attack's result depends on: the head's parameters, the threshold, the views'
     key and settings (a cached attack on another detector is never reused)."""
@@ -244,40 +280,19 @@ class Study:
 
     # -- non-adaptive adversarials: independent of the detector, cached per attack ------------
     def adversarial(self, cfg: AttackConfig, idx: np.ndarray) -> dict[str, np.ndarray]:
-        path = CACHE / "adv" / f"{cfg.name.replace('/', '_')}-s{cfg.steps}-a{cfg.step_size:.6f}.npz"
-        have: dict[str, Any] = {}
-        if path.exists():
-            with np.load(path) as d:
-                have = {k: d[k] for k in d.files}
-        known = set(have.get("index", np.zeros(0, int)).tolist())
-        todo = np.array([i for i in idx if i not in known], int)
+        cache = AttackCache(CACHE / "adv" / f"{cfg.name.replace('/', '_')}-s{cfg.steps}-a{cfg.step_size:.6f}.npz")
+        todo = cache.missing(idx)
         if len(todo):
             t0 = time.perf_counter()
             ((_, attack),) = build_attacks(self.model, [cfg], None)
             parts = []
             for s in batches(len(todo), 16):
                 b = todo[s]
-                r = judged_on(self.model, cfg, attack(self.images.x[b], self.images.y[b], keys=b))
-                parts.append((b, r))
-            new = {
-                "index": np.concatenate([b for b, _ in parts]),
-                "adv": np.concatenate([np.rint(r.adversarial.numpy() * 255).astype(np.uint8) for _, r in parts]),
-                "success": np.concatenate([r.success.numpy() for _, r in parts]),
-                "passes": np.concatenate([r.passes.numpy() for _, r in parts]),
-            }
-            have = {k: np.concatenate([have[k], new[k]]) if have else new[k] for k in new}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # atomic: runs may share the cache
-            np.savez(tmp, **have)
-            os.replace(tmp, path)
-            log(f"attack {cfg.name}: {len(todo)} images in {time.perf_counter() - t0:.0f} s, success {new['success'].mean():.1%}")
-        pos = {int(i): k for k, i in enumerate(have["index"])}
-        take = np.array([pos[int(i)] for i in idx])
-        return {
-            "adv": have["adv"][take].astype(np.float32) / 255,
-            "success": have["success"][take],
-            "passes": have["passes"][take],
-        }
+                parts.append((b, judged_on(self.model, cfg, attack(self.images.x[b], self.images.y[b], keys=b))))
+            cache.add(parts)
+            success = np.concatenate([r.success.numpy() for _, r in parts]).mean()
+            log(f"attack {cfg.name}: {len(todo)} images in {time.perf_counter() - t0:.0f} s, success {success:.1%}")
+        return cache.take(idx)
 
     # -- descriptors --------------------------------------------------------------------------
     def describe(self, design: Design, x: torch.Tensor) -> np.ndarray:
@@ -365,42 +380,28 @@ class Study:
         The attack is keyed per image, so a resumed run gives what an uninterrupted one would."""
         t0 = time.perf_counter()
         name = f"{cfg.name.replace('/', '_')}-e{cfg.eot}-s{cfg.seed}-b{cfg.smooth}-{fingerprint(det)}"
-        path = CACHE / "adaptive" / f"{name}.npz"
-        have: dict[str, np.ndarray] = {}
-        if path.exists():
-            with np.load(path) as d:
-                have = {k: d[k] for k in d.files}
-        known = {int(i): k for k, i in enumerate(have.get("index", np.zeros(0, int)))}
-        todo = np.array([i for i in idx if int(i) not in known], int)
-        if len(todo) < len(idx):
-            log(f"{cfg.name}: {len(idx) - len(todo)} of {len(idx)} images already attacked ({path.name})")
-        attack = build_attacks(self.model, [cfg], det)[0][1] if len(todo) else None
+        cache = AttackCache(CACHE / "adaptive" / f"{name}.npz")
+        todo = cache.missing(idx)
+        done = np.array([i for i in idx if i not in set(todo.tolist())], int)
         evaded = 0
-        if score is not None and known:
-            mine = [known[int(i)] for i in idx if int(i) in known]
-            ok = have["success"][mine] & (score(torch.from_numpy(have["adv"][mine] / np.float32(255))) <= det.threshold)
-            evaded = int(ok.sum())
+        if len(done):
+            log(f"{cfg.name}: {len(done)} of {len(idx)} images already attacked ({cache.path.name})")
+            if score is not None:
+                a = cache.take(done)
+                evaded = int((a["success"] & (score(torch.from_numpy(a["adv"])) <= det.threshold)).sum())
+        attack = build_attacks(self.model, [cfg], det)[0][1] if len(todo) else None
         for s in batches(len(todo), self.attack_batch):
             r = attack(self.images.x[todo[s]], self.images.y[todo[s]], keys=todo[s])  # type: ignore[misc]
+            cache.add([(todo[s], r)])  # each batch kept as it ends: an adaptive image costs ~40 CPU-minutes
             if score is not None:
                 evaded += int((r.success.numpy() & (score(r.adversarial) <= det.threshold)).sum())
-            new = {"index": todo[s], "adv": np.rint(r.adversarial.numpy() * 255).astype(np.uint8),
-                   "success": r.success.numpy(), "passes": r.passes.numpy()}  # fmt: skip
-            have = {k: np.concatenate([have[k], new[k]]) if have else new[k] for k in new}
-            known = {int(i): k for k, i in enumerate(have["index"])}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # atomic: a kill mid-write loses one batch
-            np.savez(tmp, **have)
-            os.replace(tmp, path)
             so_far = f", {evaded} evaded so far" if score is not None else ""
-            done = len(idx) - len(todo) + s.stop
-            log(f"{cfg.name}: {done} of {len(idx)} images in {time.perf_counter() - t0:.0f} s{so_far}")
+            log(f"{cfg.name}: {len(done) + s.stop} of {len(idx)} images in {time.perf_counter() - t0:.0f} s{so_far}")
         log(f"{cfg.name} on {len(idx)} images in {time.perf_counter() - t0:.0f} s")
         if not len(idx):
             return torch.zeros((0, *self.images.x.shape[1:])), np.zeros(0, bool), np.zeros(0)
-        mine = [known[int(i)] for i in idx]
-        return (torch.from_numpy(have["adv"][mine] / np.float32(255)), have["success"][mine].astype(bool),
-                have["passes"][mine])  # fmt: skip
+        a = cache.take(idx)
+        return torch.from_numpy(a["adv"]), a["success"].astype(bool), a["passes"]
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self, design: Design, det: Detector, half: str, adaptive_images: int, restarts: int,

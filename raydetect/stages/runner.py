@@ -270,14 +270,17 @@ class AttackJob(_FromSource):
         out = {"source": self.source_config(), "model": to_dict(model), "attacks": [to_dict(a) for a in self.attacks]}
         return {**out, "bundle": self.bundle} if self.bundle else out
 
-    def stage(self, model: ModelConfig, plan: Plan, encode: bool = True) -> tuple[type, tuple[Any, ...]]:
-        return AttackStage, (ConfiguredLoader(model), self.attacks, self.only_correct, plan.threads, self.detector, encode)
+    def stage(self, model: ModelConfig, plan: Plan) -> tuple[type, tuple[Any, ...]]:
+        return AttackStage, self._stage_args(model, plan, encode=True)
 
     def map(self, ds: Any, model: ModelConfig, plan: Plan) -> Any:
         # The model actor ships raw pixels; PNG encoding (PIL, per image) runs in CPU tasks after it,
         # so an actor holding a GPU and one CPU does not wait on it.
-        cls, args = self.stage(model, plan, encode=False)
-        return map_actors(ds, cls, args, plan).map_batches(encode_pngs, batch_size=None, batch_format="pyarrow")
+        actors = map_actors(ds, AttackStage, self._stage_args(model, plan, encode=False), plan)
+        return actors.map_batches(encode_pngs, batch_size=None, batch_format="pyarrow")
+
+    def _stage_args(self, model: ModelConfig, plan: Plan, encode: bool) -> tuple[Any, ...]:
+        return ConfiguredLoader(model), self.attacks, self.only_correct, plan.threads, self.detector, encode
 
 
 class FusedJob(AttackJob):
@@ -301,7 +304,7 @@ class FusedJob(AttackJob):
 
     map = Job.map  # the fused stage writes feature rows (PNG, if kept, in its own actor)
 
-    def stage(self, model: ModelConfig, plan: Plan, encode: bool = True) -> tuple[type, tuple[Any, ...]]:
+    def stage(self, model: ModelConfig, plan: Plan) -> tuple[type, tuple[Any, ...]]:
         return AttackFeatureStage, (ConfiguredLoader(model), self.attacks, self.attribution, self.features,
                                     self.only_correct, plan.threads, plan.batch_size, self.keep_png, secret())  # fmt: skip
 
